@@ -1,0 +1,17 @@
+"""Private library shared by the bundle's scripts.
+
+Scripts import it by sibling import (``sys.path`` gets the scripts folder), so that
+``python /abs/path/scripts/x.py`` works from any directory without installing anything.
+
+Modules:
+  errors  - the exit-code table and the one error type scripts raise
+  cli     - argparse conventions (--json, --dry-run, --repo), one-line errors
+  proc    - the only place that runs git and dvc
+  atomic  - the only place that writes files (temp file in the same dir, fsync, os.replace)
+  sql     - identifier quoting, SQLite/DuckDB connections, DuckDB's sqlite extension offline
+  repo    - repository discovery and state (dirty tree, DVC presence, main worktree)
+"""
+
+EVENTS_TABLE = "default"  # xetrack's events table (not "predictions")
+EVENTS_KEY = ("track_id", "timestamp")  # xetrack's primary key
+ASSET_TABLES = ("assets", "keys", "counts")  # xetrack's assets store, keyed on "key"

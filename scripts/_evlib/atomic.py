@@ -1,0 +1,99 @@
+"""The one place that writes files: a temp file in the destination's directory, fsync,
+then os.replace. A reader (or a crash) sees the old file or the complete new one.
+
+Replacing the directory entry (never writing into the existing inode) also matters for
+DVC: a tracked file may be a hardlink or symlink into the shared cache, and writing into it
+would silently rewrite the cache object.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not every filesystem lets a directory be fsynced
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temp path next to dest; on success fsync it and move it over dest.
+
+    On any exception the temp file is removed and dest is untouched. The caller writes the
+    complete file to the yielded path (and may validate it) inside the with block.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f".tmp{suffix}", dir=dest.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        fsync_file(tmp_path)
+        os.replace(tmp_path, dest)
+        _fsync_dir(dest.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def write_bytes(dest: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(dest: str | os.PathLike, text: str) -> None:
+    write_bytes(dest, text.encode("utf-8"))
+
+
+def copy_file(src: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """Copy src's bytes to dest as a new file (dest's old inode is never written)."""
+    with atomic_path(dest) as tmp:
+        with open(src, "rb") as fi, open(tmp, "wb") as fo:
+            shutil.copyfileobj(fi, fo, 1 << 20)
+
+
+def append_line(dest: str | os.PathLike, line: str) -> None:
+    """Append one line to a small text file (a ledger) by rewriting it atomically."""
+    dest = Path(dest)
+    old = dest.read_bytes() if dest.exists() else b""
+    if old and not old.endswith(b"\n"):
+        old += b"\n"
+    write_bytes(dest, old + line.rstrip("\n").encode("utf-8") + b"\n")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def md5_file(path: str | os.PathLike) -> str:
+    """DVC's content hash of a file."""
+    import hashlib
+
+    h = hashlib.md5()  # noqa: S324 - DVC names cache objects by md5
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

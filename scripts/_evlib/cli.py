@@ -1,0 +1,108 @@
+"""CLI conventions shared by every script.
+
+- argparse, with an example and the exit codes in --help;
+- --json prints exactly one object with a "status" key on stdout; progress and warnings go to
+  stderr;
+- every error is one line on stderr ("<script>: error: <what>; <what to do>") and a
+  documented exit code; nothing ever prompts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from .errors import FAILED, USAGE, EVError, epilog_codes
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, like every other usage error
+        self.exit(USAGE, f"{self.prog}: error: {' '.join(message.split())}; "
+                         f"see {self.prog} --help\n")
+
+
+def parser(prog: str, description: str, example: str, *, codes: tuple[int, ...] = (),
+           repo: bool = True, dry_run: bool = False) -> argparse.ArgumentParser:
+    epilog = f"example:\n  {example.strip()}\n\n{epilog_codes(*codes)}"
+    p = _Parser(prog=prog, description=description, epilog=epilog,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common(p, repo=repo, dry_run=dry_run)
+    return p
+
+
+def add_common(p: argparse.ArgumentParser, *, repo: bool = True, dry_run: bool = False) -> None:
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object (with a 'status' key) on stdout")
+    if repo:
+        p.add_argument("--repo", metavar="PATH", default=None,
+                       help="the git repository to act on (default: the current one)")
+    if dry_run:
+        p.add_argument("--dry-run", action="store_true",
+                       help="report what would change and write nothing")
+
+
+def subparsers(p: argparse.ArgumentParser):
+    return p.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                            parser_class=_Parser)
+
+
+def warn(prog: str, message: str) -> None:
+    print(f"{prog}: warning: {message}", file=sys.stderr)
+
+
+def progress(prog: str, message: str) -> None:
+    print(f"{prog}: {message}", file=sys.stderr)
+
+
+def emit(args: argparse.Namespace, payload: dict, text: str | Callable[[], str] | None = None
+         ) -> None:
+    """Print the result: one JSON object with --json, else the text."""
+    payload = {"status": payload.pop("status", "ok"), **payload}
+    if getattr(args, "json", False):
+        print(json.dumps(payload, default=str, ensure_ascii=False))
+    elif text is not None:
+        out = text() if callable(text) else text
+        if out:
+            print(out)
+
+
+def main(prog: str, build: Callable[[], argparse.ArgumentParser],
+         handler: Callable[[argparse.Namespace], int | None],
+         argv: list[str] | None = None) -> int:
+    """Parse, run handler, map EVError to its one line and exit code."""
+    args = build().parse_args(argv)
+    want_json = getattr(args, "json", False)
+    try:
+        rc = handler(args)
+        return int(rc or 0)
+    except EVError as exc:
+        print(f"{prog}: error: {exc.line()}", file=sys.stderr)
+        if want_json:
+            print(json.dumps({"status": "error", "code": exc.code, "error": exc.line(),
+                              **exc.data}, default=str, ensure_ascii=False))
+        return exc.code
+    except KeyboardInterrupt:
+        print(f"{prog}: error: interrupted; nothing was left half-written, re-run to finish",
+              file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug or an unexpected failure: still one line, never exit 0
+        where = os.environ.get("EV_TRACEBACK")
+        if where:
+            raise
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"{prog}: error: {type(exc).__name__}: {msg}; "
+              f"re-run with EV_TRACEBACK=1 for the traceback", file=sys.stderr)
+        if want_json:
+            print(json.dumps({"status": "error", "code": FAILED,
+                              "error": f"{type(exc).__name__}: {msg}"}))
+        return FAILED
+
+
+def resolve_path(p: str | os.PathLike, base: Path | None = None) -> Path:
+    """A user path, relative to the current directory (like every CLI), made absolute."""
+    path = Path(p).expanduser()
+    return path if path.is_absolute() else (Path.cwd() / path)

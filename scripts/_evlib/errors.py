@@ -1,0 +1,41 @@
+"""The exit-code table shared by every script, and the error type that carries a code."""
+
+from __future__ import annotations
+
+OK = 0  # done, result complete
+FAILED = 1  # an operation failed (git, dvc, database, file system)
+USAGE = 2  # bad arguments or bad input (missing file, wrong format, bad name)
+CONFLICT = 3  # inputs disagree (same key, different values); nothing written
+REFUSED = 4  # a safety check refused: going on would lose or overwrite work
+NOT_FOUND = 5  # the run, version, tag or model asked for does not exist
+
+TABLE = {
+    OK: "success",
+    FAILED: "an operation failed (git, dvc, database or file system); nothing half-written",
+    USAGE: "usage error or bad input; nothing written",
+    CONFLICT: "conflicting rows; nothing written (choose with --on-conflict)",
+    REFUSED: "refused by a safety check; nothing changed (see the message, or --force/--yes)",
+    NOT_FOUND: "the run, version, tag or file asked for does not exist",
+}
+
+
+def epilog_codes(*codes: int) -> str:
+    """The 'exit codes' paragraph of a script's --help."""
+    lines = ["exit codes:"]
+    for code in sorted({OK, FAILED, USAGE, *codes}):
+        lines.append(f"  {code}  {TABLE[code]}")
+    return "\n".join(lines)
+
+
+class EVError(Exception):
+    """An error for the user: one line saying what happened and what to do next."""
+
+    def __init__(self, message: str, code: int = FAILED, hint: str | None = None, **data):
+        self.message = " ".join(str(message).split())  # always one line
+        self.code = code
+        self.hint = " ".join(hint.split()) if hint else None
+        self.data = data
+        super().__init__(self.line())
+
+    def line(self) -> str:
+        return f"{self.message}; {self.hint}" if self.hint else self.message

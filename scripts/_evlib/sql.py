@@ -1,0 +1,122 @@
+"""SQL helpers: the one place that quotes identifiers and opens SQLite/DuckDB connections.
+
+No SQL is built from unquoted user strings: identifiers go through quote_ident, values are
+bound as parameters, and the one statement that cannot take a parameter (DuckDB's ATTACH)
+gets its path through quote_literal.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sqlite3
+import urllib.parse
+from pathlib import Path
+
+from .errors import USAGE, EVError
+
+
+def quote_ident(name: str) -> str:
+    """Quote an SQL identifier for SQLite and DuckDB: a"b becomes "a""b"."""
+    if "\x00" in name:
+        raise EVError(f"identifier contains a NUL byte: {name!r}", code=USAGE)
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(value: str) -> str:
+    """Quote a string literal; only for statements that cannot bind parameters."""
+    if "\x00" in value:
+        raise EVError("string contains a NUL byte", code=USAGE)
+    return "'" + value.replace("'", "''") + "'"
+
+
+def is_sqlite_file(path: str | os.PathLike) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        return False
+
+
+def sqlite_connect(path: str | os.PathLike, *, readonly: bool = False,
+                   timeout: float = 30.0) -> sqlite3.Connection:
+    """Open a SQLite file; read-only mode never creates or modifies it."""
+    p = Path(path)
+    if readonly:
+        uri = "file:" + urllib.parse.quote(str(p.resolve())) + "?mode=ro"
+        con = sqlite3.connect(uri, uri=True, timeout=timeout)
+    else:
+        con = sqlite3.connect(str(p), timeout=timeout)
+    return con
+
+
+def sqlite_tables(con: sqlite3.Connection, schema: str = "main") -> list[str]:
+    q = f"SELECT name FROM {quote_ident(schema)}.sqlite_master WHERE type='table' ORDER BY name"
+    return [r[0] for r in con.execute(q)]
+
+
+def sqlite_columns(con: sqlite3.Connection, table: str, schema: str = "main"
+                   ) -> list[tuple[str, str, int]]:
+    """(name, declared type, pk position) for each column, in table order."""
+    rows = con.execute(f"PRAGMA {quote_ident(schema)}.table_info({quote_ident(table)})")
+    return [(r[1], r[2] or "", r[5]) for r in rows]
+
+
+# --- DuckDB and its sqlite extension, offline -------------------------------------------
+
+def sqlite_extension_file() -> str | None:
+    """The sqlite_scanner extension shipped in the duckdb-extension-sqlite-scanner wheel."""
+    try:
+        import duckdb
+        import duckdb_extension_sqlite_scanner as pkg
+    except ImportError:
+        return None
+    base = os.path.dirname(pkg.__file__)
+    exact = os.path.join(base, "extensions", f"v{duckdb.__version__}",
+                         "sqlite_scanner.duckdb_extension")
+    if os.path.exists(exact):
+        return exact
+    found = sorted(glob.glob(os.path.join(base, "extensions", "*",
+                                          "sqlite_scanner.duckdb_extension")))
+    return found[-1] if found else None
+
+
+def ensure_duckdb_sqlite(con=None) -> None:
+    """Install DuckDB's sqlite extension from the PyPI wheel when it is not installed.
+
+    xetrack's DuckDB engine runs `INSTALL sqlite`, which downloads unless the extension is
+    already in DuckDB's extension directory; this puts it there with no network.
+    """
+    import duckdb
+
+    own = con is None
+    con = con or duckdb.connect()
+    try:
+        row = con.execute("SELECT installed FROM duckdb_extensions() "
+                          "WHERE extension_name = 'sqlite_scanner'").fetchone()
+        if row and row[0]:
+            return
+        path = sqlite_extension_file()
+        if not path:
+            raise EVError("DuckDB's sqlite extension is not installed and its wheel is missing",
+                          hint=f"pip install duckdb-extension-sqlite-scanner=={duckdb.__version__}")
+        con.execute(f"INSTALL {quote_literal(path)}")
+    finally:
+        if own:
+            con.close()
+
+
+def duckdb_connect():
+    """An in-memory DuckDB connection with the sqlite extension loaded (offline)."""
+    import duckdb
+
+    con = duckdb.connect()
+    ensure_duckdb_sqlite(con)
+    con.execute("LOAD sqlite")
+    return con
+
+
+def duckdb_attach_sqlite(con, path: str | os.PathLike, alias: str, *,
+                         readonly: bool = True) -> None:
+    mode = ", READ_ONLY" if readonly else ""
+    con.execute(f"ATTACH {quote_literal(str(path))} AS {quote_ident(alias)} (TYPE SQLITE{mode})")

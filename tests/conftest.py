@@ -1,0 +1,108 @@
+"""Shared fixtures: real git, real dvc with a local-directory remote, real xetrack DBs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+
+# Deterministic identity, no prompts, no analytics, for every git/dvc the tests start.
+os.environ.update({
+    "GIT_AUTHOR_NAME": "Test", "GIT_AUTHOR_EMAIL": "test@example.com",
+    "GIT_COMMITTER_NAME": "Test", "GIT_COMMITTER_EMAIL": "test@example.com",
+    "GIT_TERMINAL_PROMPT": "0", "DVC_NO_ANALYTICS": "1",
+    "GIT_CONFIG_NOSYSTEM": "1",
+})
+os.environ.pop("EV_TRACEBACK", None)
+BIN = Path(sys.executable).parent
+os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+def sh(cmd: list[str] | str, cwd=None, check: bool = True, env=None, input=None
+       ) -> subprocess.CompletedProcess:
+    """Run a command (list, or a bash string) and capture text output."""
+    if isinstance(cmd, str):
+        cmd = ["bash", "-euo", "pipefail", "-c", cmd]
+    e = dict(os.environ)
+    if env:
+        e.update(env)
+    cp = subprocess.run(cmd, cwd=cwd, env=e, input=input, text=True,
+                        capture_output=True)
+    if check and cp.returncode != 0:
+        raise AssertionError(f"{cmd} exited {cp.returncode}\nstdout:\n{cp.stdout}\n"
+                             f"stderr:\n{cp.stderr}")
+    return cp
+
+
+def run_script(name: str, *args: str, cwd=None, env=None, input=None
+               ) -> subprocess.CompletedProcess:
+    """Run scripts/<name> by absolute path, as a user or an agent would."""
+    path = SCRIPTS / name
+    cmd = ["bash", str(path)] if name.endswith(".sh") else [sys.executable, str(path)]
+    return sh([*cmd, *map(str, args)], cwd=cwd, check=False, env=env, input=input)
+
+
+def init_git(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    sh(["git", "init", "-q", "-b", "main"], cwd=path)
+    sh(["git", "config", "user.name", "Test"], cwd=path)
+    sh(["git", "config", "user.email", "test@example.com"], cwd=path)
+    (path / "README.md").write_text("test project\n")
+    sh(["git", "add", "README.md"], cwd=path)
+    sh(["git", "commit", "-q", "-m", "init"], cwd=path)
+    return path
+
+
+def init_dvc(path: Path, remote: Path) -> Path:
+    remote.mkdir(parents=True, exist_ok=True)
+    sh(["dvc", "init", "-q"], cwd=path)
+    sh(["dvc", "config", "core.analytics", "false"], cwd=path)
+    sh(["dvc", "remote", "add", "-d", "storage", str(remote)], cwd=path)
+    sh(["git", "add", ".dvc", ".dvcignore"], cwd=path)
+    sh(["git", "commit", "-q", "-m", "dvc init"], cwd=path)
+    return path
+
+
+@pytest.fixture
+def git_repo(tmp_path: Path) -> Path:
+    return init_git(tmp_path / "proj")
+
+
+@pytest.fixture
+def dvc_repo(tmp_path: Path) -> Path:
+    """A git repo with DVC initialised and a local-directory default remote, committed."""
+    return init_dvc(init_git(tmp_path / "proj"), tmp_path / "dvc-remote")
+
+
+def make_xetrack_db(path: Path, rows: list[dict], params: dict | None = None) -> list[str]:
+    """Log rows with a real xetrack Tracker (default engine); return the track ids used."""
+    from xetrack import Tracker
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = Tracker(str(path), params=params or {})
+    for row in rows:
+        t.log(row)
+    return [t.track_id]
+
+
+def count_rows(db: Path, table: str = "default") -> int:
+    con = sqlite3.connect(db)
+    try:
+        return con.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
+    finally:
+        con.close()
+
+
+def copy_tree(src: Path, dest: Path) -> Path:
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns(
+        ".venv", ".git", "__pycache__", ".pytest_cache", ".ruff_cache", "bench"))
+    return dest
