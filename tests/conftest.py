@@ -168,3 +168,11 @@ def s3_objects(endpoint: str, bucket: str) -> dict[str, bytes]:
         for obj in page.get("Contents", []):
             out[obj["Key"]] = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
     return out
+
+
+def s3_keys(endpoint: str, bucket: str) -> list[str]:
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=endpoint)
+    return [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+            for o in page.get("Contents", [])]
