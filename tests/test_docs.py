@@ -5,17 +5,20 @@ default local-directory remote `storage`, committed; `$SKILL` is the bundle root
   <!-- norun: reason -->             on the line before a block: not run (counted, kept few)
   <!-- test-setup ... -->            hidden bash run before the next block
   <!-- file: PATH -->                the next block (any language) is written to PATH
+  <!-- needs: s3 -->                 anywhere in the document: a real S3-compatible server
+                                     (moto) runs, $S3_ENDPOINT and a fresh $S3_BUCKET are set
 """
 
 from __future__ import annotations
 
 import re
 import sys
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, init_dvc, init_git, sh
+from conftest import ROOT, init_dvc, init_git, make_bucket, sh
 
 DOCS = [ROOT / "SKILL.md", *sorted((ROOT / "references").glob("*.md"))]
 RUNNABLE = {"bash": "bash", "sh": "bash", "shell": "bash", "python": "python", "py": "python"}
@@ -71,12 +74,17 @@ def test_every_doc_has_runnable_blocks_or_none_at_all():
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda d: d.name)
-def test_doc_blocks_run_in_order(doc, tmp_path):
+def test_doc_blocks_run_in_order(doc, tmp_path, request):
     blocks = [b for b in parse(doc) if b.norun is None and (b.lang in RUNNABLE or b.file)]
     if not blocks:
         pytest.skip(f"{doc.name} has no runnable blocks")
     proj = init_dvc(init_git(tmp_path / "proj"), tmp_path / "dvc-remote")
     env = {"SKILL": str(ROOT), "PYTHON": sys.executable}
+    if "<!-- needs: s3 -->" in doc.read_text():
+        endpoint = request.getfixturevalue("s3_server")
+        bucket = f"docs-{uuid.uuid4().hex[:10]}"
+        make_bucket(endpoint, bucket)
+        env.update(S3_ENDPOINT=endpoint, S3_BUCKET=bucket)
     for b in blocks:
         where = f"{doc.name}:{b.line}"
         if b.setup.strip():
