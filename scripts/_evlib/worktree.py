@@ -282,8 +282,7 @@ def plan_create(repo_arg, name: str, base: str | None, private: list[str] | None
         raise EVError(f"--base {base_ref} is not a commit in {repo}", code=NOT_FOUND,
                       hint="pass a branch, tag or commit that exists (git log --oneline)")
     base_commit = cp.stdout.strip()
-    head = run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=repo, check=False)
-    if base_commit == head.stdout.strip():
+    if base is None:  # an explicit --base asks for a committed state: local edits don't matter
         dirty = dirty_paths(repo)
         if dirty:
             raise EVError(f"{repo} has {len(dirty)} uncommitted change(s) (first: {dirty[0]}) "
@@ -320,7 +319,7 @@ def _dvc_changes(wt: Path) -> list[str]:
             for what, outs in entry.items():
                 if isinstance(outs, dict):
                     for p, state in outs.items():
-                        if state in ("modified", "new", "not in cache"):
+                        if state in ("modified", "new"):
                             out.append(f"{p} ({state})")
                 else:
                     out.append(f"{stage} ({what})")
