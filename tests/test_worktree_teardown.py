@@ -172,3 +172,18 @@ def test_explore_tag_read_only_from_cache_or_remote_and_cleanup_removes_only_its
     cp = run_script("worktree.py", "explore", "nope", cwd=repo)
     assert (cp.returncode, cp.stderr.strip()) == (
         5, f"{E}no tag 'nope'; list tags with: git tag -l -n9")
+
+
+def test_dvc_gc_w_in_a_worktree_deletes_what_main_needs(dvc_repo):
+    """Why nothing here runs gc: the cache is shared, gc -w sees only its own workspace."""
+    repo = tracked_project(dvc_repo)
+    assert run_script("worktree.py", "create", "g", cwd=repo).returncode == 0
+    from _evlib.atomic import write_bytes
+
+    write_bytes(repo / "models" / "production" / "model.bin", b"model-v2")
+    sh("dvc add -q models/production/model.bin && git commit -qam v2", cwd=repo)
+    h = md5_of(b"model-v2")
+    obj = repo / ".dvc" / "cache" / "files" / "md5" / h[:2] / h[2:]
+    assert obj.is_file()
+    sh(["dvc", "gc", "-w", "-f", "-q"], cwd=repo.parent / "exp-g")
+    assert not obj.exists()
