@@ -239,3 +239,55 @@ def test_wrapper_without_name_is_a_usage_error(tmp_path):
     assert cp.stderr.strip() == ("setup_worktree.sh: error: missing NAME; usage: "
                                  "setup_worktree.sh NAME [--base REF] [--private PATH ...] "
                                  "[--json]")
+
+
+def _other_fs() -> Path | None:
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK) and \
+            shm.stat().st_dev != Path(__file__).stat().st_dev:
+        return shm
+    return None
+
+
+def test_cache_dir_configured_in_main_on_another_filesystem_gives_symlinks(dvc_repo, tmp_path):
+    """main's configured cache (another filesystem: no hardlinks) is the one shared."""
+    import shutil
+    import uuid
+
+    import pytest
+
+    shm = _other_fs()
+    if shm is None or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm on another filesystem than the test repo")
+    cache = shm / f"ev-test-cache-{uuid.uuid4().hex[:8]}"
+    try:
+        sh(["dvc", "cache", "dir", "--local", str(cache)], cwd=dvc_repo)
+        repo = tracked_project(dvc_repo)
+        cp = run_script("worktree.py", "create", "sym", "--json", cwd=repo)
+        assert cp.returncode == 0, cp.stderr
+        out = json.loads(cp.stdout)
+        assert (out["cache_dir"], out["link_type"]) == (str(cache), "symlink")
+        wt = Path(out["path"])
+        assert (wt / "data" / "train.bin").is_symlink()
+        assert str((wt / "data" / "train.bin").resolve()).startswith(str(cache))
+        db = wt / "results" / "experiments.db"
+        assert not db.is_symlink() and db.stat().st_nlink == 1
+        from xetrack import Tracker
+
+        Tracker(str(db), params={"version": "s"}).log({"f1_score": 0.3})
+        with open(wt / "models" / "production" / "model.bin", "wb") as fh:
+            fh.write(b"rewritten")
+        assert assert_cache_intact(cache) == 3
+        assert not (repo / ".dvc" / "cache").exists()
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def test_dry_run_creates_nothing(dvc_repo):
+    repo = tracked_project(dvc_repo)
+    cp = run_script("worktree.py", "create", "dry", "--dry-run", "--json", cwd=repo)
+    assert cp.returncode == 0, cp.stderr
+    out = json.loads(cp.stdout)
+    assert (out["dry_run"], out["path"], out["branch"], out["cache_dir"]) == (
+        True, str(repo.parent / "exp-dry"), "exp/dry", str(repo / ".dvc" / "cache"))
+    assert worktree_list(repo) == [str(repo)] and not (repo.parent / "exp-dry").exists()

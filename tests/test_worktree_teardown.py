@@ -187,3 +187,24 @@ def test_dvc_gc_w_in_a_worktree_deletes_what_main_needs(dvc_repo):
     assert obj.is_file()
     sh(["dvc", "gc", "-w", "-f", "-q"], cwd=repo.parent / "exp-g")
     assert not obj.exists()
+
+
+def test_teardown_of_a_worktree_whose_directory_was_deleted(dvc_repo):
+    repo = tracked_project(dvc_repo)
+    sh(["dvc", "push", "-q"], cwd=repo)
+    assert run_script("worktree.py", "create", "gone", cwd=repo).returncode == 0
+    wt = repo.parent / "exp-gone"
+    import shutil
+
+    shutil.rmtree(wt)
+    head = tip(repo, "exp/gone")
+    cp = run_script("worktree.py", "teardown", "gone", cwd=repo)
+    assert cp.returncode == 4
+    assert cp.stderr.strip().splitlines()[1:] == [
+        f"{L}worktree directory {wt} is missing: anything uncommitted in it is already gone",
+        f"{L}no tag points at exp/gone's last commit {head[:12]}"]
+    cp = run_script("worktree.py", "teardown", "gone", "--force", "--json", cwd=repo)
+    assert cp.returncode == 0, cp.stderr
+    assert json.loads(cp.stdout)["backup_tag"] == "backup/exp/gone"
+    assert worktree_list(repo) == [str(repo)]
+    assert sh(["git", "branch", "--list", "exp/gone"], cwd=repo).stdout == ""

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import stat
 import time
 from pathlib import Path
@@ -326,10 +327,23 @@ def _dvc_changes(wt: Path) -> list[str]:
     return out
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def create(plan: dict) -> dict:
     main, path, branch, cache = plan["main"], plan["path"], plan["branch"], plan["cache"]
     t0 = time.monotonic()
-    git(plan["repo"], "worktree", "add", "-q", "-b", branch, str(path), plan["base_commit"])
+    old_term = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _interrupt)  # a kill (not -9) still rolls back
+    try:
+        git(plan["repo"], "worktree", "add", "-q", "-b", branch, str(path),
+            plan["base_commit"])
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):  # killed mid-add: git may have made part of it
+            _remove_worktree(main, path, branch)
+        signal.signal(signal.SIGTERM, old_term)
+        raise
     try:
         _share_cache(main, path, cache)
         source = _checkout(path)
@@ -345,6 +359,8 @@ def create(plan: dict) -> dict:
     except BaseException:
         _remove_worktree(main, path, branch)
         raise
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
     return {"path": str(path), "branch": branch, "base": plan["base"],
             "base_commit": plan["base_commit"], "cache_dir": str(cache), "link_type": link,
             "data_from": source, "private": done["private"], "private_patterns": plan["private"],
@@ -458,10 +474,18 @@ def teardown_check(repo: Path, name: str, main_db: str | None = None) -> dict:
     branch = wt["branch"]
     tip = git(main, "rev-parse", f"refs/heads/{branch}")
     items: list[str] = []
-    for p in dirty_paths(path):
-        items.append(f"uncommitted change: {p}")
-    for p in _dvc_changes(path):
-        items.append(f"DVC output not committed: {p}")
+    where = path if path.is_dir() else main  # git and dvc questions that need no workspace
+    if not path.is_dir():
+        items.append(f"worktree directory {path} is missing: anything uncommitted in it is "
+                     "already gone")
+    else:
+        for p in dirty_paths(path):
+            items.append(f"uncommitted change: {p}")
+        try:
+            for p in _dvc_changes(path):
+                items.append(f"DVC output not committed: {p}")
+        except EVError as exc:  # a half-made worktree: report it, let --force remove it
+            items.append(f"cannot check DVC outputs: {exc.line()}")
     tags = {}
     for line in git(main, "for-each-ref", "refs/tags",
                     "--format=%(refname:short) %(objectname) %(*objectname)").splitlines():
@@ -476,13 +500,14 @@ def teardown_check(repo: Path, name: str, main_db: str | None = None) -> dict:
     for c in own:
         if tags.get(c):
             commits[c] = ", ".join(tags[c])
-    rname, url = remote_info(path)
-    cache = Path(read_marker(path).get("cache_dir") or main_cache_dir(main))
+    rname, url = remote_info(where)
+    cache = Path((read_marker(path) if path.is_dir() else {}).get("cache_dir")
+                 or main_cache_dir(main))
     if url is None:
         items.append("no default DVC remote: nothing is pushed anywhere "
                      "(dvc remote add -d NAME URL)")
     elif "://" in url and not url.startswith("file://"):
-        cp = dvc_run(path, "status", "-c", "--json")
+        cp = dvc_run(where, "status", "-c", "--json")
         try:
             st = json.loads(cp.stdout or "{}") if cp.returncode == 0 else None
         except ValueError:
@@ -497,11 +522,11 @@ def teardown_check(repo: Path, name: str, main_db: str | None = None) -> dict:
         root = Path(url.removeprefix("file://"))
         seen: dict[tuple, list[str]] = {}
         for c, label in commits.items():
-            for key in _missing_on_local_remote(root, cache, _commit_outs(path, c)):
+            for key in _missing_on_local_remote(root, cache, _commit_outs(where, c)):
                 seen.setdefault(key, []).append(label)
         for (p, md5), labels in seen.items():
             items.append(f"not on remote '{rname}': {p} (md5 {md5[:12]}) "
-                         f"at {' + '.join(labels)}; run dvc push -T in {path}")
+                         f"at {' + '.join(labels)}; run dvc push -T in {where}")
     mdb = Path(main_db) if main_db else main / "results" / "experiments.db"
     if not mdb.is_absolute():
         mdb = main / mdb
