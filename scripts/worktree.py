@@ -65,7 +65,8 @@ def build():
     t.add_argument("--force", action="store_true",
                    help="remove even if work would be lost (the list is printed first)")
     t.add_argument("--main-db", metavar="PATH", default=None,
-                   help="main's results DB the rows must be in (default: results/experiments.db)")
+                   help="main's results DB the rows must be in, relative to main "
+                        "(default: results/experiments.db)")
     pv = _sub(sp, "privatize", "make the private paths of this experiment worktree private "
                                "copies again (run after dvc add)", "worktree.py privatize")
     pv.add_argument("--private", metavar="PATH", action="append", default=None,

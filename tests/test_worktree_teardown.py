@@ -162,7 +162,13 @@ def test_explore_tag_read_only_from_cache_or_remote_and_cleanup_removes_only_its
     cp = run_script("worktree.py", "explore-cleanup", "e9", cwd=repo)
     assert (cp.returncode, cp.stderr.strip()) == (
         5, f"{E}no explore worktree of tag 'e9'; list them with: worktree.py list")
-    cp = run_script("worktree.py", "explore-cleanup", "--json", cwd=repo)
+    (ex / "notes.txt").write_text("looked at it\n")
+    cp = run_script("worktree.py", "explore-cleanup", cwd=repo)
+    assert (cp.returncode, cp.stderr.strip()) == (
+        4, f"{E}explore worktree {ex} has 1 local change(s) (first: notes.txt); copy them "
+           "elsewhere, or pass --force to discard them")
+    assert ex.exists()
+    cp = run_script("worktree.py", "explore-cleanup", "--force", "--json", cwd=repo)
     assert cp.returncode == 0, cp.stderr
     assert json.loads(cp.stdout)["removed"] == [{"path": str(ex), "tag": "e0.1.0"}]
     assert not ex.exists()

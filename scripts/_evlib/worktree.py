@@ -202,6 +202,8 @@ def privatize(wt: Path, patterns: list[str]) -> dict:
     private, readonly = [], []
     for rel in output_files(wt):
         p = wt / rel
+        if not p.exists():  # a dangling link: nothing to copy (dvc checkout reports it)
+            continue
         if is_private(rel, patterns):
             if p.is_symlink() or p.stat().st_nlink > 1:
                 atomic.copy_file(p, p)  # reads through the link, replaces the directory entry
@@ -221,7 +223,8 @@ def exposed_private(wt: Path, patterns: list[str]) -> list[str]:
     out = []
     for rel in output_files(wt):
         p = wt / rel
-        if is_private(rel, patterns) and (p.is_symlink() or p.stat().st_nlink > 1):
+        if is_private(rel, patterns) and p.exists() and (p.is_symlink()
+                                                         or p.stat().st_nlink > 1):
             out.append(rel)
     return out
 
