@@ -214,3 +214,16 @@ def test_teardown_of_a_worktree_whose_directory_was_deleted(dvc_repo):
     assert json.loads(cp.stdout)["backup_tag"] == "backup/exp/gone"
     assert worktree_list(repo) == [str(repo)]
     assert sh(["git", "branch", "--list", "exp/gone"], cwd=repo).stdout == ""
+
+
+def test_remote_check_through_dvc_status_c(dvc_repo):
+    """The check used for remotes that are not a local directory (S3...), run on a local one."""
+    from _evlib.worktree import missing_by_dvc_status
+
+    repo = tracked_project(dvc_repo)
+    sh(["dvc", "push", "-q", "data/train.bin"], cwd=repo)
+    assert missing_by_dvc_status(repo, "storage", "e1") == [
+        f"not on remote 'storage': {p} (new) at e1; run dvc push -T in {repo}"
+        for p in ("models/production/model.bin", "results/experiments.db")]
+    sh(["dvc", "push", "-q"], cwd=repo)
+    assert missing_by_dvc_status(repo, "storage", "e1") == []

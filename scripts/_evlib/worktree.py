@@ -442,6 +442,21 @@ def _missing_on_local_remote(remote: Path, cache: Path, outs: list[dict]) -> lis
     return missing
 
 
+def missing_by_dvc_status(wt: Path, rname: str, label: str) -> list[str]:
+    """For remotes that are not a local directory: `dvc status -c` of the checked-out tip
+    (earlier tagged commits are not checked this way)."""
+    cp = dvc_run(wt, "status", "-c", "--json")
+    try:
+        st = json.loads(cp.stdout or "{}") if cp.returncode == 0 else None
+    except ValueError:
+        st = None
+    if not isinstance(st, dict):
+        err = (cp.stderr.strip().splitlines() or ["no output"])[-1]
+        return [f"cannot check remote '{rname}': dvc status -c failed: {err}"]
+    return [f"not on remote '{rname}': {p} ({state}) at {label}; run dvc push -T in {wt}"
+            for p, state in sorted(st.items()) if state != "ok"]
+
+
 def _results_dbs(wt: Path) -> list[Path]:
     root = wt / "results"
     if not root.is_dir():
@@ -510,17 +525,7 @@ def teardown_check(repo: Path, name: str, main_db: str | None = None) -> dict:
         items.append("no default DVC remote: nothing is pushed anywhere "
                      "(dvc remote add -d NAME URL)")
     elif "://" in url and not url.startswith("file://"):
-        cp = dvc_run(where, "status", "-c", "--json")
-        try:
-            st = json.loads(cp.stdout or "{}") if cp.returncode == 0 else None
-        except ValueError:
-            st = None
-        if st is None:
-            items.append(f"cannot check remote '{rname}': dvc status -c failed")
-        else:
-            for p, state in sorted(st.items()):
-                if state != "ok":
-                    items.append(f"not on remote '{rname}': {p} ({state}) at {commits[tip]}")
+        items += missing_by_dvc_status(where, rname, commits[tip])
     else:
         root = Path(url.removeprefix("file://"))
         seen: dict[tuple, list[str]] = {}
