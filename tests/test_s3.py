@@ -158,3 +158,31 @@ def test_push_interrupted_by_server_stop_then_retried_is_complete(s3_project, s3
     sh(["dvc", "pull"], cwd=clone)
     for f in blobs.iterdir():
         assert md5(clone / "blobs" / f.name) == md5(f)
+
+
+def test_teardown_gate_checks_the_s3_remote(s3_project):
+    """worktree.py teardown refuses while an object is missing on the S3 remote."""
+    from conftest import make_xetrack_db, run_script
+
+    repo, _ = s3_project
+    make_xetrack_db(repo / "results" / "experiments.db", [{"f1_score": 0.5}],
+                    params={"version": "e0.1.0"})
+    sh(["dvc", "add", "results/experiments.db"], cwd=repo)
+    sh("git add -A results && git commit -qm results", cwd=repo)
+    sh(["dvc", "push"], cwd=repo)
+    cp = run_script("worktree.py", "create", "s3exp", "--json", cwd=repo)
+    assert cp.returncode == 0, cp.stderr
+    wt = repo.parent / "exp-s3exp"
+    (wt / "extra.bin").write_bytes(b"only in the experiment")
+    sh(["dvc", "add", "extra.bin"], cwd=wt)
+    sh("git add -A && git commit -qm extra && git tag -a exp-s3exp-v1 -m extra", cwd=wt)
+
+    cp = run_script("worktree.py", "teardown", "s3exp", cwd=repo)
+    assert cp.returncode == 4, cp.stderr
+    assert "not on remote 's3store': extra.bin" in cp.stderr
+    assert wt.is_dir()
+
+    sh(["dvc", "push", "-T"], cwd=wt)
+    cp = run_script("worktree.py", "teardown", "s3exp", "--json", cwd=repo)
+    assert cp.returncode == 0, cp.stderr
+    assert not wt.exists()
