@@ -313,7 +313,9 @@ def production_stack(entries: list[dict]) -> list[dict]:
     for e in entries:
         if e.get("action") == "promote":
             prev = e.get("previous") or {}
-            if not stack and prev.get("md5"):
+            # Production before this promote was not the ledger's (before the ledger, or
+            # saved by --force): it is what a rollback of this promote must restore.
+            if prev.get("md5") and (not stack or stack[-1]["md5"] != prev["md5"]):
                 stack.append({"run_id": prev.get("run_id"), "version": prev.get("version"),
                               "source": prev.get("source") or "before the ledger",
                               "md5": prev["md5"], "sha256": prev.get("sha256"),
