@@ -238,6 +238,39 @@ def test_promote_force_saves_unrecorded_bytes_and_model_path_without_run(dvc_rep
     assert (out["entry"]["run_id"], out["entry"]["metrics"]["f1_score"]) == (a, 0.5)
 
 
+def test_rollback_refusals_and_a_shared_cache_dir_from_config_local(dvc_repo, tmp_path):
+    repo = dvc_repo
+    shared = tmp_path / "shared-cache"
+    sh(["dvc", "cache", "dir", "--local", str(shared)], cwd=repo)  # as worktrees share one
+    a, b = make_runs(repo, [("e0.1.0", {"f1_score": 0.5}), ("e0.1.0", {"f1_score": 0.6})])
+    mm(repo, "promote", "--run-id", a)
+    mm(repo, "promote", "--run-id", b)
+    assert not (repo / ".dvc/cache").exists()
+    # Edited in place of the tracked file, not recorded: rollback refuses, then --force.
+    (repo / PROD).unlink()
+    (repo / PROD).write_bytes(b"edited")
+    status, cp = mm(repo, "status")
+    assert (status["production"]["in_sync"], status["production"]["run_id"]) == (False, b)
+    _, cp = mm(repo, "status", json_out=False)
+    assert "dvc: OUT OF SYNC (disk md5 " in cp.stdout
+    assert err(repo, "rollback", rc=4) == (
+        ERR + f"{PROD} has changes DVC has not recorded; rollback would lose them; run "
+        f"`dvc add {PROD}` or `dvc checkout {PROD}` first, or pass --force")
+    out, _ = mm(repo, "rollback", "--force")
+    assert out["fetched_from"] == "cache"  # found in the shared cache named by config.local
+    assert sha(repo / PROD) == sha(repo / f"models/candidates/e0.1.0--{a}.bin")
+    # A model recorded with plain `dvc add` (outside the ledger): rollback refuses.
+    (repo / PROD).unlink()
+    (repo / PROD).write_bytes(b"by hand")
+    sh(["dvc", "add", "-q", PROD], cwd=repo)
+    md5 = hashlib.md5  # noqa: S324
+    top = md5((repo / f"models/candidates/e0.1.0--{a}.bin").read_bytes()).hexdigest()
+    assert err(repo, "rollback", rc=4) == (
+        ERR + f"{PROD} (md5 {md5(b'by hand').hexdigest()}) is not the ledger's production "
+        f"model ({top}); it was changed outside model_manager.py; promote what you want")
+    assert (repo / PROD).read_bytes() == b"by hand"
+
+
 # --- add-candidate ------------------------------------------------------------------------
 
 def test_add_candidate_copies_names_and_records_hash(dvc_repo, tmp_path):
@@ -331,6 +364,7 @@ def test_prune_sweep_of_8_keeps_production_and_3_best(dvc_repo):
     # sweep; prune runs `dvc add models/candidates` from the root instead (checked below).
     cp = sh(["dvc", "add", "."], cwd=repo / "models/candidates", check=False)
     assert cp.returncode != 0 and not (repo / "models/candidates.dvc").exists()
+    sh(["dvc", "add", "-q", "models/candidates"], cwd=repo)  # the sweep, tracked as one unit
 
     out, cp = mm(repo, "prune", "--keep", "3", "--metric", "f1_score")
     assert out["dry_run"] is True and len(out["would_delete"]) == 4
@@ -350,6 +384,9 @@ def test_prune_sweep_of_8_keeps_production_and_3_best(dvc_repo):
     # Re-tracked as one unit: DVC sees nothing to do for the directory.
     st = sh(["dvc", "status", "--json", "models/candidates.dvc"], cwd=repo).stdout
     assert json.loads(st) == {}
+    # A pruned file's bytes stay in the DVC cache (until `dvc gc`).
+    gone = hashlib.md5(f"model 0 of {ids[0]}\n".encode() * 100).hexdigest()  # noqa: S324
+    assert (repo / ".dvc/cache/files/md5" / gone[:2] / gone[2:]).is_file()
     assert err(repo, "prune", "--keep", "1", "--metric", "nope", rc=2).startswith(
         ERR + "column 'nope' is not in experiments.db")
 
