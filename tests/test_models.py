@@ -63,11 +63,13 @@ def commit_tag(repo: Path, tag: str) -> None:
 
 def cache_is_intact(repo: Path) -> list[str]:
     """Every file object in the DVC cache must hash to its own name."""
-    bad = []
+    bad, seen = [], 0
     for obj in (repo / ".dvc/cache/files/md5").rglob("*"):
         if obj.is_file() and not obj.name.endswith(".dir"):
+            seen += 1
             if hashlib.md5(obj.read_bytes()).hexdigest() != obj.parent.name + obj.name:  # noqa: S324
                 bad.append(str(obj))
+    assert seen, "no cache objects to check"
     return bad
 
 
@@ -138,6 +140,19 @@ def test_promote_promote_rollback_restores_exact_bytes_and_ledger_answers_per_ta
     assert out["fetched_from"] == "cache" and sha(tmp_path / "a.bin") == sha_a
     assert sh(["git", "status", "--porcelain"], cwd=repo).stdout == ""  # tree untouched
     assert sha(repo / PROD) == sha_a
+    assert cache_is_intact(repo) == []
+
+
+def test_promote_over_a_symlinked_production_model_leaves_the_cache_intact(dvc_repo):
+    repo = dvc_repo
+    sh(["dvc", "config", "cache.type", "symlink"], cwd=repo)
+    a, b = make_runs(repo, [("e0.1.0", {"f1_score": 0.5}), ("e0.1.0", {"f1_score": 0.6})])
+    mm(repo, "promote", "--run-id", a)
+    assert (repo / PROD).is_symlink()  # model.bin points into the cache
+    mm(repo, "promote", "--run-id", b)
+    assert cache_is_intact(repo) == []
+    mm(repo, "rollback")
+    assert sha(repo / PROD) == sha(repo / f"models/candidates/e0.1.0--{a}.bin")
     assert cache_is_intact(repo) == []
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import configparser
 import datetime as _dt
+import hashlib
 import json
 import os
 import re
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import EVENTS_TABLE
-from .atomic import append_line, atomic_path, copy_file, md5_file, sha256_file
+from .atomic import append_line, atomic_path, copy_file
 from .errors import NOT_FOUND, REFUSED, USAGE, EVError
 from .proc import dvc, git, run
 from .repo import head_commit, is_dirty
@@ -42,6 +43,16 @@ DEFAULT_DB = "results/experiments.db"
 _NOT_METRICS = {"timestamp", "track_id", "git_dirty"}
 _CAND_RE = re.compile(r"^(?P<version>.+?)--(?P<run>[^.]+)(?P<suffix>\..*)?$")
 _RUN_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
+
+
+def hashes(path: str | os.PathLike) -> tuple[str, str]:
+    """(md5, sha256) of a file in one read: DVC names objects by md5, the ledger adds sha256."""
+    md5, sha = hashlib.md5(), hashlib.sha256()  # noqa: S324 - md5 is DVC's object name
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            md5.update(chunk)
+            sha.update(chunk)
+    return md5.hexdigest(), sha.hexdigest()
 
 
 def _now() -> str:
@@ -250,25 +261,27 @@ def resolve_rev(repo: Path, rev: str) -> str:
     return cp.stdout.strip()
 
 
-def fetch_object(repo: Path, md5: str, dest_tmp: Path, revs: list[str]) -> str:
+def fetch_object(repo: Path, md5: str, dest_tmp: Path, revs: list[str]) -> tuple[str, str]:
     """Write the bytes of DVC object md5 to dest_tmp: from the cache, else via `dvc get` at
-    the first rev whose production .dvc file names md5 (the remote). Returns where from."""
+    the first rev whose production .dvc file names md5 (the remote). Checks the md5.
+    Returns (where from: "cache" or "remote", sha256)."""
     obj = cache_object(repo, md5)
     if obj.is_file():
         with open(obj, "rb") as fi, open(dest_tmp, "wb") as fo:
             while chunk := fi.read(1 << 20):
                 fo.write(chunk)
-        if md5_file(dest_tmp) == md5:
-            return "cache"
+        got, sha = hashes(dest_tmp)
+        if got == md5:  # else the cache object is damaged: try the remote
+            return "cache", sha
     for rev in revs:
         if dvc_file_md5(show(repo, rev, PRODUCTION_DVC)) != md5:
             continue
         dvc(repo, "get", str(repo), PRODUCTION, "--rev", rev, "-o", str(dest_tmp), "--force")
-        got = md5_file(dest_tmp)
+        got, sha = hashes(dest_tmp)
         if got != md5:
             raise EVError(f"the remote's copy of {md5} has md5 {got}", hint="run `dvc push` "
                           "from a machine with a good copy, then retry")
-        return "remote"
+        return "remote", sha
     raise EVError(f"model {md5} is neither in the DVC cache ({obj}) nor named by any "
                   f"commit's {PRODUCTION_DVC}", code=NOT_FOUND,
                   hint="run `dvc fetch` for the commit that had it, or restore the cache")
@@ -330,13 +343,19 @@ def production_stack(entries: list[dict]) -> list[dict]:
     return stack
 
 
-def production_info(repo: Path, rev: str | None = None) -> dict | None:
-    """What is in production (working tree, or at rev): hashes, ledger entry, DVC sync."""
+def production_info(repo: Path, rev: str | None = None, *, hash_disk: bool = True
+                    ) -> dict | None:
+    """What is in production (working tree, or at rev): hashes, ledger entry, DVC sync.
+
+    hash_disk=False trusts model.bin.dvc (no read of a possibly large model) when it exists.
+    """
     if rev is None:
         dvc_path = repo / PRODUCTION_DVC
         dvc_md5 = dvc_file_md5(dvc_path.read_text()) if dvc_path.exists() else None
         model = repo / PRODUCTION
-        disk_md5 = md5_file(model) if model.is_file() else None
+        disk_md5 = disk_sha = None
+        if model.is_file() and (hash_disk or dvc_md5 is None):
+            disk_md5, disk_sha = hashes(model)
         if dvc_md5 is None and disk_md5 is None:
             return None
     else:
@@ -358,8 +377,8 @@ def production_info(repo: Path, rev: str | None = None) -> dict | None:
     if rev is None:
         info["disk_md5"] = disk_md5
         info["in_sync"] = disk_md5 is not None and disk_md5 == dvc_md5
-        if disk_md5 is not None:
-            info["sha256"] = sha256_file(repo / PRODUCTION)
+        if disk_sha is not None:
+            info["sha256"] = disk_sha
     else:
         info["rev"] = rev
     return info
@@ -381,13 +400,13 @@ def add_candidate(repo: Path, *, db: Path, run_id: str, model: Path, version: st
     dest_rel = f"{CANDIDATES}/{candidate_name(str(r.version), run_id, ''.join(model.suffixes[-1:]))}"
     dest = repo / dest_rel
     other = find_candidate(repo, str(r.version), run_id)
-    sha, md5 = sha256_file(model), md5_file(model)
+    md5, sha = hashes(model)
     res = {"run_id": run_id, "version": r.version, "candidate": dest_rel, "sha256": sha,
            "md5": md5, "source": str(model), "dry_run": dry_run, "tracked": False}
     if other and other.path != dest_rel:
         raise EVError(f"run {run_id} already has candidate {other.path}", code=REFUSED,
                       hint="delete it first, or promote it as it is")
-    if dest.exists() and md5_file(dest) == md5:
+    if dest.exists() and hashes(dest)[0] == md5:
         res["unchanged"] = True
     elif dest.exists() and not force:
         raise EVError(f"{dest_rel} exists with different bytes", code=REFUSED,
@@ -434,7 +453,7 @@ def promote(repo: Path, *, db: Path, run_id: str | None, version: str | None,
             model: Path | None, force: bool, dry_run: bool) -> dict:
     r, source, src_file = _run_for_promote(repo, db, run_id, version, model)
     cur = production_info(repo)
-    md5, sha = md5_file(src_file), sha256_file(src_file)
+    md5, sha = hashes(src_file)
     prev = None
     if cur:
         prev = {"md5": cur["dvc_md5"] or cur["disk_md5"], "sha256": cur.get("sha256"),
@@ -503,9 +522,8 @@ def rollback(repo: Path, *, force: bool, dry_run: bool) -> dict:
         return res
     dest = repo / PRODUCTION
     with atomic_path(dest) as tmp:
-        res["fetched_from"] = fetch_object(repo, target["md5"], tmp,
-                                           revs_with_production(repo))
-        sha = sha256_file(tmp)
+        res["fetched_from"], sha = fetch_object(repo, target["md5"], tmp,
+                                                revs_with_production(repo))
         if target["sha256"] and sha != target["sha256"]:
             raise EVError(f"restored bytes have sha256 {sha}, the ledger says "
                           f"{target['sha256']}", hint="the ledger or the cache is damaged")
@@ -518,7 +536,7 @@ def rollback(repo: Path, *, force: bool, dry_run: bool) -> dict:
 
 def production_run_ids(repo: Path) -> tuple[set[str], set[str]]:
     """Run ids and source paths the ledger's production model came from (never pruned)."""
-    info = production_info(repo)
+    info = production_info(repo, hash_disk=False)
     runs, sources = set(), set()
     if info and info["in_ledger"]:
         if info["run_id"]:
@@ -604,8 +622,7 @@ def get_model(repo: Path, *, rev: str, out: Path, force: bool, dry_run: bool) ->
     if dry_run:
         return res
     with atomic_path(out) as tmp:
-        res["fetched_from"] = fetch_object(repo, md5, tmp, [commit])
-        res["sha256"] = sha256_file(tmp)
+        res["fetched_from"], res["sha256"] = fetch_object(repo, md5, tmp, [commit])
     return res
 
 
