@@ -223,9 +223,13 @@ def test_promote_errors_are_one_line_with_exit_codes(dvc_repo):
     assert err(repo, "promote", "--model", str(repo / f"models/candidates/e0.1.0--{a}.bin"),
                rc=4) == (
         ERR + f"{PROD} has changes DVC has not recorded; promoting would lose those bytes; "
-        f"run `dvc add {PROD}` (or `dvc checkout {PROD}`) first, or pass --force to save "
-        "them in the DVC cache and go on")
+        f"keep them with `dvc add {PROD}`, discard them with `dvc checkout --force {PROD}`, "
+        "or pass --force (saves them to the DVC cache first)")
     assert (repo / PROD).read_bytes() == b"hand-made model"
+    # The hint's way out works: the recorded model is back and in sync.
+    sh(["dvc", "checkout", "--force", PROD], cwd=repo)
+    status, _ = mm(repo, "status")
+    assert status["production"]["in_sync"] is True and status["production"]["run_id"] == a
 
 
 def test_promote_force_saves_unrecorded_bytes_and_model_path_without_run(dvc_repo, tmp_path):
@@ -269,8 +273,8 @@ def test_rollback_refusals_and_a_shared_cache_dir_from_config_local(dvc_repo, tm
     _, cp = mm(repo, "status", json_out=False)
     assert "dvc: OUT OF SYNC (disk md5 " in cp.stdout
     assert err(repo, "rollback", rc=4) == (
-        ERR + f"{PROD} has changes DVC has not recorded; rollback would lose them; run "
-        f"`dvc add {PROD}` or `dvc checkout {PROD}` first, or pass --force")
+        ERR + f"{PROD} has changes DVC has not recorded; rollback would lose them; "
+        f"discard them with `dvc checkout --force {PROD}`, or pass --force")
     out, _ = mm(repo, "rollback", "--force")
     assert out["fetched_from"] == "cache"  # found in the shared cache named by config.local
     assert sha(repo / PROD) == sha(repo / f"models/candidates/e0.1.0--{a}.bin")
@@ -284,6 +288,21 @@ def test_rollback_refusals_and_a_shared_cache_dir_from_config_local(dvc_repo, tm
         ERR + f"{PROD} (md5 {md5(b'by hand').hexdigest()}) is not the ledger's production "
         f"model ({top}); it was changed outside model_manager.py; promote what you want")
     assert (repo / PROD).read_bytes() == b"by hand"
+
+
+def test_first_promote_over_a_model_added_before_the_ledger_can_be_rolled_back(dvc_repo):
+    repo = dvc_repo
+    (repo / PROD).parent.mkdir(parents=True)
+    (repo / PROD).write_bytes(b"copied in by hand, then dvc add")  # workflow 3's old way
+    sh(["dvc", "add", "-q", PROD], cwd=repo)
+    (a,) = make_runs(repo, [("e0.1.0", {"f1_score": 0.5})])
+    out, _ = mm(repo, "promote", "--run-id", a)
+    assert out["entry"]["previous"]["run_id"] is None
+    out, _ = mm(repo, "rollback")
+    assert out["entry"]["source"] == "before the ledger"
+    assert (repo / PROD).read_bytes() == b"copied in by hand, then dvc add"
+    status, _ = mm(repo, "status")
+    assert (status["production"]["in_ledger"], status["production"]["run_id"]) == (True, None)
 
 
 # --- add-candidate ------------------------------------------------------------------------

@@ -470,16 +470,16 @@ def promote(repo: Path, *, db: Path, run_id: str | None, version: str | None,
         res["unchanged"] = True
         return res
     save_first = False
-    if cur and not cur["in_sync"]:
+    # Bytes on disk that DVC has not recorded would be lost: refuse (a missing file is not).
+    if cur and not cur["in_sync"] and cur["disk_md5"] is not None:
         if not force:
             what = ("is not tracked by DVC" if not cur["dvc_md5"] else
-                    "has changes DVC has not recorded" if cur["disk_md5"] else
-                    "is missing from disk")
+                    "has changes DVC has not recorded")
             raise EVError(f"{PRODUCTION} {what}; promoting would lose those bytes",
-                          code=REFUSED, hint=f"run `dvc add {PRODUCTION}` (or `dvc checkout "
-                          f"{PRODUCTION}`) first, or pass --force to save them in the DVC "
-                          "cache and go on")
-        save_first = cur["disk_md5"] is not None
+                          code=REFUSED, hint=f"keep them with `dvc add {PRODUCTION}`, discard "
+                          f"them with `dvc checkout --force {PRODUCTION}`, or pass --force "
+                          "(saves them to the DVC cache first)")
+        save_first = True
     if dry_run:
         return res
     if save_first:  # --force: keep a way back to the unrecorded bytes
@@ -504,8 +504,8 @@ def rollback(repo: Path, *, force: bool, dry_run: bool) -> dict:
                       hint="it was changed outside model_manager.py; promote what you want")
     if not cur["in_sync"] and not force:
         raise EVError(f"{PRODUCTION} has changes DVC has not recorded; rollback would lose "
-                      "them", code=REFUSED, hint=f"run `dvc add {PRODUCTION}` or "
-                      f"`dvc checkout {PRODUCTION}` first, or pass --force")
+                      "them", code=REFUSED, hint="discard them with "
+                      f"`dvc checkout --force {PRODUCTION}`, or pass --force")
     if len(stack) < 2:
         raise EVError("no previous production model in the ledger", code=REFUSED,
                       hint="the first promotion cannot be rolled back; promote another model")
