@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _evlib import cli  # noqa: E402
 from _evlib import models as m  # noqa: E402
-from _evlib.errors import NOT_FOUND, REFUSED, USAGE, EVError  # noqa: E402
+from _evlib.errors import NOT_FOUND, REFUSED, USAGE, EVError, epilog_codes  # noqa: E402
 from _evlib.repo import find_repo, require_dvc  # noqa: E402
 
 PROG = "model_manager.py"
@@ -51,11 +51,30 @@ def _rank(sp, default: str | None):
                     help="max: higher is better (default); min: lower is better")
 
 
+_S = "python scripts/model_manager.py"
+EXAMPLES = {
+    "add-candidate": f"{_S} add-candidate --run-id fuzzy-yak-8579 --model /tmp/model.onnx",
+    "promote": EXAMPLE,
+    "rollback": f"{_S} rollback --dry-run",
+    "list": f"{_S} list --metric f1_score --mode max --version e0.2.0",
+    "prune": f"{_S} prune --keep 3 --metric f1_score --yes",
+    "status": f"{_S} status --at e0.2.0",
+    "history": f"{_S} history --tags",
+    "get": f"{_S} get --version e0.2.0 -o /tmp/model-e0.2.0.bin",
+}
+
+
+def _add_parser(sub, name: str, help: str):
+    epilog = f"example:\n  {EXAMPLES[name]}\n\n{epilog_codes(REFUSED, NOT_FOUND)}"
+    return sub.add_parser(name, help=help, description=help, epilog=epilog,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def build() -> argparse.ArgumentParser:
     p = cli.parser(PROG, __doc__, EXAMPLE, codes=(REFUSED, NOT_FOUND))
     sub = cli.subparsers(p)
 
-    sp = sub.add_parser("add-candidate", help="copy a trained model into models/candidates/")
+    sp = _add_parser(sub, "add-candidate", "copy a trained model into models/candidates/")
     _common(sp, writes=True)
     sp.add_argument("--run-id", required=True, help="the run's xetrack track_id")
     sp.add_argument("--model", required=True, metavar="PATH", help="the model file")
@@ -66,7 +85,7 @@ def build() -> argparse.ArgumentParser:
     sp.add_argument("--no-track", action="store_true",
                     help="skip `dvc add models/candidates` (run it once after many adds)")
 
-    sp = sub.add_parser("promote", help="put a run's model in production, append to the ledger")
+    sp = _add_parser(sub, "promote", "put a run's model in production, append to the ledger")
     _common(sp, writes=True)
     _db(sp)
     sp.add_argument("--run-id", default=None, help="the run to promote (its candidate file)")
@@ -78,18 +97,18 @@ def build() -> argparse.ArgumentParser:
     sp.add_argument("--force", action="store_true", help="go on when model.bin has changes "
                     "DVC has not recorded (they are saved to the DVC cache first)")
 
-    sp = sub.add_parser("rollback", help="restore the previous production model")
+    sp = _add_parser(sub, "rollback", "restore the previous production model")
     _common(sp, writes=True)
     sp.add_argument("--force", action="store_true",
                     help="discard changes to model.bin that DVC has not recorded")
 
-    sp = sub.add_parser("list", help="runs ranked by a metric, with candidates and production")
+    sp = _add_parser(sub, "list", "runs ranked by a metric, with candidates and production")
     _common(sp, writes=False)
     _db(sp)
     _rank(sp, "f1_score")
     sp.add_argument("--version", default=None, help="only runs of this version")
 
-    sp = sub.add_parser("prune", help="delete candidates of runs ranked below the top K")
+    sp = _add_parser(sub, "prune", "delete candidates of runs ranked below the top K")
     _common(sp, writes=True)
     _db(sp)
     sp.add_argument("--keep", type=int, required=True, metavar="K",
@@ -99,18 +118,18 @@ def build() -> argparse.ArgumentParser:
     sp.add_argument("--yes", action="store_true",
                     help="really delete (without it: a dry run that exits 0)")
 
-    sp = sub.add_parser("status", help="the production model, its run, hashes, DVC sync")
+    sp = _add_parser(sub, "status", "the production model, its run, hashes, DVC sync")
     _common(sp, writes=False)
     sp.add_argument("--at", metavar="REV", default=None,
                     help="production as committed at a tag or commit")
 
-    sp = sub.add_parser("history", help="the ledger (now or at a tag); --tags: per tag")
+    sp = _add_parser(sub, "history", "the ledger (now or at a tag); --tags: per tag")
     _common(sp, writes=False)
     sp.add_argument("--at", metavar="REV", default=None, help="the ledger at a tag or commit")
     sp.add_argument("--tags", action="store_true",
                     help="which run was in production at each tag")
 
-    sp = sub.add_parser("get", help="write the production model of a past tag to a file")
+    sp = _add_parser(sub, "get", "write the production model of a past tag to a file")
     _common(sp, writes=True)
     sp.add_argument("--version", required=True, metavar="TAG", help="tag (or commit)")
     sp.add_argument("-o", "--out", required=True, metavar="PATH", help="output file")

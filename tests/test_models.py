@@ -465,7 +465,7 @@ def test_real_training_runs_promote_best_by_list(dvc_repo):
 def test_help_shows_example_and_codes(args, tmp_path):
     cp = run_script("model_manager.py", *args, cwd=tmp_path)
     assert cp.returncode == 0
-    if args == ["--help"]:
-        assert "example:" in cp.stdout and "5  the run, version" in cp.stdout
-    else:
+    assert "example:" in cp.stdout and "5  the run, version" in cp.stdout
+    if args != ["--help"]:
         assert "--dry-run" in cp.stdout and "--json" in cp.stdout
+        assert f"python scripts/model_manager.py {args[0]} " in cp.stdout
