@@ -179,6 +179,12 @@ def test_get_refuses_existing_output_and_dry_run_writes_nothing(dvc_repo, tmp_pa
     (a,) = make_runs(repo, [("e0.1.0", {"f1_score": 0.5})])
     mm(repo, "promote", "--run-id", a)
     commit_tag(repo, "v1")
+    # A deleted model.bin loses nothing: status says so, promote needs no --force.
+    (repo / PROD).unlink()
+    status, _ = mm(repo, "status")
+    assert (status["production"]["disk_md5"], status["production"]["in_sync"]) == (None, False)
+    out, _ = mm(repo, "promote", "--run-id", a, "--model", str(repo / "README.md"))
+    assert out["entry"]["previous"]["run_id"] == a
     out_file = tmp_path / "out.bin"
     out_file.write_bytes(b"keep me")
     assert err(repo, "get", "--version", "v1", "-o", str(out_file), rc=4) == (
@@ -186,7 +192,7 @@ def test_get_refuses_existing_output_and_dry_run_writes_nothing(dvc_repo, tmp_pa
     out, _ = mm(repo, "get", "--version", "v1", "-o", str(tmp_path / "new.bin"), "--dry-run")
     assert out["dry_run"] is True and not (tmp_path / "new.bin").exists()
     mm(repo, "get", "--version", "v1", "-o", str(out_file), "--force")
-    assert sha(out_file) == sha(repo / PROD)
+    assert sha(out_file) == sha(repo / f"models/candidates/e0.1.0--{a}.bin")  # v1, not now
 
 
 def test_promote_errors_are_one_line_with_exit_codes(dvc_repo):

@@ -502,7 +502,7 @@ def rollback(repo: Path, *, force: bool, dry_run: bool) -> dict:
         raise EVError(f"{PRODUCTION} (md5 {cur['md5']}) is not the ledger's production model "
                       f"({stack[-1]['md5']})", code=REFUSED,
                       hint="it was changed outside model_manager.py; promote what you want")
-    if not cur["in_sync"] and not force:
+    if not cur["in_sync"] and cur["disk_md5"] is not None and not force:
         raise EVError(f"{PRODUCTION} has changes DVC has not recorded; rollback would lose "
                       "them", code=REFUSED, hint="discard them with "
                       f"`dvc checkout --force {PRODUCTION}`, or pass --force")
