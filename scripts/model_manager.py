@@ -1,0 +1,315 @@
+#!/usr/bin/env python3
+"""Candidates, promotion, rollback and the production ledger of a project's models.
+
+Candidates live in models/candidates/<version>--<run_id><suffix> (DVC-tracked as one
+directory); production is models/production/model.bin (DVC-tracked), and every promote or
+rollback appends one JSON line to models/production/ledger.jsonl (commit it with git).
+Production is only ever replaced (new file, then rename), never written into, so the DVC
+cache is never modified. Nothing is committed: the output says what to `git add`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _evlib import cli  # noqa: E402
+from _evlib import models as m  # noqa: E402
+from _evlib.errors import NOT_FOUND, REFUSED, USAGE, EVError, epilog_codes  # noqa: E402
+from _evlib.repo import find_repo, require_dvc  # noqa: E402
+
+PROG = "model_manager.py"
+EXAMPLE = ("python scripts/model_manager.py promote --db results/experiments.db "
+           "--version e0.2.0 --run-id fuzzy-yak-8579")
+GIT_ADD = f"git add {m.PRODUCTION_DVC} models/production/.gitignore {m.LEDGER}"
+
+
+def _common(sp: argparse.ArgumentParser, *, writes: bool) -> None:
+    # SUPPRESS: the top-level --json/--repo keep their value when not repeated here.
+    sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                    help="print one JSON object (with a 'status' key) on stdout")
+    sp.add_argument("--repo", metavar="PATH", default=argparse.SUPPRESS,
+                    help="the git repository to act on (default: the current one)")
+    if writes:
+        sp.add_argument("--dry-run", action="store_true",
+                        help="report what would change and write nothing")
+
+
+def _db(sp):
+    sp.add_argument("--db", metavar="PATH", default=None,
+                    help=f"xetrack results DB (default: {m.DEFAULT_DB} in the repo)")
+
+
+def _rank(sp, default: str | None):
+    sp.add_argument("--metric", metavar="COLUMN", default=default, required=default is None,
+                    help="column to rank runs by (a run's last non-null value)"
+                    + (f"; default {default}" if default else ""))
+    sp.add_argument("--mode", choices=("max", "min"), default="max",
+                    help="max: higher is better (default); min: lower is better")
+
+
+_S = "python scripts/model_manager.py"
+EXAMPLES = {
+    "add-candidate": f"{_S} add-candidate --run-id fuzzy-yak-8579 --model /tmp/model.onnx",
+    "promote": EXAMPLE,
+    "rollback": f"{_S} rollback --dry-run",
+    "list": f"{_S} list --metric f1_score --mode max --version e0.2.0",
+    "prune": f"{_S} prune --keep 3 --metric f1_score --yes",
+    "status": f"{_S} status --at e0.2.0",
+    "history": f"{_S} history --tags",
+    "get": f"{_S} get --version e0.2.0 -o /tmp/model-e0.2.0.bin",
+}
+
+
+def _add_parser(sub, name: str, help: str):
+    epilog = f"example:\n  {EXAMPLES[name]}\n\n{epilog_codes(REFUSED, NOT_FOUND)}"
+    return sub.add_parser(name, help=help, description=help, epilog=epilog,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def build() -> argparse.ArgumentParser:
+    p = cli.parser(PROG, __doc__, EXAMPLE, codes=(REFUSED, NOT_FOUND))
+    sub = cli.subparsers(p)
+
+    sp = _add_parser(sub, "add-candidate", "copy a trained model into models/candidates/")
+    _common(sp, writes=True)
+    sp.add_argument("--run-id", required=True, help="the run's xetrack track_id")
+    sp.add_argument("--model", required=True, metavar="PATH", help="the model file")
+    sp.add_argument("--version", default=None, help="check the run has this version")
+    _db(sp)
+    sp.add_argument("--force", action="store_true",
+                    help="replace an existing candidate of this run with different bytes")
+    sp.add_argument("--no-track", action="store_true",
+                    help="skip `dvc add models/candidates` (run it once after many adds)")
+
+    sp = _add_parser(sub, "promote", "put a run's model in production, append to the ledger")
+    _common(sp, writes=True)
+    _db(sp)
+    sp.add_argument("--run-id", default=None, help="the run to promote (its candidate file)")
+    sp.add_argument("--version", default=None, help="check the run has this version")
+    sp.add_argument("--model", metavar="PATH", default=None,
+                    help="promote this file instead of the run's candidate (e.g. another "
+                         "worktree's models/production/model.bin); without --run-id the "
+                         "ledger records the path and no run")
+    sp.add_argument("--force", action="store_true", help="go on when model.bin has changes "
+                    "DVC has not recorded (they are saved to the DVC cache first)")
+
+    sp = _add_parser(sub, "rollback", "restore the previous production model")
+    _common(sp, writes=True)
+    sp.add_argument("--force", action="store_true",
+                    help="discard changes to model.bin that DVC has not recorded")
+
+    sp = _add_parser(sub, "list", "runs ranked by a metric, with candidates and production")
+    _common(sp, writes=False)
+    _db(sp)
+    _rank(sp, "f1_score")
+    sp.add_argument("--version", default=None, help="only runs of this version")
+
+    sp = _add_parser(sub, "prune", "delete candidates of runs ranked below the top K")
+    _common(sp, writes=True)
+    _db(sp)
+    sp.add_argument("--keep", type=int, required=True, metavar="K",
+                    help="keep the K best candidates (plus production's)")
+    _rank(sp, None)
+    sp.add_argument("--version", default=None, help="only prune candidates of this version")
+    sp.add_argument("--yes", action="store_true",
+                    help="really delete (without it: a dry run that exits 0)")
+
+    sp = _add_parser(sub, "status", "the production model, its run, hashes, DVC sync")
+    _common(sp, writes=False)
+    sp.add_argument("--at", metavar="REV", default=None,
+                    help="production as committed at a tag or commit")
+
+    sp = _add_parser(sub, "history", "the ledger (now or at a tag); --tags: per tag")
+    _common(sp, writes=False)
+    sp.add_argument("--at", metavar="REV", default=None, help="the ledger at a tag or commit")
+    sp.add_argument("--tags", action="store_true",
+                    help="which run was in production at each tag")
+
+    sp = _add_parser(sub, "get", "write the production model of a past tag to a file")
+    _common(sp, writes=True)
+    sp.add_argument("--version", required=True, metavar="TAG", help="tag (or commit)")
+    sp.add_argument("-o", "--out", required=True, metavar="PATH", help="output file")
+    sp.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    return p
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+def _db_path(args, repo):
+    return cli.resolve_path(args.db) if args.db else repo / m.DEFAULT_DB
+
+
+def cmd_add_candidate(args, repo) -> None:
+    res = m.add_candidate(repo, db=_db_path(args, repo), run_id=args.run_id,
+                          model=cli.resolve_path(args.model), version=args.version,
+                          force=args.force, track=not args.no_track, dry_run=args.dry_run)
+    verb = ("would add" if args.dry_run else "unchanged" if res["unchanged"] else "added")
+    text = f"{verb} {res['candidate']} (run {res['run_id']}, version {res['version']}, " \
+           f"sha256 {res['sha256'][:12]}, md5 {res['md5']})"
+    if res["tracked"]:
+        text += f"\nnext: git add {m.CANDIDATES}.dvc models/.gitignore && git commit"
+    cli.emit(args, res, text)
+
+
+def cmd_promote(args, repo) -> None:
+    if args.run_id is None and args.model is None:
+        raise EVError("promote needs --run-id ID or --model PATH", code=USAGE,
+                      hint="see model_manager.py promote --help")
+    res = m.promote(repo, db=_db_path(args, repo), run_id=args.run_id, version=args.version,
+                    model=cli.resolve_path(args.model) if args.model else None,
+                    force=args.force, dry_run=args.dry_run)
+    e = res["entry"]
+    who = f"run {e['run_id']} ({e['version']})" if e["run_id"] else e["source"]
+    prev = e["previous"] or {}
+    if res["unchanged"]:
+        text = f"{who} is already in production (md5 {e['model']['md5']}); nothing changed"
+    else:
+        verb = "would promote" if args.dry_run else "promoted"
+        text = (f"{verb} {who} from {e['source']} to {m.PRODUCTION} (md5 {e['model']['md5']})"
+                f"; previous: {prev.get('run_id') or prev.get('source') or '-'} "
+                f"(md5 {prev.get('md5') or '-'})")
+        if not args.dry_run:
+            text += f"\nnext: {GIT_ADD} && git commit"
+            res["next"] = f"{GIT_ADD} && git commit"
+    cli.emit(args, res, text)
+
+
+def cmd_rollback(args, repo) -> None:
+    res = m.rollback(repo, force=args.force, dry_run=args.dry_run)
+    e = res["entry"]
+    verb = "would roll back" if args.dry_run else "rolled back"
+    text = (f"{verb} {m.PRODUCTION} from {e['previous']['run_id'] or e['previous']['source']}"
+            f" (md5 {e['previous']['md5']}) to {e['run_id'] or e['source']} "
+            f"(md5 {e['model']['md5']})")
+    if not args.dry_run:
+        text += f" [bytes from the DVC {res['fetched_from']}]\nnext: {GIT_ADD} && git commit"
+        res["next"] = f"{GIT_ADD} && git commit"
+    cli.emit(args, res, text)
+
+
+def cmd_list(args, repo) -> None:
+    results = m.load_results(_db_path(args, repo))
+    res = m.ranked_runs(repo, results, args.metric, args.mode, args.version)
+
+    def text() -> str:
+        rb = res["ranked_by"]
+        lines = [f"ranked by {rb['column']} ({rb['mode']}; {rb['per_run']})",
+                 f"rank  run_id  version  {args.metric}  candidate  production"]
+        for r in res["runs"]:
+            lines.append(f"{r['rank']}  {r['run_id']}  {_fmt(r['version'])}  "
+                         f"{_fmt(r[args.metric])}  {_fmt(r['candidate'])}  "
+                         f"{'*' if r['production'] else ''}".rstrip())
+        for r in res["missing_models"]:
+            lines.append(f"missing model file: run {r['run_id']} ({_fmt(r['version'])})"
+                         + (f", logged model_path {r['model_path']}" if r["model_path"] else ""))
+        for c in res["orphan_candidates"]:
+            lines.append(f"candidate with no run in the DB: {c}")
+        return "\n".join(lines)
+
+    cli.emit(args, res, text)
+
+
+def cmd_prune(args, repo) -> None:
+    if args.keep < 0:
+        raise EVError("--keep must be 0 or more", code=USAGE, hint="pass --keep K")
+    results = m.load_results(_db_path(args, repo))
+    yes = args.yes and not args.dry_run
+    res = m.prune(repo, results=results, keep=args.keep, metric=args.metric, mode=args.mode,
+                  version=args.version, yes=yes)
+    gone = res.get("deleted", res.get("would_delete"))
+
+    def text() -> str:
+        lines = [f"ranked by {args.metric} ({args.mode}); keeping {len(res['kept'])}: "
+                 + (", ".join(f"{k['path']} [{k['kept_because']}]" for k in res["kept"])
+                    or "-")]
+        verb = "deleted" if yes else "would delete"
+        lines += [f"{verb} {g['path']} ({args.metric} {_fmt(g[args.metric])})" for g in gone]
+        if not yes:
+            lines.append(f"dry run: {len(gone)} file(s) would be deleted; pass --yes to delete")
+        elif res["tracked"]:
+            lines.append(f"next: git add {m.CANDIDATES}.dvc && git commit")
+        return "\n".join(lines)
+
+    cli.emit(args, res, text)
+
+
+def cmd_status(args, repo) -> None:
+    if args.at:
+        m.resolve_rev(repo, args.at)
+    info = m.production_info(repo, args.at)
+
+    def text() -> str:
+        where = f" at {args.at}" if args.at else ""
+        if info is None:
+            return f"no production model{where}"
+        lines = [f"production{where}: {m.PRODUCTION}",
+                 f"run: {_fmt(info['run_id'])}  version: {_fmt(info['version'])}  "
+                 f"source: {_fmt(info['source'])}  promoted: {_fmt(info['promoted_at'])}",
+                 f"md5: {_fmt(info['md5'])}  sha256: {_fmt(info['sha256'])}"]
+        if info["metrics"]:
+            lines.append("metrics: " + "  ".join(f"{k}={_fmt(v)}"
+                                                 for k, v in info["metrics"].items()))
+        if not args.at:
+            lines.append("dvc: " + ("in sync (model.bin matches model.bin.dvc)"
+                                    if info["in_sync"] else
+                                    f"OUT OF SYNC (disk md5 {_fmt(info['disk_md5'])}, .dvc md5 "
+                                    f"{_fmt(info['dvc_md5'])})"))
+        if not info["in_ledger"]:
+            lines.append("ledger: this model has no ledger entry (changed outside "
+                         "model_manager.py)")
+        rb = info["rollback_to"]
+        lines.append(f"rollback would restore: {rb['run_id'] or rb['source']} (md5 {rb['md5']})"
+                     if rb else "rollback: no previous model in the ledger")
+        return "\n".join(lines)
+
+    cli.emit(args, {"production": info, "rev": args.at}, text)
+
+
+def cmd_history(args, repo) -> None:
+    if args.tags:
+        rows = m.tags_production(repo)
+        cli.emit(args, {"tags": rows}, lambda: "\n".join(
+            f"{r['tag']}  {_fmt(r['run_id'])}  {_fmt(r['version'])}  {_fmt(r['md5'])}"
+            + ("" if r["in_ledger"] or not r["md5"] else "  (not in the ledger)")
+            for r in rows) or "no tags")
+        return
+    entries = m.history(repo, args.at)
+    cli.emit(args, {"entries": entries, "rev": args.at}, lambda: "\n".join(
+        f"{e.get('time')}  {e.get('action')}  {_fmt(e.get('run_id'))}  "
+        f"{_fmt(e.get('version'))}  md5 {(e.get('model') or {}).get('md5')}  "
+        f"from {_fmt(e.get('source'))}" for e in entries) or "the ledger is empty")
+
+
+def cmd_get(args, repo) -> None:
+    res = m.get_model(repo, rev=args.version, out=cli.resolve_path(args.out),
+                      force=args.force, dry_run=args.dry_run)
+    verb = "would write" if args.dry_run else "wrote"
+    where = "" if args.dry_run else f" [from the DVC {res['fetched_from']}]"
+    cli.emit(args, res, f"{verb} {res['out']}: production model at {args.version} (run "
+                        f"{_fmt(res['run_id'])}, md5 {res['md5']}){where}")
+
+
+COMMANDS = {"add-candidate": cmd_add_candidate, "promote": cmd_promote,
+            "rollback": cmd_rollback, "list": cmd_list, "prune": cmd_prune,
+            "status": cmd_status, "history": cmd_history, "get": cmd_get}
+
+
+def handler(args) -> int:
+    repo = find_repo(args.repo)
+    require_dvc(repo)
+    COMMANDS[args.command](args, repo)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.main(PROG, build, handler))
