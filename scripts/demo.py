@@ -1,8 +1,18 @@
 #!/usr/bin/env python3
-"""Run the bundle's workflows end to end in a throwaway project and show what a user sees."""
+"""Run the bundle's three workflows end to end in a throwaway project and show what a user sees.
+
+A real project (git, DVC, a local-directory remote), real data (scikit-learn's breast-cancer
+set), real fitted models and real metrics, all through the bundle's own scripts:
+  1. a sequential experiment, tagged with a suggested message;
+  2. a parameter sweep in parallel (one shard DB per run, merged), the best run promoted and
+     the rest kept as candidates;
+  3. two worktree experiments (a forest model; more training data) merged back into main,
+     the forest promoted, both worktrees torn down only once nothing would be lost.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -13,11 +23,12 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _evlib import cli  # noqa: E402
-from _evlib.errors import EVError  # noqa: E402
+from _evlib.errors import USAGE, EVError  # noqa: E402
 from _evlib.proc import dvc, git, run  # noqa: E402
 
 PROG = "demo.py"
 SKILL = Path(__file__).resolve().parents[1]
+SCRIPTS = SKILL / "scripts"
 
 
 def build():
@@ -32,7 +43,7 @@ class Demo:
         self.root = root
         self.proj = root / "project"
         self.quiet = quiet
-        self.summary: dict = {}
+        self.summary: dict = {"merges": [], "tags": {}}
 
     def say(self, text: str = "") -> None:
         if not self.quiet:
@@ -41,11 +52,29 @@ class Demo:
     def step(self, title: str) -> None:
         self.say(f"\n=== {title} ===")
 
-    def py(self, script: Path, *args: str, cwd: Path | None = None) -> str:
+    def py(self, script: Path | str, *args: str, cwd: Path | None = None) -> str:
         cp = run([sys.executable, str(script), *args], cwd=cwd or self.proj,
-                 what=f"{script.name} {' '.join(args[:1])}")
+                 what=f"{Path(script).name} {' '.join(args[:1])}")
         return cp.stdout
 
+    def tool(self, name: str, *args: str, cwd: Path | None = None) -> dict:
+        """Run a bundle script with --json, as an agent would; fail on a non-zero exit."""
+        out = self.py(SCRIPTS / name, *args, "--json", cwd=cwd)
+        return json.loads(out)
+
+    def commit(self, msg: str, cwd: Path | None = None) -> None:
+        git(cwd or self.proj, "add", "-A")
+        git(cwd or self.proj, "commit", "-q", "-m", msg)
+
+    def tag(self, version: str, description: str, cwd: Path | None = None, *extra: str) -> str:
+        res = self.tool("tag_suggest.py", "--version", version, "--metric", "f1_score",
+                        "--description", description, "--create", *extra, cwd=cwd)
+        first = res["message"].splitlines()[0]
+        self.summary["tags"][res["name"]] = first
+        self.say(f"tag {res['name']}: {first}")
+        return res["name"]
+
+    # --- the project ---------------------------------------------------------------------
     def setup(self) -> None:
         self.step("project: git + dvc + local-directory remote")
         self.proj.mkdir(parents=True)
@@ -57,28 +86,121 @@ class Demo:
         dvc(self.proj, "remote", "add", "-d", "storage", str(self.root / "dvc-remote"))
         for name in ("train.py", "prepare_data.py"):
             shutil.copy(SKILL / "assets" / name, self.proj / name)
+        shutil.copy(SKILL / "assets" / "gitignore.starter", self.proj / ".gitignore")
+        shutil.copy(SKILL / "assets" / "dvcignore.starter", self.proj / ".dvcignore")
+        shutil.copy(SKILL / "assets" / "params.yaml", self.proj / "params.yaml")
         self.py(self.proj / "prepare_data.py")
         dvc(self.proj, "add", "data/train.parquet", "data/test.parquet")
-        git(self.proj, "add", "-A")
-        git(self.proj, "commit", "-q", "-m", "project skeleton")
+        self.commit("project skeleton: training code, data tracked by DVC")
         self.say(f"project at {self.proj}")
 
+    # --- workflow 1 ----------------------------------------------------------------------
     def sequential(self) -> None:
         self.step("workflow 1: sequential experiment e0.1.0")
-        out = self.py(self.proj / "train.py", "--version", "e0.1.0", "--model", "logreg")
-        self.say(out.strip())
-        dvc(self.proj, "add", "results/experiments.db")
-        git(self.proj, "add", "-A")
-        git(self.proj, "commit", "-q", "-m", "experiment: e0.1.0 - logreg baseline")
-        git(self.proj, "tag", "-a", "e0.1.0", "-m", "model=logreg | baseline")
-        dvc(self.proj, "push")
-        self.say(git(self.proj, "tag", "-l", "e*", "-n9"))
-        self.summary["tags"] = git(self.proj, "tag", "-l").split()
+        run_ = json.loads(self.py(self.proj / "train.py", "--version", "e0.1.0"))
+        self.say(f"run {run_['track_id']}: f1={run_['f1_score']}")
+        self.tool("model_manager.py", "promote", "--version", "e0.1.0", "--run-id",
+                  run_["track_id"])
+        dvc(self.proj, "add", "results/experiments.db", "models/candidates")
+        self.commit("experiment: e0.1.0 - logreg baseline")
+        self.tag("e0.1.0", "logreg baseline")
+        dvc(self.proj, "push", "-T")
+
+    # --- workflow 2 ----------------------------------------------------------------------
+    def sweep(self) -> None:
+        self.step("workflow 2: parameter sweep e0.2.0 (4 runs, 2 at a time)")
+        grid = self.proj / "grid.yaml"
+        grid.write_text("C: [0.01, 0.1, 1.0, 10.0]\n")
+        res = self.tool("sweep.py", "--version", "e0.2.0", "--grid", "grid.yaml", "--workers",
+                        "2", "--", sys.executable, "train.py", "--version", "e0.2.0")
+        ranked = res["ranking"]
+        for r in ranked:
+            self.say(f"  {r['run_id']}: {res['ranked_by']}={r.get(res['ranked_by'])} "
+                     f"params={r.get('params')}")
+        best = ranked[0]["run_id"]
+        self.summary["merges"].append({"what": "sweep shards", **res.get("merge", {})})
+        self.tool("model_manager.py", "promote", "--version", "e0.2.0", "--run-id", best)
+        dvc(self.proj, "add", "results/experiments.db", "models/candidates")
+        self.commit("sweep: e0.2.0 - 4 configs")
+        self.tag("e0.2.0", "C sweep, best promoted")
+        dvc(self.proj, "push", "-T")
+
+    # --- workflow 3 ----------------------------------------------------------------------
+    def worktrees(self) -> None:
+        self.step("workflow 3: two worktree experiments")
+        for name in ("forest", "more-data"):
+            res = self.tool("worktree.py", "create", name)
+            self.say(f"worktree {res['path']} on {res['branch']} "
+                     f"(cache {res['cache_dir']}, {res['link_type']})")
+        forest = self.root / "exp-forest"
+        more = self.root / "exp-more-data"
+        # forest: a different model
+        out = json.loads(self.py(forest / "train.py", "--version", "exp-forest", "--model",
+                                 "forest", cwd=forest))
+        self.summary["forest_run"] = out["track_id"]
+        dvc(forest, "add", "results/experiments.db", "models/candidates")
+        self.tool("worktree.py", "privatize", cwd=forest)
+        self.commit("exp: random forest", cwd=forest)
+        self.tag("exp-forest", "random forest", forest, "--kind", "exp", "--name", "forest")
+        dvc(forest, "push", "-T")
+        # more-data: 30 held-back samples added to the training set
+        self.py(more / "prepare_data.py", "--extra", "30", cwd=more)
+        dvc(more, "add", "data/train.parquet")
+        json.loads(self.py(more / "train.py", "--version", "exp-more-data", cwd=more))
+        dvc(more, "add", "results/experiments.db", "models/candidates")
+        self.tool("worktree.py", "privatize", cwd=more)
+        self.commit("exp: 30 more training samples", cwd=more)
+        self.tag("exp-more-data", "30 more samples", more, "--kind", "exp", "--name",
+                 "more-data")
+        dvc(more, "push", "-T")
+
+        self.step("merge back into main")
+        res = self.tool("merge_artifacts.py", "--strategy", "merge",
+                        "--base-db", "results/experiments.db",
+                        "--exp-db", str(forest / "results/experiments.db"),
+                        str(more / "results/experiments.db"))
+        for r in res["reports"]:
+            self.summary["merges"].append({"what": "worktree results", **r})
+        self.say(self.py(SCRIPTS / "merge_artifacts.py", "--dry-run", "--base-db",
+                         "results/experiments.db", "--exp-db",
+                         str(forest / "results/experiments.db"),
+                         str(more / "results/experiments.db")).strip())
+        res = self.tool("merge_artifacts.py", "--strategy", "merge", "--key-columns", "id",
+                        "--base-data", "data/train.parquet",
+                        "--exp-data", str(more / "data/train.parquet"))
+        self.summary["merges"].append({"what": "training data", **res["reports"][0]})
+        self.say(f"data merge: added {res['reports'][0]['added']} samples")
+        cand = next((forest / "models" / "candidates").glob("exp-forest--*"))
+        self.tool("model_manager.py", "add-candidate", "--run-id", self.summary["forest_run"],
+                  "--version", "exp-forest", "--model", str(cand))
+        self.tool("model_manager.py", "promote", "--run-id", self.summary["forest_run"],
+                  "--version", "exp-forest")
+        dvc(self.proj, "add", "results/experiments.db", "data/train.parquet",
+            "models/candidates")
+        self.commit("merge worktree experiments; promote the forest")
+        self.tag("e1.0.0", "forest promoted, 2 experiments merged")
+        dvc(self.proj, "push", "-T")
+        for name in ("forest", "more-data"):
+            self.tool("worktree.py", "teardown", name)
+            self.say(f"worktree exp-{name} removed (nothing would be lost)")
+
+    def report(self) -> None:
+        self.step("experiments")
+        self.say(self.py(SCRIPTS / "experiments.py", "list").rstrip())
+        self.step("tags")
+        self.say(git(self.proj, "tag", "-l", "-n1"))
+        self.step("production model")
+        st = self.tool("model_manager.py", "status")
+        self.summary["production"] = st
+        self.say(self.py(SCRIPTS / "model_manager.py", "status").rstrip())
 
     def run_all(self) -> dict:
         start = time.time()
         self.setup()
         self.sequential()
+        self.sweep()
+        self.worktrees()
+        self.report()
         self.summary["seconds"] = round(time.time() - start, 1)
         self.summary["project"] = str(self.proj)
         return self.summary
@@ -88,7 +210,7 @@ def handler(args) -> int:
     if args.keep:
         root = Path(args.keep).resolve()
         if root.exists():
-            raise EVError(f"--keep {root} already exists", code=2,
+            raise EVError(f"--keep {root} already exists", code=USAGE,
                           hint="name a folder that does not exist yet")
         root.mkdir(parents=True)
         summary = Demo(root, args.json).run_all()
