@@ -438,14 +438,29 @@ class DBAt:
     the cache or the remote); if the tag does not track it, None is yielded.
     """
 
-    def __init__(self, repo: Path, db_rel: str, rev: str | None):
-        self.repo, self.db_rel, self.rev = repo, db_rel, rev
+    def __init__(self, repo: Path, db_rel: str, rev: str | None, snapshot: bool = False):
+        self.repo, self.db_rel, self.rev, self.snapshot = repo, db_rel, rev, snapshot
         self.tmp: str | None = None
 
     def __enter__(self) -> Path | None:
         if self.rev is None:
             p = self.repo / self.db_rel
-            return p if p.is_file() else None
+            if not p.is_file() or not self.snapshot:
+                return p if p.is_file() else None
+            # A private copy (sqlite backup: consistent, includes the WAL): whatever a query
+            # does to it, the user's DB is never opened for writing.
+            self.tmp = tempfile.mkdtemp(prefix="ev-history-")
+            dest = Path(self.tmp) / "experiments.db"
+            src = sqlite_connect(p, readonly=True)
+            try:
+                out = sqlite_connect(dest)
+                try:
+                    src.backup(out)
+                finally:
+                    out.close()
+            finally:
+                src.close()
+            return dest
         if find_out(outs_at(self.repo, self.rev), self.db_rel) is None and not git_ok(
                 self.repo, "cat-file", "-e", f"{self.rev}:{self.db_rel}"):
             return None
