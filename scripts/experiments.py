@@ -123,6 +123,7 @@ def cmd_show(repo, args):
             for r in s.runs]
     arts = {p: o.md5 for p, o in sorted(rec["_outs"].items())}
     payload = {**history.public(rec), "message": tags[args.version].message,
+               "lineage": tags[args.version].lineage,
                "run_list": runs, "artifacts": arts}
 
     def text():

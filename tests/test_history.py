@@ -20,6 +20,7 @@ from conftest import init_dvc, init_git, run_script, sh
 DB = "results/experiments.db"
 DATA1 = b"x,label\n1,0\n2,1\n"
 DATA2 = b"x,label\n1,0\n2,1\n3,1\n"
+MODEL = b"pickled model bytes"
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,8 @@ def hist(tmp_path_factory):
     (repo / "data").mkdir()
     (repo / "data" / "train.csv").write_bytes(DATA1)
     (repo / "code.py").write_text("v = 1\n")
+    (repo / "models" / "candidates").mkdir(parents=True)
+    (repo / "models" / "candidates" / "e0.1.0--a.pkl").write_bytes(MODEL)
     made = {}
 
     def tag(version, runs, *extra):
@@ -76,7 +79,8 @@ def hist(tmp_path_factory):
         assert cp.returncode == 0, cp.stderr
         made[version] = {"out": out, "ids": ids, "stderr": cp.stderr}
 
-    tag("e0.1.0", [("logreg", 1.0, 0.80), ("logreg", 0.1, 0.85)], "data/train.csv")
+    tag("e0.1.0", [("logreg", 1.0, 0.80), ("logreg", 0.1, 0.85)], "data/train.csv",
+        "models/candidates")
     tag("e0.1.1", [("logreg", 0.1, 0.86)])
     tag("e0.2.0", [("logreg", 0.01, 0.83)])
     (repo / "data" / "train.csv").unlink()
@@ -280,7 +284,11 @@ def test_show_version(hist):
                                           (made["e0.1.0"]["ids"][1], True, 0.1, 0.85)]
     db_md5 = re.search(r"md5: (\w+)", sh(["git", "show", "e0.1.0:results/experiments.db.dvc"],
                                           cwd=repo).stdout)[1]
-    assert out["artifacts"] == {"data/train.csv": md5(DATA1), DB: db_md5}
+    dir_md5 = re.search(r"md5: (\w+\.dir)", sh(["git", "show",
+                                                "e0.1.0:models/candidates.dvc"], cwd=repo).stdout)[1]
+    assert out["artifacts"] == {"data/train.csv": md5(DATA1), DB: db_md5,
+                                "models/candidates": dir_md5}
+    assert out["lineage"]["run"] == made["e0.1.0"]["ids"][1]
     cp = xp(repo, "show", "e7.0.0")
     assert cp.returncode == 5
     assert cp.stderr == ("experiments.py: error: no tag 'e7.0.0' in this repository; list "
@@ -313,6 +321,15 @@ def test_get_from_cache_and_refuses_to_overwrite(hist, tmp_path):
     cp = xp(repo, "get", "e0.2.0", "data/nope.csv", "-o", str(tmp_path / "n"))
     assert cp.returncode == 5
     assert "data/nope.csv is not tracked (by DVC or git) at e0.2.0" in cp.stderr
+    # a file inside a DVC-tracked directory, from the cache via the directory's manifest
+    out = json.loads(xp(repo, "get", "e0.1.0", "models/candidates/e0.1.0--a.pkl", "-o",
+                        str(tmp_path)).stdout)
+    assert (out["source"], out["md5"]) == ("cache", md5(MODEL))
+    assert (tmp_path / "e0.1.0--a.pkl").read_bytes() == MODEL
+    cp = run_script("experiments.py", "get", "e0.1.0", "data/train.csv", "-o",
+                    str(tmp_path / "dry.csv"), "--dry-run", cwd=repo)
+    assert cp.stdout.startswith("dry run: would write data/train.csv as of e0.1.0 to ")
+    assert not (tmp_path / "dry.csv").exists()
     # a git-tracked file works too
     xp(repo, "get", "e0.1.0", "code.py", "-o", str(tmp_path / "code.py"))
     assert (tmp_path / "code.py").read_text() == "v = 1\n"
@@ -333,6 +350,10 @@ def test_get_from_remote_when_local_cache_lacks_it(hist, tmp_path):
         assert sh(["git", "status", "--porcelain"], cwd=repo).stdout == ""
         assert (repo / "data" / "train.csv").read_bytes() == DATA2
         assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+        cp = xp(repo, "get", "e0.1.0", "models/candidates/e0.1.0--a.pkl", "-o",
+                str(tmp_path / "m.pkl"))
+        assert json.loads(cp.stdout)["source"] == "remote"
+        assert (tmp_path / "m.pkl").read_bytes() == MODEL
     finally:
         shutil.rmtree(cache, ignore_errors=True)
         shutil.move(aside, cache)
@@ -357,3 +378,26 @@ def test_sql_working_tree_and_at_a_tag_read_only(hist):
     attached = json.loads(cp.stdout)["rows"][0][0]
     assert attached != str(repo / DB) and not Path(attached).exists()  # a private snapshot
     assert md5((repo / DB).read_bytes()) == db_before
+
+
+def test_create_refuses_a_model_not_tracked_by_dvc(dvc_repo):
+    from xetrack import Tracker
+
+    repo = dvc_repo
+    (repo / "models" / "candidates").mkdir(parents=True)
+    (repo / "models" / "candidates" / "e0.1.0--r.pkl").write_bytes(MODEL)
+    t = Tracker(str(repo / DB), params={"version": "e0.1.0", "model": "logreg"})
+    t.log({"f1_score": 0.7})
+    t.log({"model_path": "models/candidates/e0.1.0--r.pkl"})
+    commit_version(repo)  # the DB is in DVC, the model only in git
+    cp = run_script("tag_suggest.py", "--create", cwd=repo)
+    assert cp.returncode == 4
+    assert cp.stderr == ("tag_suggest.py: error: not tagging e0.1.0: model "
+                         "models/candidates/e0.1.0--r.pkl is not DVC-tracked at HEAD (dvc add "
+                         "models/candidates && git commit); commit them first (the tag must "
+                         "point at what produced the rows), or pass --allow-dirty\n")
+    cp = run_script("tag_suggest.py", "--create", "--allow-dirty", "--json", cwd=repo)
+    out = json.loads(cp.stdout)
+    assert out["created"] is True
+    assert out["lineage"]["run_lineage"] == {"model_path": "models/candidates/e0.1.0--r.pkl"}
+    assert out["message"].split("\n")[0] == "model=logreg | f1_score=0.7 | data=none | baseline"
