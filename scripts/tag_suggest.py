@@ -47,6 +47,9 @@ def build():
     p.add_argument("--bump", choices=("major", "minor", "patch"), default=None,
                    help="override the inferred bump level")
     p.add_argument("--description", default=None, help="the human part of the message")
+    p.add_argument("--params", default=None, metavar="A,B",
+                   help="params shown in the first line, short names (C,max_depth); "
+                        "default: all of the chosen run's params (config_ prefix dropped)")
     p.add_argument("--create", action="store_true", help="run git tag -a with the message")
     p.add_argument("--allow-dirty", action="store_true",
                    help="with --create: tag even if the tree, DB or models are uncommitted")
@@ -61,7 +64,9 @@ def handler(args) -> int:
     res = history.suggest(repo, version=args.version, kind=args.kind, name=args.name, db=db,
                           metric=args.metric, mode=args.mode, bump=args.bump,
                           description=args.description,
-                          warn=lambda m: cli.warn(PROG, m))
+                          warn=lambda m: cli.warn(PROG, m),
+                          show_params=[x.strip() for x in args.params.split(",") if x.strip()]
+                          if args.params is not None else None)
     chosen = res.pop("_chosen")
     created = False
     if args.create:

@@ -207,6 +207,12 @@ def test_exp_sequence_is_separate(git_repo):
     assert out["name"] == "exp-transformer-v2" and out["bump"] == "exp"
     assert out["message"].split("\n")[0] == ("model=transformer | C=1 | f1_score=0.94 | "
                                              "data=none | worktree experiment transformer")
+    cp, out = suggest(git_repo, "--name", "transformer", "--params", "")
+    assert out["message"].startswith("model=transformer | f1_score=0.94 | data=none")
+    cp, out = suggest(git_repo, "--name", "transformer", "--params", "lr")
+    assert cp.returncode == 2
+    assert cp.stderr.endswith("error: --params lr: not a param of run "
+                              f"{out['error'].split('run ')[1].split(';')[0]}; choose from: C\n")
     log_runs(git_repo, "exp-rnn", [("rnn", 1.0, 0.9)])
     cp, out = suggest(git_repo, "--name", "rnn")
     assert out["name"] == "exp-rnn-v1"

@@ -618,7 +618,7 @@ def default_description(level: str, reasons: list[str], kind: str, name: str | N
 
 def suggest(repo: Path, *, version: str | None, kind: str, name: str | None, db: Path,
             metric: str | None, mode: str, bump: str | None, description: str | None,
-            warn) -> dict:
+            warn, show_params: list[str] | None = None) -> dict:
     from .repo import head_commit, is_dirty
 
     tags = all_tags(repo)
@@ -667,7 +667,15 @@ def suggest(repo: Path, *, version: str | None, kind: str, name: str | None, db:
     metrics = chosen.metrics(s.metric_cols)
     value = chosen.values.get(s.metric)
     parts = [f"model={chosen.model or 'unknown'}"]
-    parts += [f"{k}={fmt(v)}" for k, v in hyperparams(params).items()]
+    hp = hyperparams(params)
+    if show_params is not None:  # --params: only these, in this order
+        missing = [k for k in show_params if k not in hp]
+        if missing:
+            raise EVError(f"--params {','.join(missing)}: not a param of run "
+                          f"{chosen.track_id}", code=USAGE,
+                          hint=f"choose from: {', '.join(hp) or '(none)'}")
+        hp = {k: hp[k] for k in show_params}
+    parts += [f"{k}={fmt(v)}" for k, v in hp.items()]
     parts.append(f"{s.metric}={fmt(value)}")
     if len(runs) > 1:
         parts.append(f"best of {len(runs)} runs")
