@@ -407,3 +407,26 @@ def test_create_refuses_a_model_not_tracked_by_dvc(dvc_repo):
     assert out["created"] is True
     assert out["lineage"]["run_lineage"] == {"model_path": "models/candidates/e0.1.0--r.pkl"}
     assert out["message"].split("\n")[0] == "model=logreg | f1_score=0.7 | data=none | baseline"
+
+
+def test_pipeline_outputs_in_dvc_lock_count_as_data(git_repo):
+    def lock(md5_value: str) -> None:
+        (git_repo / "dvc.lock").write_text(
+            "schema: '2.0'\nstages:\n  prepare:\n    cmd: python prep.py\n    outs:\n"
+            f"    - path: data/prepared.csv\n      md5: {md5_value}\n      size: 3\n"
+            f"    - path: models/m.pkl\n      md5: {'f' * 32}\n      size: 3\n")
+        sh("git add dvc.lock && git commit -q -m lock", cwd=git_repo)
+
+    lock("a" * 32)
+    log_runs(git_repo, "e0.1.0", [("logreg", 1.0, 0.5)])
+    cp, out = suggest(git_repo, "--create", "--allow-dirty")
+    assert out["lineage"]["data"] == {"data/prepared.csv": "a" * 32}  # models/ is a product
+    assert "| data=aaaaaa |" in out["message"]
+    lock("b" * 32)
+    log_runs(git_repo, "e1.0.0", [("logreg", 1.0, 0.5)])
+    cp, out = suggest(git_repo)
+    assert (out["bump"], out["reason"]) == ("major", "data changed: data/prepared.csv "
+                                                     "aaaaaa -> bbbbbb")
+    # flags after the subcommand work too
+    cp = run_script("experiments.py", "list", "--json", "--repo", str(git_repo), cwd="/")
+    assert [v["tag"] for v in json.loads(cp.stdout)["versions"]] == ["e0.1.0"]
