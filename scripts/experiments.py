@@ -1,0 +1,236 @@
+#!/usr/bin/env python3
+"""Read experiment history: every e-tag version as it was recorded at its tag.
+
+  list                  one line per e-tag: tag, date, model, metric, runs, data, description
+  show VERSION          runs (params, metrics), tag message, tracked artifacts with md5s
+  compare V1 V2         metric deltas, changed params, changed artifacts, code diffstat
+  get VERSION PATH -o OUT   a DVC-tracked file as of VERSION (cache, else remote); the
+                        working tree is not touched
+  sql "QUERY"           DuckDB, offline, read-only: the results DB attached as `results`
+                        (xetrack's table: results."default"), plus a view `runs` on it
+
+A past version's runs come from the results DB committed (DVC-tracked) at its tag, so
+history stays right after the current DB changes. --db is relative to the repository root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _evlib import cli, history  # noqa: E402
+from _evlib.errors import NOT_FOUND, REFUSED, USAGE, EVError  # noqa: E402
+from _evlib.repo import find_repo  # noqa: E402
+
+PROG = "experiments.py"
+
+
+def build():
+    p = cli.parser(PROG, __doc__, "python scripts/experiments.py list --sort metric",
+                   codes=(REFUSED, NOT_FOUND))
+    sub = cli.subparsers(p)
+
+    def common(sp, dry=False):
+        # Accepted before or after the subcommand; SUPPRESS keeps a subparser default from
+        # overwriting `--json --repo X list`.
+        sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print one JSON object (with a 'status' key) on stdout")
+        sp.add_argument("--repo", metavar="PATH", default=argparse.SUPPRESS,
+                        help="the git repository to act on (default: the current one)")
+        if dry:
+            sp.add_argument("--dry-run", action="store_true",
+                            help="report what would be written and write nothing")
+        sp.add_argument("--db", default=history.DEFAULT_DB,
+                        help=f"results DB path in the repo (default {history.DEFAULT_DB})")
+        sp.add_argument("--metric", default=None,
+                        help="column that ranks runs (default f1_score if present)")
+        sp.add_argument("--mode", choices=("max", "min"), default="max",
+                        help="best run has the max (default) or min metric")
+
+    sp = sub.add_parser("list", help="one line per e-tag version")
+    common(sp)
+    sp.add_argument("--sort", choices=("version", "metric"), default="version",
+                    help="order by version (default) or by metric, best first")
+    sp = sub.add_parser("show", help="one version in full")
+    common(sp)
+    sp.add_argument("version")
+    sp = sub.add_parser("compare", help="what changed between two versions")
+    common(sp)
+    sp.add_argument("v1")
+    sp.add_argument("v2")
+    sp = sub.add_parser("get", help="a tracked file as of a version, written to OUT")
+    common(sp, dry=True)
+    sp.add_argument("version")
+    sp.add_argument("path", help="repo-relative path of a DVC- (or git-) tracked file")
+    sp.add_argument("-o", "--out", required=True, help="where to write it")
+    sp.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    sp = sub.add_parser("sql", help="DuckDB query over the results DB (read-only)")
+    common(sp)
+    sp.add_argument("query")
+    sp.add_argument("--version", default=None,
+                    help="query the results DB as committed at this tag (default: working tree)")
+    return p
+
+
+def _records(repo, args):
+    tags = history.all_tags(repo)
+    names = history.e_tags(tags, lambda m: cli.warn(PROG, m))
+    return [history.version_record(repo, tags[n], args.db_rel, args.metric, args.mode,
+                                   lambda m: cli.warn(PROG, m)) for n in names]
+
+
+def _record(repo, args, version):
+    history.require_tag(repo, version)
+    tags = history.all_tags(repo)
+    return history.version_record(repo, tags[version], args.db_rel, args.metric, args.mode,
+                                  lambda m: cli.warn(PROG, m))
+
+
+def cmd_list(repo, args):
+    recs = _records(repo, args)
+    if args.sort == "metric":
+        sign = -1 if args.mode == "max" else 1
+        recs.sort(key=lambda r: (history._num(r["value"]) is None,
+                                 sign * (history._num(r["value"]) or 0)))
+    rows = [history.public(r) for r in recs]
+    for r in rows:
+        r.pop("params"), r.pop("metrics")
+
+    def text():
+        if not rows:
+            return "no experiment tags (e<major>.<minor>.<patch>) yet"
+        lines = []
+        for r in rows:
+            metric = f"{r['metric']}={history.fmt(r['value'])}" if r["value"] is not None \
+                else f"{r['metric']}=-"
+            lines.append(f"{r['tag']:<10} {r['date'][:10]}  {r['model'] or '-':<10} {metric:<18}"
+                         f" runs={r['runs']:<3} data={r['data']}  {r['description']}")
+        return "\n".join(lines)
+
+    cli.emit(args, {"versions": rows}, text)
+
+
+def cmd_show(repo, args):
+    rec = _record(repo, args, args.version)
+    s = rec["_summary"]
+    tags = history.all_tags(repo)
+    runs = [{"track_id": r.track_id, "rows": r.rows, "best": r is s.best,
+             "params": r.params(s.metric_cols), "metrics": r.metrics(s.metric_cols)}
+            for r in s.runs]
+    arts = {p: o.md5 for p, o in sorted(rec["_outs"].items())}
+    payload = {**history.public(rec), "message": tags[args.version].message,
+               "lineage": tags[args.version].lineage,
+               "run_list": runs, "artifacts": arts}
+
+    def text():
+        out = [f"{rec['tag']}  {rec['date']}  commit {rec['commit'][:12]}",
+               f"message: {tags[args.version].subject}", f"runs ({len(runs)}, ranked by "
+               f"{s.metric} {s.mode}):"]
+        for r in runs:
+            mark = "*" if r["best"] else " "
+            ps = " ".join(f"{k}={history.fmt(v)}" for k, v in r["params"].items())
+            ms = " ".join(f"{k}={history.fmt(v)}" for k, v in r["metrics"].items())
+            out.append(f" {mark} {r['track_id']}  {ms}  |  {ps}")
+        out.append("artifacts:")
+        out += [f"  {p}  {m}" for p, m in arts.items()]
+        return "\n".join(out)
+
+    cli.emit(args, payload, text)
+
+
+def cmd_compare(repo, args):
+    a, b = _record(repo, args, args.v1), _record(repo, args, args.v2)
+    res = history.compare(a, b, repo)
+
+    def text():
+        out = [f"{res['from']} -> {res['to']}", "metrics:"]
+        for k, d in res["metrics"].items():
+            delta = "" if d["delta"] is None else f" ({d['delta']:+.4g})"
+            out.append(f"  {k}: {history.fmt(d['from'])} -> {history.fmt(d['to'])}{delta}")
+        out.append("params changed:" + ("" if res["params_changed"] else " none"))
+        out += [f"  {k}: {history.fmt(d['from'])} -> {history.fmt(d['to'])}"
+                for k, d in res["params_changed"].items()]
+        out.append("artifacts changed:" + ("" if res["artifacts_changed"] else " none"))
+        out += [f"  {k}: {(d['from'] or 'none')[:8]} -> {(d['to'] or 'none')[:8]}"
+                for k, d in res["artifacts_changed"].items()]
+        out.append("code:" + ("\n" + res["diffstat"] if res["diffstat"] else " no changes"))
+        return "\n".join(out)
+
+    cli.emit(args, res, text)
+
+
+def cmd_get(repo, args):
+    history.require_tag(repo, args.version)
+    out = cli.resolve_path(args.out)
+    if out.is_dir():
+        out = out / Path(args.path).name
+    if out.exists() and not args.force:
+        raise EVError(f"{out} already exists", code=REFUSED,
+                      hint="choose another -o, or pass --force to replace it")
+    rel = history.repo_rel(repo, args.path)
+    if args.dry_run:
+        hit = history.find_out(history.outs_at(repo, args.version), rel)
+        cli.emit(args, {"version": args.version, "path": rel, "out": str(out),
+                        "md5": hit[0].md5 if hit and not hit[1] else None, "dry_run": True},
+                 f"dry run: would write {rel} as of {args.version} to {out}")
+        return
+    res = history.fetch(repo, args.version, rel, out)
+    cli.emit(args, {"version": args.version, "path": rel, "out": str(out), **res},
+             f"wrote {rel} as of {args.version} to {out} (md5 {res['md5']}, from {res['source']})")
+
+
+def cmd_sql(repo, args):
+    from _evlib.sql import duckdb_attach_sqlite, duckdb_connect
+
+    if args.version:
+        history.require_tag(repo, args.version)
+    with history.DBAt(repo, args.db_rel, args.version, snapshot=True) as db:
+        if db is None:
+            where = f"at {args.version}" if args.version else "in the working tree"
+            raise EVError(f"no results DB {args.db_rel} {where}", code=NOT_FOUND,
+                          hint="pass --db, or run training first")
+        con = duckdb_connect()
+        try:
+            duckdb_attach_sqlite(con, db, "results", readonly=True)
+            tables = [r[0] for r in con.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_catalog = "
+                "'results'").fetchall()]
+            if "default" in tables:
+                con.execute('CREATE VIEW runs AS SELECT * FROM results."default"')
+            # No new files from here on: the query can read what is attached, nothing else.
+            con.execute("SET enable_external_access = false")
+            con.execute("SET lock_configuration = true")
+            try:
+                cur = con.execute(args.query)
+            except Exception as exc:  # duckdb's own errors: one line, a usage problem
+                msg = " ".join(str(exc).split())
+                raise EVError(f"query failed: {msg}", code=USAGE,
+                              hint='tables: results."default" (or the view runs), '
+                                   "results.assets, results.keys, results.counts") from exc
+            cols = [d[0] for d in cur.description] if cur.description else []
+            rows = [list(r) for r in cur.fetchall()] if cols else []
+        finally:
+            con.close()
+
+    def text():
+        lines = ["\t".join(cols)]
+        lines += ["\t".join("" if v is None else history.fmt(v) for v in r) for r in rows]
+        return "\n".join(lines)
+
+    cli.emit(args, {"columns": cols, "rows": rows, "count": len(rows)}, text)
+
+
+def handler(args) -> int:
+    repo = find_repo(args.repo)
+    args.db_rel = history.repo_rel(repo, str(history.db_path(repo, args.db)))
+    {"list": cmd_list, "show": cmd_show, "compare": cmd_compare, "get": cmd_get,
+     "sql": cmd_sql}[args.command](repo, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.main(PROG, build, handler))

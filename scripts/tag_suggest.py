@@ -1,0 +1,107 @@
+#!/usr/bin/env python3
+"""Suggest (and optionally create) the annotated tag for an experiment version.
+
+The tag name is the version the runs were logged under (train.py --version e0.2.0), checked
+against the bump inferred since the last e-tag: data (DVC md5s) or model type changed: major;
+params changed (params.yaml, or the chosen run's param/config_ columns): minor; else patch.
+`--kind exp --name NAME` gives the worktree sequence exp-NAME-v1, -v2, ...
+The message is one line `model=... | params | METRIC=value | best of N runs | data=md5 |
+description`, a blank line, then a JSON lineage block (commit, dirty, data hashes, the chosen
+run's params and metrics). With --version omitted, the one untagged version in the results DB
+is used.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _evlib import atomic, cli, history  # noqa: E402
+from _evlib.errors import NOT_FOUND, REFUSED, USAGE, EVError  # noqa: E402
+from _evlib.proc import git  # noqa: E402
+from _evlib.repo import find_repo  # noqa: E402
+
+PROG = "tag_suggest.py"
+
+
+def build():
+    p = cli.parser(PROG, __doc__, "python scripts/tag_suggest.py --version e0.2.0 "
+                   "--description 'C sweep' --create",
+                   codes=(REFUSED, NOT_FOUND), dry_run=True)
+    p.add_argument("--version", default=None,
+                   help="the version the runs were logged under (default: the one untagged "
+                        "version in the results DB; for --kind exp: exp-NAME)")
+    p.add_argument("--kind", choices=("e", "exp"), default="e",
+                   help="e: e<major>.<minor>.<patch> (default); exp: exp-NAME-vN worktree tags")
+    p.add_argument("--name", default=None, help="experiment name for --kind exp")
+    p.add_argument("--db", default=history.DEFAULT_DB,
+                   help=f"results DB, relative to the repository root (default {history.DEFAULT_DB})")
+    p.add_argument("--metric", default=None,
+                   help="column that ranks runs (default f1_score if present)")
+    p.add_argument("--mode", choices=("max", "min"), default="max",
+                   help="best run has the max (default) or min metric")
+    p.add_argument("--bump", choices=("major", "minor", "patch"), default=None,
+                   help="override the inferred bump level")
+    p.add_argument("--description", default=None, help="the human part of the message")
+    p.add_argument("--params", default=None, metavar="A,B",
+                   help="params shown in the first line, short names (C,max_depth); "
+                        "default: all of the chosen run's params (config_ prefix dropped)")
+    p.add_argument("--create", action="store_true", help="run git tag -a with the message")
+    p.add_argument("--allow-dirty", action="store_true",
+                   help="with --create: tag even if the tree, DB or models are uncommitted")
+    return p
+
+
+def handler(args) -> int:
+    repo = find_repo(args.repo)
+    if args.name and args.kind == "e":
+        args.kind = "exp"
+    db = history.db_path(repo, args.db)
+    res = history.suggest(repo, version=args.version, kind=args.kind, name=args.name, db=db,
+                          metric=args.metric, mode=args.mode, bump=args.bump,
+                          description=args.description,
+                          warn=lambda m: cli.warn(PROG, m),
+                          show_params=[x.strip() for x in args.params.split(",") if x.strip()]
+                          if args.params is not None else None)
+    chosen = res.pop("_chosen")
+    created = False
+    if args.create:
+        if res["exists"]:
+            raise EVError(f"tag {res['name']} already exists", code=REFUSED,
+                          hint="a version is tagged once; log new runs under a new --version")
+        problems = history.create_checks(repo, db, chosen)
+        if problems and not args.allow_dirty:
+            raise EVError(f"not tagging {res['name']}: " + "; ".join(problems), code=REFUSED,
+                          hint="commit them first (the tag must point at what produced the "
+                               "rows), or pass --allow-dirty")
+        if not args.dry_run:
+            with tempfile.TemporaryDirectory(prefix="ev-tag-") as d:
+                msg = Path(d) / "message.txt"
+                atomic.write_text(msg, res["message"])
+                git(repo, "tag", "-a", res["name"], "-F", str(msg), "--cleanup=verbatim")
+            created = True
+    elif res["exists"]:
+        raise EVError(f"tag {res['name']} already exists", code=USAGE,
+                      hint="log new runs under a new --version (see experiments.py list)")
+    res["created"] = created
+    res["dry_run"] = bool(args.dry_run)
+
+    def text() -> str:
+        head = f"{res['name']}  ({res['bump']}: {res['reason']})"
+        tail = ""
+        if created:
+            tail = f"\ncreated tag {res['name']}"
+        elif args.create:
+            tail = f"\ndry run: would run git tag -a {res['name']}"
+        return f"{head}\n\n{res['message'].rstrip()}{tail}"
+
+    cli.emit(args, res, text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.main(PROG, build, handler))
