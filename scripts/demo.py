@@ -178,7 +178,7 @@ class Demo:
         dvc(self.proj, "add", "results/experiments.db", "data/train.parquet",
             "models/candidates")
         self.commit("merge worktree experiments; promote the forest")
-        self.tag("e1.0.0", "forest promoted, 2 experiments merged")
+        self.tag("exp-forest", "forest promoted, 2 experiments merged", None, "--tag", "e1.0.0")
         dvc(self.proj, "push", "-T")
         for name in ("forest", "more-data"):
             self.tool("worktree.py", "teardown", name)

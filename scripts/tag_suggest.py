@@ -35,6 +35,9 @@ def build():
     p.add_argument("--version", default=None,
                    help="the version the runs were logged under (default: the one untagged "
                         "version in the results DB; for --kind exp: exp-NAME)")
+    p.add_argument("--tag", default=None, metavar="NAME",
+                   help="tag name when it differs from the rows' version, e.g. an e-tag for "
+                        "main after merging worktree runs (--version exp-forest --tag e1.0.0)")
     p.add_argument("--kind", choices=("e", "exp"), default="e",
                    help="e: e<major>.<minor>.<patch> (default); exp: exp-NAME-vN worktree tags")
     p.add_argument("--name", default=None, help="experiment name for --kind exp")
@@ -61,7 +64,7 @@ def handler(args) -> int:
     if args.name and args.kind == "e":
         args.kind = "exp"
     db = history.db_path(repo, args.db)
-    res = history.suggest(repo, version=args.version, kind=args.kind, name=args.name, db=db,
+    res = history.suggest(repo, version=args.version, tag_name=args.tag, kind=args.kind, name=args.name, db=db,
                           metric=args.metric, mode=args.mode, bump=args.bump,
                           description=args.description,
                           warn=lambda m: cli.warn(PROG, m),

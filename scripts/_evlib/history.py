@@ -617,6 +617,7 @@ def default_description(level: str, reasons: list[str], kind: str, name: str | N
 
 
 def suggest(repo: Path, *, version: str | None, kind: str, name: str | None, db: Path,
+            tag_name: str | None = None,
             metric: str | None, mode: str, bump: str | None, description: str | None,
             warn, show_params: list[str] | None = None) -> dict:
     from .repo import head_commit, is_dirty
@@ -653,12 +654,12 @@ def suggest(repo: Path, *, version: str | None, kind: str, name: str | None, db:
             level = bump
         expected = bump_version(last, "patch" if level == "initial" else level) \
             if last else "e0.1.0"
-        if not parse_e(version):
-            raise EVError(f"version {version!r} is not an experiment tag name "
-                          f"(e<major>.<minor>.<patch>)", code=USAGE,
-                          hint=f"log the runs under --version {expected}, or use --kind exp "
-                               "--name NAME for a worktree experiment")
-        tag = version
+        tag = tag_name or version  # --tag: e.g. main's tag after merging a worktree's runs
+        if not parse_e(tag):
+            raise EVError(f"{'--tag' if tag_name else 'version'} {tag!r} is not an experiment "
+                          f"tag name (e<major>.<minor>.<patch>)", code=USAGE,
+                          hint=f"log the runs under --version {expected}, pass --tag "
+                               f"{expected}, or use --kind exp --name NAME")
         if tag != expected and tag not in tags:
             warn(f"rows are logged under {tag} but the change since {last or 'nothing'} is "
                  f"a {level} bump ({expected}); tagging {tag} so the tag matches its rows")
