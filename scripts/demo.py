@@ -113,12 +113,12 @@ class Demo:
         grid.write_text("C: [0.01, 0.1, 1.0, 10.0]\n")
         res = self.tool("sweep.py", "--version", "e0.2.0", "--grid", "grid.yaml", "--workers",
                         "2", "--", sys.executable, "train.py", "--version", "e0.2.0")
-        ranked = res["ranking"]
+        ranked, col = res["ranking"], res["ranked_by"]["column"]
+        self.say(f"runs ranked by {col} ({res['ranked_by']['aggregate']}):")
         for r in ranked:
-            self.say(f"  {r['run_id']}: {res['ranked_by']}={r.get(res['ranked_by'])} "
-                     f"params={r.get('params')}")
-        best = ranked[0]["run_id"]
-        self.summary["merges"].append({"what": "sweep shards", **res.get("merge", {})})
+            self.say(f"  {r['rank']}. {r['track_id']}: {col}={r['value']} {r.get('params', '')}")
+        best = ranked[0]["track_id"]
+        self.summary["merges"].append({"what": "sweep shards", **(res.get("merged") or {})})
         self.tool("model_manager.py", "promote", "--version", "e0.2.0", "--run-id", best)
         dvc(self.proj, "add", "results/experiments.db", "models/candidates")
         self.commit("sweep: e0.2.0 - 4 configs")
