@@ -559,8 +559,8 @@ def merge_data(base: Path, exps: list[Path], output: Path | None = None, *,
             else:
                 tagged = " UNION ALL ".join(f"{sel(i + 1, f', {i} AS __evf')}"
                                             for i in range(len(exps)))
-                exp_all = (f"(SELECT {qn} FROM ({tagged}) QUALIFY __evf = "
-                           f"max(__evf) OVER (PARTITION BY {qk}))")
+                exp_all = (f"(SELECT {qn} FROM (SELECT *, max(__evf) OVER (PARTITION BY "
+                           f"{qk}) AS __evmax FROM ({tagged})) WHERE __evf = __evmax)")
             query = (f"SELECT * FROM ({sel(0)}) ANTI JOIN {exp_all} AS __e USING ({qk}) "
                      f"UNION ALL SELECT * FROM {exp_all}")
         else:
@@ -629,8 +629,9 @@ def _data_counts(con, report, files, schemas, written, base_rows, strategy, key,
         kept_exp = exp_rows
     else:
         tagged = " UNION ALL ".join(f"{sel(i + 1, f', {i} AS __evf')}" for i in range(len(exps)))
-        kept_exp = con.execute(f"SELECT count(*) FROM ({tagged}) QUALIFY __evf = "
-                               f"max(__evf) OVER (PARTITION BY {qk})").fetchone()[0]
+        kept_exp = con.execute(f"SELECT count(*) FROM (SELECT __evf, max(__evf) OVER "
+                               f"(PARTITION BY {qk}) AS __evmax FROM ({tagged})) "
+                               f"WHERE __evf = __evmax").fetchone()[0]
     kept_base = written - kept_exp
     report["replaced"] = base_rows - kept_base
     report["added"] = kept_exp
