@@ -88,6 +88,16 @@ def test_schemas_united_by_name_with_safe_widening_reported(git_repo):
         ("id", "INTEGER", "BIGINT"), ("score", "BIGINT", "DOUBLE")]
 
 
+def test_decimal_precisions_widen_to_hold_both(git_repo):
+    from decimal import Decimal
+
+    write(git_repo / "base.parquet", {"p": pa.array([Decimal("12345.6")], pa.decimal128(6, 1))})
+    write(git_repo / "exp.parquet", {"p": pa.array([Decimal("0.25")], pa.decimal128(3, 2))})
+    rep = ok(merge(git_repo, "--base-data", "base.parquet", "--exp-data", "exp.parquet"))
+    assert [w["to"] for w in rep["data"]["type_widenings"]] == ["DECIMAL(7,2)"] * 2
+    assert read(git_repo / "base.parquet") == {"p": [Decimal("12345.60"), Decimal("0.25")]}
+
+
 def test_lossy_type_difference_is_an_error_naming_column_files_types(git_repo):
     write(git_repo / "base.parquet", {"id": [1], "label": [0]})
     write(git_repo / "exp.parquet", {"id": [2], "label": ["spam"]})
