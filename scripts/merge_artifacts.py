@@ -79,7 +79,9 @@ def _text(reports: list[dict]) -> str:
         else:
             for inp in r["inputs"]:
                 extra = "".join(f", {k} {inp[k]}" for k in ("added", "skipped") if k in inp)
-                out.append(f"  {inp['path']}: read {inp['read']}{extra}")
+                cols = ", ".join(f"{c['column']} {c['type']}" for c in inp["columns_added"])
+                out.append(f"  {inp['path']}: read {inp['read']}{extra}"
+                           + (f", columns added: {cols}" if cols else ""))
             for k in ("added", "skipped", "replaced", "superseded_by_later_exp"):
                 if k in r and not (r["strategy"] == "merge" and len(r["inputs"]) == 1):
                     out.append(f"  {k.replace('_', ' ')}: {r[k]}")

@@ -42,7 +42,8 @@ def test_merge_without_key_counts_duplicates_and_rerun_adds_nothing(git_repo):
     assert sorted(zip(got["text"], got["y"], strict=True)) == [
         ("a", 0), ("b", 1), ("b", 1), ("b", 1), ("c", 2)]
     assert rep["inputs"][0] == {"path": str(git_repo / "exp/train.parquet"), "read": 5,
-                                "added": 2, "skipped": 3, "replaced": 0}
+                                "added": 2, "skipped": 3, "replaced": 0,
+                                "columns_added": [], "type_widenings": []}
     rep = ok(merge(git_repo, *args))["data"]
     assert rep["inputs"][0]["added"] == 0 and rep["rows_out"] == 5
     assert pq.read_table(base).num_rows == 5
@@ -86,6 +87,9 @@ def test_schemas_united_by_name_with_safe_widening_reported(git_repo):
         [(1, 1.0, None), (2, 2.0, None), (3, 0.5, "new")], key=repr)
     assert sorted((w["column"], w["from"], w["to"]) for w in rep["type_widenings"]) == [
         ("id", "INTEGER", "BIGINT"), ("score", "BIGINT", "DOUBLE")]
+    assert rep["inputs"][0]["columns_added"] == [{"column": "extra", "type": "VARCHAR"}]
+    assert rep["inputs"][0]["type_widenings"] == []  # the base was the one widened
+    assert {w["file"] for w in rep["type_widenings"]} == {str(git_repo / "base.parquet")}
 
 
 def test_decimal_precisions_widen_to_hold_both(git_repo):

@@ -619,6 +619,7 @@ def merge_data(base: Path, exps: list[Path], output: Path | None = None, *,
 
 
 def _data_counts(con, report, files, schemas, written, base_rows, strategy, key, sel, exps):
+    _data_inputs(report, files, schemas)
     written = int(written)
     report["rows_out"] = written
     report["base_rows"] = base_rows
@@ -627,11 +628,8 @@ def _data_counts(con, report, files, schemas, written, base_rows, strategy, key,
         total_added = written - base_rows
         if len(exps) == 1:
             n = schemas[1][1]
-            report["inputs"].append({"path": str(files[1]), "read": n, "added": total_added,
-                                     "skipped": n - total_added, "replaced": 0})
+            report["inputs"][0].update(added=total_added, skipped=n - total_added, replaced=0)
         else:
-            report["inputs"] = [{"path": str(f), "read": s[1]} for f, s in
-                                zip(files[1:], schemas[1:], strict=True)]
             report["added"] = total_added
             report["skipped"] = sum(s[1] for s in schemas[1:]) - total_added
         return
@@ -648,7 +646,16 @@ def _data_counts(con, report, files, schemas, written, base_rows, strategy, key,
     report["replaced"] = base_rows - kept_base
     report["added"] = kept_exp
     report["superseded_by_later_exp"] = exp_rows - kept_exp
-    report["inputs"] = [{"path": str(f), "read": s[1]} for f, s in zip(files[1:], schemas[1:], strict=True)]
+
+
+def _data_inputs(report, files, schemas) -> None:
+    """Per experiment file: rows read, columns the base lacked, widenings applied to it."""
+    base_cols = {c[0] for c in schemas[0][0]}
+    for f, (cols, n) in zip(files[1:], schemas[1:], strict=True):
+        report["inputs"].append({
+            "path": str(f), "read": n,
+            "columns_added": [{"column": c, "type": t} for c, t in cols if c not in base_cols],
+            "type_widenings": [w for w in report["type_widenings"] if w["file"] == str(f)]})
 
 
 # --- helpers for the CLI: up-front input checks, the DVC way back ---------------------------
