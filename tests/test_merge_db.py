@@ -329,3 +329,16 @@ def test_sigkill_mid_merge_leaves_old_or_new_output_and_no_litter(git_repo):
     con = sqlite3.connect(base)
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     con.close()
+
+
+def test_text_report_without_json(git_repo):
+    make_xetrack_db(git_repo / "base.db", [{"f1_score": 0.5}])
+    make_xetrack_db(git_repo / "exp.db", [{"f1_score": 0.6, "epochs": 2}])
+    cp = run_script("merge_artifacts.py", "--base-db", "base.db", "--exp-db", "exp.db",
+                    cwd=git_repo)
+    assert cp.returncode == 0 and cp.stderr == ""
+    assert cp.stdout.splitlines() == [
+        f"db merge: {git_repo / 'base.db'} -> {git_repo / 'base.db'}",
+        f"  {git_repo / 'exp.db'} [default]: read 1, added 1, replaced 0, already present 0, "
+        "conflicts 0, columns added: epochs INTEGER",
+        "  rows out: default=2, assets=0, keys=0, counts=0"]

@@ -453,8 +453,20 @@ def _glob_safe(path: Path, tmpdir: Path) -> str:
     return s
 
 
+_SCHEMA_CACHE: dict = {}
+
+
 def _parquet_schema(path: Path, flag: str) -> tuple[list[tuple[str, str]], int]:
+    """(columns with DuckDB types, row count) from the footer; cached per file version."""
     _require_file(path, flag)
+    st = path.stat()
+    ck = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    if ck not in _SCHEMA_CACHE:
+        _SCHEMA_CACHE[ck] = _read_parquet_schema(path, flag)
+    return _SCHEMA_CACHE[ck]
+
+
+def _read_parquet_schema(path: Path, flag: str) -> tuple[list[tuple[str, str]], int]:
     with open(path, "rb") as fh:
         head = fh.read(4)
         fh.seek(0, os.SEEK_END)
@@ -466,7 +478,7 @@ def _parquet_schema(path: Path, flag: str) -> tuple[list[tuple[str, str]], int]:
                       hint="pass a .parquet data file")
     import duckdb
 
-    con = duckdb.connect()
+    con = duckdb.connect()  # in-memory; one per file keeps a bad file's error its own
     try:
         lit = quote_literal(str(path.resolve()))
         # parquet_schema/DESCRIBE read only the footer
