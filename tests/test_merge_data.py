@@ -49,6 +49,17 @@ def test_merge_without_key_counts_duplicates_and_rerun_adds_nothing(git_repo):
     assert pq.read_table(base).num_rows == 5
 
 
+def test_merge_several_files_counts_each_file(git_repo):
+    write(git_repo / "base.parquet", {"t": ["a"]})
+    write(git_repo / "e1.parquet", {"t": ["a", "b"]})
+    write(git_repo / "e2.parquet", {"t": ["a", "b", "c", "c"]})
+    rep = ok(merge(git_repo, "--base-data", "base.parquet", "--exp-data", "e1.parquet",
+                   "e2.parquet"))["data"]
+    assert [(i["read"], i["added"], i["skipped"]) for i in rep["inputs"]] == [
+        (2, 1, 1), (4, 2, 2)]
+    assert sorted(read(git_repo / "base.parquet")["t"]) == ["a", "b", "c", "c"]
+
+
 def test_merge_with_key_adds_only_new_keys(git_repo):
     write(git_repo / "base.parquet", {"id": [1, 2], "x": ["a", "b"]})
     write(git_repo / "exp.parquet", {"id": [2, 3], "x": ["B", "c"]})

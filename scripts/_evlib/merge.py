@@ -589,6 +589,7 @@ def merge_data(base: Path, exps: list[Path], output: Path | None = None, *,
                      f"UNION ALL SELECT * FROM {exp_all}")
         else:
             prev = f"({sel(0)})"
+            news = []
             for i in range(len(exps)):
                 e = f"({sel(i + 1)})"
                 if key:
@@ -603,6 +604,7 @@ def merge_data(base: Path, exps: list[Path], output: Path | None = None, *,
                            f"(SELECT *, {rn} FROM {e}) AS __x ANTI JOIN "
                            f"(SELECT *, {rn} FROM {prev}) AS __y "
                            f"ON {cond} AND __x.__rn = __y.__rn")
+                news.append(new)
                 prev = f"({prev} UNION ALL ({new}))"
             query = f"SELECT * FROM {prev}"
         with _output_temp(output, dry_run) as tmp:
@@ -613,6 +615,10 @@ def merge_data(base: Path, exps: list[Path], output: Path | None = None, *,
             if int(check or 0) != int(written):
                 raise EVError(f"re-read of the merged parquet found {check} rows, "
                               f"expected {written}", code=FAILED, hint="nothing written")
+            if strategy == "merge" and len(exps) > 1:
+                # One counting pass per experiment file, only when there are several.
+                report["_added_each"] = [con.execute(f"SELECT count(*) FROM ({n})").fetchone()[0]
+                                         for n in news]
             _data_counts(con, report, files, schemas, written, base_rows, strategy, key,
                          sel, exps)
             if (not dry_run and strategy == "rebase" and output.exists()
@@ -642,8 +648,11 @@ def _data_counts(con, report, files, schemas, written, base_rows, strategy, key,
             n = schemas[1][1]
             report["inputs"][0].update(added=total_added, skipped=n - total_added, replaced=0)
         else:
-            report["added"] = total_added
-            report["skipped"] = sum(s[1] for s in schemas[1:]) - total_added
+            for inp, n_added in zip(report["inputs"], report.pop("_added_each"), strict=True):
+                inp.update(added=n_added, skipped=inp["read"] - n_added, replaced=0)
+            if sum(i["added"] for i in report["inputs"]) != total_added:
+                raise EVError("per-file counts do not add up to the rows written", code=FAILED,
+                              hint="nothing written; report this as a bug")
         return
     exp_rows = sum(s[1] for s in schemas[1:])
     qk = ", ".join(quote_ident(k) for k in key)
