@@ -88,17 +88,16 @@ def test_worktree_snapshot_case_gives_each_row_once(git_repo):
 
 def test_columns_one_side_lacks_are_added_with_types_and_values_kept(git_repo):
     base, exp = git_repo / "base.db", git_repo / "exp.db"
-    make_xetrack_db(base, [{"f1_score": 0.5, "only_base": "x"}])
+    make_xetrack_db(base, [{"f1_score": 0.5, "only_base": "x", "Note": "base"}])
     make_xetrack_db(exp, [{"f1_score": 0.6, "epochs": 3, "lr": 0.01, "note": "hi"}])
     rep = ok(merge(git_repo, "--base-db", "base.db", "--exp-db", "exp.db"))
     cols = columns(base)
-    assert cols["epochs"] == "INTEGER" and cols["lr"] == "REAL" and cols["note"] == "TEXT"
+    assert cols["epochs"] == "INTEGER" and cols["lr"] == "REAL" and cols["Note"] == "TEXT"
     assert cols["only_base"] == "TEXT"
     added = rep["db"]["inputs"][0]["tables"]["default"]["columns_added"]
-    assert {c["column"]: c["type"] for c in added} == {"epochs": "INTEGER", "lr": "REAL",
-                                                      "note": "TEXT"}
+    assert {c["column"]: c["type"] for c in added} == {"epochs": "INTEGER", "lr": "REAL"}
     assert rows(base, cols="f1_score, only_base, epochs, lr, note") == [
-        (0.5, "x", None, None, None), (0.6, None, 3, 0.01, "hi")]
+        (0.5, "x", None, None, "base"), (0.6, None, 3, 0.01, "hi")]  # Note = note in SQLite
 
 
 def _conflicting(git_repo: Path) -> tuple[Path, Path]:

@@ -320,15 +320,15 @@ def _merge_table(con, alias: str, t: str, exp_cols, key: list[str], strategy: st
     qt, qa = quote_ident(t), quote_ident(alias)
     stats = {"read": _count(con, alias, t), "added": 0, "replaced": 0, "removed": 0,
              "skipped": 0, "conflicts": 0, "columns_added": []}
-    main_cols = {c[0] for c in sqlite_columns(con, t)}
+    main_cols = {c[0].lower() for c in sqlite_columns(con, t)}  # SQLite: case-insensitive
     if not main_cols:
         sql = con.execute(f"SELECT sql FROM {qa}.sqlite_master WHERE type='table' AND name=?",
                           (t,)).fetchone()[0]
         con.execute(sql)  # same declaration (types, primary key) as the experiment's table
-        main_cols = {c[0] for c in exp_cols}
+        main_cols = {c[0].lower() for c in exp_cols}
         stats["table_created"] = True
     for name, ctype, _pk in exp_cols:
-        if name not in main_cols:
+        if name.lower() not in main_cols:
             decl = ctype if _SAFE_TYPE.match(ctype) else ""  # a declared type, never SQL
             con.execute(f"ALTER TABLE main.{qt} ADD COLUMN {quote_ident(name)} {decl}")
             stats["columns_added"].append({"column": name, "type": ctype})
