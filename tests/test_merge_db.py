@@ -63,7 +63,10 @@ def test_merge_is_union_and_a_rerun_changes_nothing(git_repo):
     assert [i["tables"]["default"]["added"] for i in ins] == [2, 1]
     assert rep["db"]["rows_out"]["default"] == 4
     # Re-run: every row is already present; the rows are exactly the same.
-    rep2 = ok(merge(git_repo, "--base-db", "results/experiments.db", "--exp-db", "a.db", "b.db"))
+    assert rep["db"]["check"] == "row counts + quick_check"
+    rep2 = ok(merge(git_repo, "--base-db", "results/experiments.db", "--exp-db", "a.db", "b.db",
+                    "--full-check"))
+    assert rep2["db"]["check"] == "row counts + integrity_check"
     assert rows(base) == first
     assert [i["tables"]["default"]["skipped"] for i in rep2["db"]["inputs"]] == [2, 1]
     assert [i["tables"]["default"]["added"] for i in rep2["db"]["inputs"]] == [0, 0]
