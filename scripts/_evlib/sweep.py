@@ -211,11 +211,27 @@ def killed_message(exit_code: int) -> str:
 
 # --- in-process sweeps --------------------------------------------------------------------
 
+_local = threading.local()
+
+
+def current_tracker():
+    """The Tracker of the run executing in this thread/process (inside train_fn), or None.
+
+    For extra rows of the same run (per-epoch losses, the model path): they go to the run's
+    shard with its track_id, never to the shared DB.
+    """
+    return getattr(_local, "tracker", None)
+
+
 def _run_one(train_fn: Callable, config: Any, shard: str, tracker_params: dict):
     from xetrack import Tracker
 
     tracker = Tracker(shard, params=tracker_params)
-    result = tracker.track(train_fn, args=[config])
+    _local.tracker = tracker
+    try:
+        result = tracker.track(train_fn, args=[config])
+    finally:
+        _local.tracker = None
     return tracker.track_id, result
 
 
