@@ -68,7 +68,7 @@ def text(report) -> str:
         lines += [f"  {r['status']:<12} run-{r['key']}  {r['params']}" for r in report["runs"]]
         return "\n".join(lines)
     c = report["counts"]
-    lines = [f"sweep {report['version']}: {c['done']} run, {c['skipped']} skipped (done before), "
+    lines = [f"sweep {report['version']}: {c['done']} ran, {c['skipped']} skipped (done before), "
              f"{c['failed']} failed; shards in {report['shards']}"]
     if report.get("merged") is not None:
         lines.append(f"merged into {report['db']}")

@@ -263,7 +263,7 @@ def test_cli_end_to_end_with_the_training_template(git_repo, tmp_path):
     # re-run: nothing trains again, the merge adds nothing
     cp2 = run_script("sweep.py", "--version", "e0.2.0", "--grid", grid, *cmd, cwd=git_repo)
     assert cp2.returncode == 0, cp2.stderr
-    assert "sweep e0.2.0: 0 run, 4 skipped (done before), 0 failed" in cp2.stdout
+    assert "sweep e0.2.0: 0 ran, 4 skipped (done before), 0 failed" in cp2.stdout
     assert "runs ranked by f1_score (max per track_id, descending):" in cp2.stdout
     assert len(count.read_text().splitlines()) == 4
     assert count_rows(db) == 8
