@@ -20,7 +20,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _evlib import cli  # noqa: E402
-from _evlib.errors import CONFLICT, USAGE, EVError  # noqa: E402
+from _evlib.errors import CONFLICT, REFUSED, USAGE, EVError  # noqa: E402
 from _evlib.repo import find_repo  # noqa: E402
 
 PROG = "sweep.py"
@@ -30,7 +30,7 @@ def build():
     p = cli.parser(PROG, __doc__,
                    "python scripts/sweep.py --version e0.2.0 --grid grid.yaml --workers 2 "
                    "-- python train.py --version e0.2.0",
-                   codes=(CONFLICT,), dry_run=True)
+                   codes=(CONFLICT, REFUSED), dry_run=True)
     p.add_argument("--version", required=True, help="experiment version, e.g. e0.2.0")
     p.add_argument("--grid", required=True, metavar="YAML", help="the grid file (see above)")
     p.add_argument("--workers", type=int, default=1, help="runs at a time (default 1)")

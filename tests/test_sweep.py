@@ -267,3 +267,20 @@ def test_cli_end_to_end_with_the_training_template(git_repo, tmp_path):
     assert "runs ranked by f1_score (max per track_id, descending):" in cp2.stdout
     assert len(count.read_text().splitlines()) == 4
     assert count_rows(db) == 8
+
+
+def test_cli_refuses_a_second_sweep_of_the_same_version(git_repo, tmp_path):
+    import fcntl
+
+    grid = _grid(tmp_path / "g.yaml", "x: [1]\n")
+    lock_dir = git_repo / "results/shards/e5"
+    lock_dir.mkdir(parents=True)
+    with open(lock_dir / "sweep.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # another sweep holds it
+        cp = run_script("sweep.py", "--version", "e5", "--grid", grid, "--", "true",
+                        cwd=git_repo)
+    assert cp.returncode == 4
+    assert cp.stderr.strip().splitlines() == [
+        f"sweep.py: error: another sweep of version e5 is running (lock {lock_dir}/sweep.lock); "
+        "wait for it to finish, or use another --version"]
+    assert not (lock_dir / "sweep.json").exists()

@@ -22,6 +22,7 @@ is moved aside (``*.partial-<time>``), never merged.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import itertools
@@ -40,7 +41,7 @@ from typing import Any
 
 from . import EVENTS_TABLE
 from .atomic import write_text
-from .errors import USAGE, EVError
+from .errors import REFUSED, USAGE, EVError
 from .sql import quote_ident, sqlite_columns, sqlite_connect, sqlite_tables
 
 LEDGER = "sweep.json"
@@ -150,6 +151,29 @@ def move_aside(shard: Path) -> str | None:
             os.replace(side, Path(str(dest) + suffix))
     os.replace(shard, dest)
     return str(dest)
+
+
+@contextlib.contextmanager
+def sweep_lock(directory: Path):
+    """One sweep per version at a time: they would share a ledger and shard names.
+
+    An flock on <shards>/sweep.lock; the kernel drops it when the holder dies (even SIGKILL).
+    """
+    import fcntl
+
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "sweep.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # an empty lock file, never written
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise EVError(f"another sweep of version {directory.name} is running (lock {path})",
+                          code=REFUSED, hint="wait for it to finish, or use another --version"
+                          ) from exc
+        yield
+    finally:
+        os.close(fd)
 
 
 # --- the ledger ---------------------------------------------------------------------------
@@ -268,6 +292,14 @@ def run_sweep(train_fn: Callable, configs: Iterable[Any], *, version: str,
         raise EVError(f"mode must be 'threads' or 'processes', not {mode!r}", code=USAGE)
     if workers < 1:
         raise EVError("workers must be at least 1", code=USAGE)
+    with sweep_lock(shard_dir(db, version)):
+        return _run_sweep(train_fn, configs, version=version, db=db, params=params,
+                          workers=workers, mode=mode, start_method=start_method, merge=merge,
+                          metric=metric, metric_mode=metric_mode)
+
+
+def _run_sweep(train_fn, configs, *, version, db, params, workers, mode, start_method, merge,
+               metric, metric_mode) -> dict:
     configs = list(configs)
     by_key = {}
     for cfg in configs:
@@ -456,8 +488,6 @@ def run_command_sweep(repo: Path, command: list[str], runs: list[dict], *, versi
     last stderr line) and redone on the next invocation; done runs are skipped. Then the done
     shards are merged into db (idempotent) and the runs ranked by metric.
     """
-    from .proc import run
-
     if workers < 1:
         raise EVError("--workers must be at least 1", code=USAGE)
     directory = shard_dir(db, version)
@@ -469,7 +499,17 @@ def run_command_sweep(repo: Path, command: list[str], runs: list[dict], *, versi
                 "runs": [{"key": it["key"], "params": it["params"], "shard": it["shard"],
                           "status": "skip (done)" if it["done"] else "would run"}
                          for it in items]}
-    directory.mkdir(parents=True, exist_ok=True)
+    with sweep_lock(directory):
+        return _run_command_sweep(repo, command, runs, version=version, db=db,
+                                  workers=workers, append_args=append_args, metric=metric,
+                                  metric_mode=metric_mode, on_progress=on_progress)
+
+
+def _run_command_sweep(repo, command, runs, *, version, db, workers, append_args, metric,
+                       metric_mode, on_progress) -> dict:
+    from .proc import run
+
+    directory = shard_dir(db, version)
     ledger = Ledger(directory, version)
     items = plan(runs, directory, ledger)
     todo = [it for it in items if not it["done"]]
