@@ -1,0 +1,331 @@
+"""merge_artifacts.py on results DBs: real xetrack SQLite files, the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import SCRIPTS, count_rows, make_xetrack_db, run_script, sh
+
+EVENTS = '"default"'
+
+
+def rows(db: Path, table: str = "default", cols: str = "*") -> list[tuple]:
+    con = sqlite3.connect(db)
+    try:
+        return sorted(con.execute(f'SELECT {cols} FROM "{table}"').fetchall(), key=repr)
+    finally:
+        con.close()
+
+
+def columns(db: Path, table: str = "default") -> dict[str, str]:
+    con = sqlite3.connect(db)
+    try:
+        return {r[1]: r[2] for r in con.execute(f'PRAGMA table_info("{table}")')}
+    finally:
+        con.close()
+
+
+def merge(repo: Path, *args: str):
+    return run_script("merge_artifacts.py", "--json", *args, cwd=repo)
+
+
+def ok(cp) -> dict:
+    assert cp.returncode == 0, (cp.stdout, cp.stderr)
+    return json.loads(cp.stdout)
+
+
+def sql(db: Path, *stmts: str) -> None:
+    con = sqlite3.connect(db)
+    for s in stmts:
+        con.execute(s)
+    con.commit()
+    con.close()
+
+
+def test_merge_is_union_and_a_rerun_changes_nothing(git_repo):
+    base, a, b = (git_repo / n for n in ("results/experiments.db", "a.db", "b.db"))
+    make_xetrack_db(base, [{"f1_score": 0.5}], {"version": "e0.1.0"})
+    make_xetrack_db(a, [{"f1_score": 0.6}, {"f1_score": 0.61}], {"version": "e0.2.0"})
+    make_xetrack_db(b, [{"f1_score": 0.7}], {"version": "e0.2.0"})
+    rep = ok(merge(git_repo, "--strategy", "merge", "--base-db", "results/experiments.db",
+                   "--exp-db", "a.db", "b.db", "--output-db", "results/experiments.db"))
+    assert count_rows(base) == 4
+    first = rows(base)
+    ins = rep["db"]["inputs"]
+    assert [i["tables"]["default"]["added"] for i in ins] == [2, 1]
+    assert rep["db"]["rows_out"]["default"] == 4
+    # Re-run: every row is already present; the rows are exactly the same.
+    rep2 = ok(merge(git_repo, "--base-db", "results/experiments.db", "--exp-db", "a.db", "b.db"))
+    assert rows(base) == first
+    assert [i["tables"]["default"]["skipped"] for i in rep2["db"]["inputs"]] == [2, 1]
+    assert [i["tables"]["default"]["added"] for i in rep2["db"]["inputs"]] == [0, 0]
+
+
+def test_worktree_snapshot_case_gives_each_row_once(git_repo):
+    main_db = git_repo / "results/experiments.db"
+    make_xetrack_db(main_db, [{"f1_score": 0.1}, {"f1_score": 0.2}], {"version": "e0.1.0"})
+    exp_db = git_repo / "exp/results/experiments.db"
+    exp_db.parent.mkdir(parents=True)
+    exp_db.write_bytes(main_db.read_bytes())  # the worktree's snapshot of main's DB
+    make_xetrack_db(exp_db, [{"f1_score": 0.9}], {"version": "exp-x"})  # experiment's run
+    make_xetrack_db(main_db, [{"f1_score": 0.3}], {"version": "e0.2.0"})  # main moved on
+    expected = sorted(set(rows(main_db)) | set(rows(exp_db)), key=repr)
+    ok(merge(git_repo, "--base-db", "results/experiments.db",
+             "--exp-db", "exp/results/experiments.db"))
+    assert rows(main_db) == expected
+    assert count_rows(main_db) == 4
+    assert sorted(r[0] for r in rows(main_db, cols="version")) == [
+        "e0.1.0", "e0.1.0", "e0.2.0", "exp-x"]
+
+
+def test_columns_one_side_lacks_are_added_with_types_and_values_kept(git_repo):
+    base, exp = git_repo / "base.db", git_repo / "exp.db"
+    make_xetrack_db(base, [{"f1_score": 0.5, "only_base": "x"}])
+    make_xetrack_db(exp, [{"f1_score": 0.6, "epochs": 3, "lr": 0.01, "note": "hi"}])
+    rep = ok(merge(git_repo, "--base-db", "base.db", "--exp-db", "exp.db"))
+    cols = columns(base)
+    assert cols["epochs"] == "INTEGER" and cols["lr"] == "REAL" and cols["note"] == "TEXT"
+    assert cols["only_base"] == "TEXT"
+    added = rep["db"]["inputs"][0]["tables"]["default"]["columns_added"]
+    assert {c["column"]: c["type"] for c in added} == {"epochs": "INTEGER", "lr": "REAL",
+                                                      "note": "TEXT"}
+    assert rows(base, cols="f1_score, only_base, epochs, lr, note") == [
+        (0.5, "x", None, None, None), (0.6, None, 3, 0.01, "hi")]
+
+
+def _conflicting(git_repo: Path) -> tuple[Path, Path]:
+    base, exp = git_repo / "base.db", git_repo / "exp.db"
+    make_xetrack_db(base, [{"f1_score": 0.5}, {"f1_score": 0.6}])
+    exp.write_bytes(base.read_bytes())
+    sql(exp, 'UPDATE "default" SET f1_score = 0.99 WHERE f1_score = 0.5')
+    make_xetrack_db(exp, [{"f1_score": 0.7}])
+    return base, exp
+
+
+def test_conflict_exits_3_names_the_key_and_writes_nothing(git_repo):
+    base, exp = _conflicting(git_repo)
+    key = rows(base, cols="track_id, timestamp, f1_score")
+    tid, ts = next((t, s) for t, s, f in key if f == 0.5)
+    before = base.read_bytes()
+    cp = merge(git_repo, "--base-db", "base.db", "--exp-db", "exp.db")
+    assert cp.returncode == 3, cp.stderr
+    line = cp.stderr.strip()
+    assert len(line.splitlines()) == 1
+    assert tid in line and ts in line and "--on-conflict" in line
+    out = json.loads(cp.stdout)
+    assert out["status"] == "error" and out["conflicts"][0]["keys"] == [[tid, ts]]
+    assert base.read_bytes() == before
+    assert sorted(p.name for p in git_repo.iterdir()) == [".git", "README.md", "base.db",
+                                                           "exp.db"]
+
+
+@pytest.mark.parametrize("side,value", [("keep-base", 0.5), ("keep-exp", 0.99)])
+def test_on_conflict_chooses_the_winner(git_repo, side, value):
+    base, _exp = _conflicting(git_repo)
+    rep = ok(merge(git_repo, "--base-db", "base.db", "--exp-db", "exp.db",
+                   "--on-conflict", side))
+    assert sorted(r[0] for r in rows(base, cols="f1_score")) == sorted([value, 0.6, 0.7])
+    stats = rep["db"]["inputs"][0]["tables"]["default"]
+    assert stats["conflicts"] == 1 and stats["added"] == 1
+    assert stats["replaced"] == (1 if side == "keep-exp" else 0)
+
+
+def test_asset_tables_are_merged_by_their_key(git_repo):
+    base, exp = git_repo / "base.db", git_repo / "exp.db"
+    make_xetrack_db(base, [{"f1_score": 0.5}])
+    make_xetrack_db(exp, [{"f1_score": 0.6}])
+    sql(base, "INSERT INTO assets VALUES ('h1', x'01')", "INSERT INTO counts VALUES ('h1', 1)")
+    sql(exp, "INSERT INTO assets VALUES ('h1', x'01')", "INSERT INTO assets VALUES ('h2', x'02')",
+        "INSERT INTO keys VALUES ('model', 'h2')")
+    rep = ok(merge(git_repo, "--base-db", "base.db", "--exp-db", "exp.db"))
+    assert rows(base, "assets") == [("h1", b"\x01"), ("h2", b"\x02")]
+    assert rows(base, "keys") == [("model", "h2")]
+    assert rows(base, "counts") == [("h1", 1)]
+    assert rep["db"]["inputs"][0]["tables"]["assets"] == {
+        "read": 2, "added": 1, "replaced": 0, "removed": 0, "skipped": 1, "conflicts": 0,
+        "columns_added": []}
+
+
+def test_rebase_replaces_rows_by_key_columns_matching_by_name(git_repo):
+    base, exp = git_repo / "base.db", git_repo / "exp.db"
+    sql(base, 'CREATE TABLE "default" (track_id TEXT, timestamp TEXT, version TEXT, '
+              'f1 REAL, PRIMARY KEY (track_id, timestamp))',
+        "INSERT INTO \"default\" VALUES ('r1','t1','e1',0.1), ('r2','t2','e1',0.2), "
+        "('r3','t3','e2',0.3)")
+    # Same columns in another order: matching must be by name, not position.
+    sql(exp, 'CREATE TABLE "default" (f1 REAL, version TEXT, timestamp TEXT, track_id TEXT, '
+             'PRIMARY KEY (track_id, timestamp))',
+        "INSERT INTO \"default\" VALUES (0.9, 'e1', 't9', 'r9')")
+    rep = ok(merge(git_repo, "--strategy", "rebase", "--base-db", "base.db", "--exp-db",
+                   "exp.db", "--key-columns", "version", "--output-db", "out.db"))
+    assert rows(git_repo / "out.db", cols="track_id, timestamp, version, f1") == [
+        ("r3", "t3", "e2", 0.3), ("r9", "t9", "e1", 0.9)]
+    stats = rep["db"]["inputs"][0]["tables"]["default"]
+    assert stats["replaced"] == 2 and stats["added"] == 1
+    assert "backup" not in rep["db"]  # out.db did not exist: nothing to back up
+
+
+def test_missing_base_is_the_union_of_the_exps_via_python_api(tmp_path):
+    sys.path.insert(0, str(SCRIPTS))
+    from _evlib.merge import merge_dbs
+
+    a, b = tmp_path / "s0.db", tmp_path / "s1.db"
+    make_xetrack_db(a, [{"f1_score": 0.1}])
+    make_xetrack_db(b, [{"f1_score": 0.2}, {"f1_score": 0.3}])
+    out = tmp_path / "results" / "experiments.db"
+    rep = merge_dbs(out, [a, b], out)
+    assert rep["base_missing"] is True and "union" in rep["note"]
+    assert count_rows(out) == 3 and rep["rows_out"]["default"] == 3
+    assert oct(out.stat().st_mode & 0o777) != "0o600"  # a normal file, not mkstemp's 0600
+
+
+def test_dry_run_reports_and_writes_nothing(git_repo):
+    base, exp = git_repo / "base.db", git_repo / "exp.db"
+    make_xetrack_db(base, [{"f1_score": 0.5}])
+    make_xetrack_db(exp, [{"f1_score": 0.6}])
+    before = base.read_bytes()
+    rep = ok(merge(git_repo, "--dry-run", "--base-db", "base.db", "--exp-db", "exp.db"))
+    assert rep["dry_run"] is True and rep["db"]["inputs"][0]["tables"]["default"]["added"] == 1
+    assert base.read_bytes() == before
+    assert sorted(p.name for p in git_repo.iterdir()) == [".git", "README.md", "base.db",
+                                                           "exp.db"]
+
+
+def test_output_equal_to_an_exp_input_is_refused(git_repo):
+    make_xetrack_db(git_repo / "base.db", [{"f1_score": 0.5}])
+    make_xetrack_db(git_repo / "exp.db", [{"f1_score": 0.6}])
+    before = (git_repo / "exp.db").read_bytes()
+    cp = merge(git_repo, "--base-db", "base.db", "--exp-db", "exp.db", "--output-db",
+               "./exp.db")
+    assert cp.returncode == 4
+    assert "is also an experiment input" in cp.stderr
+    assert (git_repo / "exp.db").read_bytes() == before
+
+
+def test_typo_in_third_path_writes_nothing(git_repo):
+    make_xetrack_db(git_repo / "base.db", [{"f1_score": 0.5}])
+    make_xetrack_db(git_repo / "a.db", [{"f1_score": 0.6}])
+    make_xetrack_db(git_repo / "b.db", [{"f1_score": 0.7}])
+    before = (git_repo / "base.db").read_bytes()
+    cp = merge(git_repo, "--base-db", "base.db", "--exp-db", "a.db", "b.db", "c.db")
+    assert cp.returncode == 2
+    assert cp.stderr.strip().splitlines() == [
+        "merge_artifacts.py: error: --exp-db " + str(git_repo / "c.db") + ": no such file; "
+        "check the path (relative paths are from the current directory)"]
+    assert (git_repo / "base.db").read_bytes() == before
+
+
+def test_bad_input_errors_are_exact_single_lines(git_repo):
+    make_xetrack_db(git_repo / "base.db", [{"f1_score": 0.5}])
+    (git_repo / "notes.db").write_text("not a database\n")
+    sql(git_repo / "other.db", "CREATE TABLE t (a INTEGER)")
+    make_xetrack_db(git_repo / "exp.db", [{"f1_score": 0.6}])
+    pre = "merge_artifacts.py: error: "
+    cases = [
+        (["--exp-db", "notes.db"], f"{pre}--exp-db {git_repo / 'notes.db'} is not a SQLite "
+         "database; pass a results DB written by xetrack (a .db file)"),
+        (["--exp-db", "other.db"], f"{pre}{git_repo / 'other.db'} has no table 'default' "
+         "(tables: t); pass a results DB written by xetrack, or name --table"),
+        (["--exp-db", "exp.db", "--table", "nope"], f"{pre}{git_repo / 'exp.db'} has no table "
+         "'nope' (tables: assets, counts, default, keys); check --table"),
+        (["--exp-db", "exp.db", "--strategy", "rebase", "--key-columns", "run"],
+         f"{pre}key column 'run' is not in table 'default' of {git_repo / 'base.db'}; "
+         "check --key-columns"),
+    ]
+    before = (git_repo / "base.db").read_bytes()
+    for extra, line in cases:
+        cp = merge(git_repo, "--base-db", "base.db", *extra)
+        assert cp.returncode == 2, (extra, cp.stderr)
+        assert cp.stderr.strip().splitlines() == [line]
+    assert (git_repo / "base.db").read_bytes() == before
+
+
+def test_hostile_paths_and_column_names_work(git_repo):
+    d = git_repo / "rés ults" / "it's \"x\""
+    base, exp = d / "bäse db.db", d / "exp 'q'.db"
+    d.mkdir(parents=True)
+    # xetrack itself cannot write such column names; build xetrack-shaped tables directly.
+    pk = "track_id TEXT, timestamp TEXT, PRIMARY KEY (track_id, timestamp)"
+    sql(base, f'CREATE TABLE "default" ("select" INTEGER, "my col" TEXT, {pk})',
+        "INSERT INTO \"default\" VALUES (1, 'a', 'r1', 't1')")
+    sql(exp, f'CREATE TABLE "default" ("from" TEXT, "select" INTEGER, "we""ird" INTEGER, {pk})',
+        "INSERT INTO \"default\" VALUES ('b', 2, 3, 'r2', 't2')")
+    rep = ok(merge(git_repo, "--base-db", str(base.relative_to(git_repo)),
+                   "--exp-db", str(exp)))
+    assert rep["db"]["rows_out"]["default"] == 2
+    assert rows(base, cols='"select", "my col", "from", "we""ird"') == [
+        (1, "a", None, None), (2, None, "b", 3)]
+
+
+def test_rebase_in_place_keeps_a_backup_unless_dvc_has_it(dvc_repo):
+    db = dvc_repo / "results" / "experiments.db"
+    make_xetrack_db(db, [{"f1_score": 0.5}], {"version": "e1"})
+    make_xetrack_db(dvc_repo / "exp.db", [{"f1_score": 0.9}], {"version": "e1"})
+    args = ("--strategy", "rebase", "--base-db", "results/experiments.db", "--exp-db",
+            "exp.db", "--key-columns", "version")
+    old = db.read_bytes()
+    rep = ok(merge(dvc_repo, *args))["db"]
+    backup = Path(rep["backup"])
+    assert backup.parent == db.parent and backup.read_bytes() == old
+    assert rep["restore"] == f"cp {backup} {db}"
+    assert rows(db, cols="f1_score") == [(0.9,)]
+    # Tracked and committed in DVC: the old version is recoverable, no backup copy.
+    backup.unlink()
+    sh(["dvc", "add", "-q", "results/experiments.db"], cwd=dvc_repo)
+    sh(["git", "add", "-A"], cwd=dvc_repo)
+    sh(["git", "commit", "-qm", "track db"], cwd=dvc_repo)
+    make_xetrack_db(dvc_repo / "exp2.db", [{"f1_score": 0.95}], {"version": "e1"})
+    rep = ok(merge(dvc_repo, *args[:-3], "exp2.db", "--key-columns", "version"))["db"]
+    assert "backup" not in rep
+    assert not [p for p in db.parent.iterdir() if ".bak-" in p.name]
+    assert rows(db, cols="f1_score") == [(0.95,)]
+
+
+def _big_db(path: Path, n: int, offset: int = 0) -> None:
+    con = sqlite3.connect(path)
+    con.execute('CREATE TABLE "default" (track_id TEXT, timestamp TEXT, v REAL, pad TEXT, '
+                'PRIMARY KEY (track_id, timestamp))')
+    con.execute("WITH RECURSIVE c(i) AS (SELECT 0 UNION ALL SELECT i+1 FROM c WHERE i < ?) "
+                "INSERT INTO \"default\" SELECT 'r' || (i + ?), 't', i * 0.5, "
+                "hex(randomblob(64)) FROM c", (n - 1, offset))
+    con.commit()
+    con.close()
+
+
+def test_sigkill_mid_merge_leaves_old_or_new_output_and_no_litter(git_repo):
+    base, exp = git_repo / "base.db", git_repo / "exp.db"
+    _big_db(base, 1000)
+    _big_db(exp, 400_000, offset=1000)
+    old = base.read_bytes()
+    exp_before = exp.read_bytes()
+    cmd = [sys.executable, str(SCRIPTS / "merge_artifacts.py"), "--base-db", "base.db",
+           "--exp-db", "exp.db"]
+    proc = subprocess.Popen(cmd, cwd=git_repo, stderr=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL)
+    # Kill once the temp file is being written.
+    deadline = time.time() + 30
+    while time.time() < deadline and not [p for p in git_repo.iterdir() if ".tmp" in p.name]:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert base.read_bytes() == old  # killed before the replace: the old file, intact
+    assert exp.read_bytes() == exp_before
+    litter = [p.name for p in git_repo.iterdir() if ".tmp" in p.name]
+    assert len(litter) == 1 and litter[0].startswith(".base.db.")  # the dead run's temp
+    # The next run removes the dead run's temp and completes.
+    rep = ok(merge(git_repo, "--base-db", "base.db", "--exp-db", "exp.db"))
+    assert rep["db"]["rows_out"]["default"] == 401_000
+    assert sorted(p.name for p in git_repo.iterdir()) == [".git", "README.md", "base.db",
+                                                           "exp.db"]
+    con = sqlite3.connect(base)
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    con.close()
