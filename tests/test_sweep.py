@@ -1,0 +1,286 @@
+"""Parallel sweeps: every row lands (threads, processes, commands), failures and SIGKILL are
+recorded and redone, re-runs skip done runs, ranking is per run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from _evlib.errors import EVError
+from _evlib.sweep import current_tracker, expand_grid, rank_runs, run_key, run_sweep
+from conftest import ROOT, count_rows, make_xetrack_db, run_script, sh
+
+
+@dataclass(frozen=True)
+class Cfg:
+    lr: float
+    epochs: int = 20
+    die: bool = False
+
+
+def train_and_evaluate(config: Cfg) -> dict:
+    t = current_tracker()
+    for epoch in range(config.epochs):  # extra rows of the same run, into its own shard
+        t.log({"epoch": epoch, "loss": config.lr / (epoch + 1)})
+    if config.die:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return {"f1_score": round(1 - config.lr, 4)}
+
+
+def _db_rows(db: Path) -> list[tuple]:
+    con = sqlite3.connect(db)
+    try:
+        return con.execute('SELECT track_id, timestamp, config_lr, f1_score, epoch '
+                           'FROM "default" ORDER BY 1, 2').fetchall()
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("mode,workers", [("threads", 8), ("processes", 4)])
+def test_every_row_lands(tmp_path, mode, workers):
+    configs = [Cfg(lr=round(0.01 * i, 2), epochs=30) for i in range(1, 9)]
+    db = tmp_path / "results" / "experiments.db"
+    rep = run_sweep(train_and_evaluate, configs, version="e0.2.0", db=db, workers=workers,
+                    mode=mode, metric="f1_score")
+    assert rep["counts"] == {"done": 8, "skipped": 0, "failed": 0}
+    assert count_rows(db) == 8 * 31  # 30 epoch rows + the track() row, per run
+    rows = _db_rows(db)
+    assert len({r[0] for r in rows}) == 8
+    assert sorted(r[2] for r in rows if r[3] is not None) == [c.lr for c in configs]
+    assert [e["value"] for e in rep["ranking"]] == sorted((round(1 - c.lr, 4) for c in configs),
+                                                          reverse=True)
+    assert rep["ranked_by"]["column"] == "f1_score"
+    assert all(e["rows"] == 31 for e in rep["ranking"])
+    # a second call skips every run and the re-merge adds nothing
+    again = run_sweep(train_and_evaluate, configs, version="e0.2.0", db=db, workers=workers,
+                      mode=mode)
+    assert again["counts"] == {"done": 0, "skipped": 8, "failed": 0}
+    assert _db_rows(db) == rows
+
+
+def test_process_killed_costs_only_its_own_rows(tmp_path):
+    db = tmp_path / "results" / "experiments.db"
+    configs = [Cfg(lr=0.1), Cfg(lr=0.2), Cfg(lr=0.3, die=True), Cfg(lr=0.4)]
+    rep = run_sweep(train_and_evaluate, configs, version="e1", db=db, workers=2,
+                    mode="processes")
+    assert rep["counts"] == {"done": 3, "skipped": 0, "failed": 1}
+    (dead,) = rep["failed"]
+    assert dead["params"]["lr"] == 0.3
+    assert (dead["error"], dead["exit_code"]) == ("killed by SIGKILL", -9)
+    assert dead["rows"] == 20  # its epoch rows reached its shard, the track() row did not
+    assert count_rows(db) == 3 * 21  # only the finished runs were merged
+    assert {r[2] for r in _db_rows(db) if r[2] is not None} == {0.1, 0.2, 0.4}
+
+
+def test_grid_expansion():
+    assert expand_grid({"model": "logreg", "C": [0.1, 1.0], "seed": [0, 1]}) == [
+        {"model": "logreg", "C": 0.1, "seed": 0}, {"model": "logreg", "C": 0.1, "seed": 1},
+        {"model": "logreg", "C": 1.0, "seed": 0}, {"model": "logreg", "C": 1.0, "seed": 1}]
+    runs = expand_grid([{"model": "logreg", "C": [0.1, 1.0]},
+                        {"model": "forest", "max_depth": [2, 4]},
+                        {"C": 0.1, "model": "logreg"}])  # a duplicate, kept once
+    assert len(runs) == 4
+    assert run_key({"a": 1, "b": 2}) == run_key({"b": 2, "a": 1})
+    with pytest.raises(EVError, match="empty list of values"):
+        expand_grid({"C": []})
+    with pytest.raises(EVError, match="must be a mapping"):
+        expand_grid("C: 1")
+
+
+def test_ranking_is_per_run_not_per_row(tmp_path):
+    db = tmp_path / "r.db"
+    (a,) = make_xetrack_db(db, [{"f1_score": 0.9}, {"model_path": "a.pkl"}])
+    (b,) = make_xetrack_db(db, [{"f1_score": 0.7}, {"f1_score": 0.8},
+                                {"model_path": "b.pkl"}])
+    rep = rank_runs(db, "f1_score", "max")
+    assert rep["ranked_by"] == {"column": "f1_score", "aggregate": "max per track_id",
+                                "order": "descending"}
+    assert rep["ranking"] == [{"rank": 1, "track_id": a, "value": 0.9, "rows": 2},
+                              {"rank": 2, "track_id": b, "value": 0.8, "rows": 3}]
+    low = rank_runs(db, "f1_score", "min")
+    assert [(e["track_id"], e["value"]) for e in low["ranking"]] == [(b, 0.7), (a, 0.9)]
+    missing = rank_runs(db, "auc", "max")
+    assert missing["ranked_by"] is None
+    assert missing["rank_error"] == f"no column 'auc' in {db} table 'default'"
+
+
+# --- the CLI runner ----------------------------------------------------------------------
+
+FAKE_TRAIN = r'''
+import json, os, signal, sys
+from xetrack import Tracker
+p = json.loads(os.environ["EV_PARAMS"])
+with open(os.environ["COUNT_FILE"], "a") as fh:
+    fh.write(json.dumps(p, sort_keys=True) + "\n")
+if p.get("fail"):
+    print("loading data", file=sys.stderr)
+    print("ValueError: bad param fail=true", file=sys.stderr)
+    sys.exit(3)
+t = Tracker(os.environ["EV_SHARD_DB"], params={"version": os.environ["EV_VERSION"]})
+t.log({"x": p["x"], "f1_score": p["x"] / 10})
+if p.get("kill") and not os.environ.get("NO_KILL"):
+    os.kill(os.getpid(), signal.SIGKILL)
+t.log({"model_path": "m.pkl"})
+'''
+
+
+def _grid(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def _calls(count_file: Path) -> list[dict]:
+    if not count_file.exists():
+        return []
+    return [json.loads(x) for x in count_file.read_text().splitlines()]
+
+
+def test_cli_failure_recorded_and_rerun_redoes_only_it(git_repo, tmp_path):
+    (tmp_path / "fake_train.py").write_text(FAKE_TRAIN)
+    grid = _grid(tmp_path / "g.yaml", "- {x: [1, 2, 3]}\n- {x: 4, fail: true}\n")
+    count = tmp_path / "calls.txt"
+    env = {"COUNT_FILE": str(count)}
+    args = ["--json", "--version", "e0.3.0", "--grid", grid, "--workers", "2",
+            "--", sys.executable, tmp_path / "fake_train.py"]
+    cp = run_script("sweep.py", *args, cwd=git_repo, env=env)
+    assert cp.returncode == 1, cp.stderr
+    out = json.loads(cp.stdout)
+    assert out["status"] == "failed"
+    assert out["counts"] == {"done": 3, "skipped": 0, "failed": 1}
+    (bad,) = out["failed"]
+    assert (bad["params"], bad["exit_code"], bad["error"]) == (
+        {"x": 4, "fail": True}, 3, "ValueError: bad param fail=true")
+    assert cp.stderr.strip().splitlines() == [
+        f"sweep.py: warning: 1 run(s) failed, e.g. run-{bad['key']}: ValueError: bad param "
+        "fail=true; fix and re-run the same command (done runs are skipped)"]
+    db = git_repo / "results" / "experiments.db"
+    assert count_rows(db) == 6
+    ledger = json.loads((git_repo / "results/shards/e0.3.0/sweep.json").read_text())
+    assert ledger["runs"][bad["key"]]["status"] == "failed"
+    assert "ValueError: bad param" in (git_repo / f"results/shards/e0.3.0/run-{bad['key']}.log"
+                                       ).read_text()
+    assert [e["params"]["x"] for e in out["ranking"]] == [3, 2, 1]
+    assert len(_calls(count)) == 4
+    # re-run: only the failed run starts again (and fails again); nothing is duplicated
+    cp2 = run_script("sweep.py", *args, cwd=git_repo, env=env)
+    assert cp2.returncode == 1
+    assert json.loads(cp2.stdout)["counts"] == {"done": 0, "skipped": 3, "failed": 1}
+    assert _calls(count)[4:] == [{"x": 4, "fail": True}]
+    assert count_rows(db) == 6
+
+
+def test_cli_sigkilled_run_costs_only_its_rows(git_repo, tmp_path):
+    (tmp_path / "fake_train.py").write_text(FAKE_TRAIN)
+    grid = _grid(tmp_path / "g.yaml", "- {x: [1, 2, 3]}\n- {x: 4, kill: true}\n")
+    count = tmp_path / "calls.txt"
+    args = ["--json", "--version", "e1", "--grid", grid, "--workers", "3",
+            "--", sys.executable, tmp_path / "fake_train.py"]
+    cp = run_script("sweep.py", *args, cwd=git_repo, env={"COUNT_FILE": str(count)})
+    assert cp.returncode == 1
+    out = json.loads(cp.stdout)
+    (dead,) = out["failed"]
+    assert (dead["exit_code"], dead["error"], dead["rows"]) == (-9, "killed by SIGKILL", 1)
+    db = git_repo / "results" / "experiments.db"
+    assert count_rows(db) == 6  # the three finished runs, two rows each
+    shards = git_repo / "results/shards/e1"
+    ok_shards = {r["shard"]: count_rows(Path(r["shard"])) for r in out["runs"]
+                 if r["status"] == "done"}
+    assert list(ok_shards.values()) == [2, 2, 2]
+    con = sqlite3.connect(db)
+    before = con.execute('SELECT * FROM "default" ORDER BY track_id, timestamp').fetchall()
+    con.close()
+    # re-run: only the killed run starts; its partial shard is moved aside, never merged
+    cp2 = run_script("sweep.py", *args, cwd=git_repo,
+                     env={"COUNT_FILE": str(count), "NO_KILL": "1"})
+    assert cp2.returncode == 0, cp2.stderr
+    out2 = json.loads(cp2.stdout)
+    assert out2["counts"] == {"done": 1, "skipped": 3, "failed": 0}
+    assert [c["x"] for c in _calls(count)[4:]] == [4]
+    assert count_rows(db) == 8
+    assert len(list(shards.glob(f"run-{dead['key']}.db.partial-*"))) == 1
+    con = sqlite3.connect(db)
+    after = con.execute('SELECT * FROM "default" ORDER BY track_id, timestamp').fetchall()
+    con.close()
+    assert set(before) <= set(after)
+    assert {r["shard"]: count_rows(Path(r["shard"])) for r in out2["runs"]
+            if r["shard"] in ok_shards} == ok_shards
+
+
+def test_cli_dry_run_writes_nothing(git_repo, tmp_path):
+    grid = _grid(tmp_path / "g.yaml", "C: [0.1, 1.0]\nmodel: logreg\n")
+    cp = run_script("sweep.py", "--json", "--dry-run", "--version", "e2", "--grid", grid,
+                    "--", "python", "train.py", cwd=git_repo)
+    assert cp.returncode == 0, cp.stderr
+    out = json.loads(cp.stdout)
+    assert [(r["params"], r["status"]) for r in out["runs"]] == [
+        ({"C": 0.1, "model": "logreg"}, "would run"), ({"C": 1.0, "model": "logreg"},
+                                                       "would run")]
+    assert not (git_repo / "results").exists()
+    bad = run_script("sweep.py", "--version", "e2", "--grid", tmp_path / "nope.yaml",
+                     "--", "true", cwd=git_repo)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        f"sweep.py: error: grid file {tmp_path / 'nope.yaml'} does not exist; write a YAML "
+        "mapping param: [values]"]
+
+
+def test_cli_end_to_end_with_the_training_template(git_repo, tmp_path):
+    for name in ("train.py", "prepare_data.py"):
+        shutil.copy(ROOT / "assets" / name, git_repo / name)
+    sh([sys.executable, "prepare_data.py"], cwd=git_repo)
+    grid = _grid(tmp_path / "grid.yaml", "- {model: logreg, C: [0.01, 1.0]}\n"
+                                         "- {model: forest, max_depth: [2, 6]}\n")
+    count = tmp_path / "calls.txt"
+    cmd = ["--", "bash", "-c", f'echo run >> {count}; exec "$0" "$@"', sys.executable,
+           "train.py", "--version", "e0.2.0"]
+    cp = run_script("sweep.py", "--json", "--version", "e0.2.0", "--grid", grid,
+                    "--workers", "2", *cmd, cwd=git_repo)
+    assert cp.returncode == 0, cp.stderr
+    out = json.loads(cp.stdout)
+    assert out["counts"] == {"done": 4, "skipped": 0, "failed": 0}
+    db = git_repo / "results" / "experiments.db"
+    assert count_rows(db) == 8  # track() row + model_path row per run
+    con = sqlite3.connect(db)
+    best = dict(con.execute('SELECT track_id, max(f1_score) FROM "default" '
+                            'GROUP BY track_id').fetchall())
+    models = {r[0] for r in con.execute('SELECT config_model FROM "default" '
+                                        'WHERE config_model IS NOT NULL')}
+    con.close()
+    assert models == {"logreg", "forest"}
+    assert out["ranked_by"]["column"] == "f1_score"
+    assert [(e["track_id"], e["value"]) for e in out["ranking"]] == sorted(
+        best.items(), key=lambda kv: (-kv[1], kv[0]))
+    assert all(e["rows"] == 2 for e in out["ranking"])
+    assert len(list((git_repo / "models/candidates").glob("e0.2.0--*.pkl"))) == 4
+    assert len(count.read_text().splitlines()) == 4
+    # re-run: nothing trains again, the merge adds nothing
+    cp2 = run_script("sweep.py", "--version", "e0.2.0", "--grid", grid, *cmd, cwd=git_repo)
+    assert cp2.returncode == 0, cp2.stderr
+    assert "sweep e0.2.0: 0 ran, 4 skipped (done before), 0 failed" in cp2.stdout
+    assert "runs ranked by f1_score (max per track_id, descending):" in cp2.stdout
+    assert len(count.read_text().splitlines()) == 4
+    assert count_rows(db) == 8
+
+
+def test_cli_refuses_a_second_sweep_of_the_same_version(git_repo, tmp_path):
+    import fcntl
+
+    grid = _grid(tmp_path / "g.yaml", "x: [1]\n")
+    lock_dir = git_repo / "results/shards/e5"
+    lock_dir.mkdir(parents=True)
+    with open(lock_dir / "sweep.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # another sweep holds it
+        cp = run_script("sweep.py", "--version", "e5", "--grid", grid, "--", "true",
+                        cwd=git_repo)
+    assert cp.returncode == 4
+    assert cp.stderr.strip().splitlines() == [
+        f"sweep.py: error: another sweep of version e5 is running (lock {lock_dir}/sweep.lock); "
+        "wait for it to finish, or use another --version"]
+    assert not (lock_dir / "sweep.json").exists()
