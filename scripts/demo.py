@@ -59,7 +59,9 @@ class Demo:
 
     def tool(self, name: str, *args: str, cwd: Path | None = None) -> dict:
         """Run a bundle script with --json, as an agent would; fail on a non-zero exit."""
-        out = self.py(SCRIPTS / name, *args, "--json", cwd=cwd)
+        args = list(args)
+        at = args.index("--") if "--" in args else len(args)  # before a wrapped command
+        out = self.py(SCRIPTS / name, *args[:at], "--json", *args[at:], cwd=cwd)
         return json.loads(out)
 
     def commit(self, msg: str, cwd: Path | None = None) -> None:
@@ -67,8 +69,10 @@ class Demo:
         git(cwd or self.proj, "commit", "-q", "-m", msg)
 
     def tag(self, version: str, description: str, cwd: Path | None = None, *extra: str) -> str:
+        params = "max_depth,n_estimators" if "forest" in version else "C"
         res = self.tool("tag_suggest.py", "--version", version, "--metric", "f1_score",
-                        "--description", description, "--create", *extra, cwd=cwd)
+                        "--params", params, "--description", description, "--create", *extra,
+                        cwd=cwd)
         first = res["message"].splitlines()[0]
         self.summary["tags"][res["name"]] = first
         self.say(f"tag {res['name']}: {first}")
@@ -155,30 +159,34 @@ class Demo:
         dvc(more, "push", "-T")
 
         self.step("merge back into main")
-        res = self.tool("merge_artifacts.py", "--strategy", "merge",
-                        "--base-db", "results/experiments.db",
-                        "--exp-db", str(forest / "results/experiments.db"),
-                        str(more / "results/experiments.db"))
-        for r in res["reports"]:
-            self.summary["merges"].append({"what": "worktree results", **r})
-        self.say(self.py(SCRIPTS / "merge_artifacts.py", "--dry-run", "--base-db",
-                         "results/experiments.db", "--exp-db",
-                         str(forest / "results/experiments.db"),
-                         str(more / "results/experiments.db")).strip())
-        res = self.tool("merge_artifacts.py", "--strategy", "merge", "--key-columns", "id",
-                        "--base-data", "data/train.parquet",
-                        "--exp-data", str(more / "data/train.parquet"))
-        self.summary["merges"].append({"what": "training data", **res["reports"][0]})
-        self.say(f"data merge: added {res['reports'][0]['added']} samples")
-        cand = next((forest / "models" / "candidates").glob("exp-forest--*"))
-        self.tool("model_manager.py", "add-candidate", "--run-id", self.summary["forest_run"],
-                  "--version", "exp-forest", "--model", str(cand))
-        self.tool("model_manager.py", "promote", "--run-id", self.summary["forest_run"],
-                  "--version", "exp-forest")
+        exp_dbs = [str(w / "results" / "experiments.db") for w in (forest, more)]
+        self.say(self.py(SCRIPTS / "merge_artifacts.py", "--strategy", "merge",
+                         "--base-db", "results/experiments.db", "--exp-db", *exp_dbs).rstrip())
+        again = self.tool("merge_artifacts.py", "--dry-run", "--base-db",
+                          "results/experiments.db", "--exp-db", *exp_dbs)["db"]
+        readded = sum(t["added"] for i in again["inputs"] for t in i["tables"].values())
+        self.say(f"the same merge again would add {readded} rows (idempotent)")
+        self.summary["merges"].append({"what": "worktree results", "re_merge_added": readded,
+                                       **again})
+        self.say(self.py(SCRIPTS / "merge_artifacts.py", "--strategy", "merge",
+                         "--key-columns", "id", "--base-data", "data/train.parquet",
+                         "--exp-data", str(more / "data" / "train.parquet")).rstrip())
+        runs = self.tool("model_manager.py", "list", "--metric", "f1_score")["runs"]
+        best = next(r for r in runs if r["version"] in ("exp-forest", "exp-more-data"))
+        wt = forest if best["version"] == "exp-forest" else more
+        self.say(f"best worktree run: {best['run_id']} ({best['version']}, "
+                 f"f1_score={best['f1_score']})")
+        self.summary["promoted_from_worktree"] = best["run_id"]
+        self.tool("model_manager.py", "add-candidate", "--run-id", best["run_id"],
+                  "--version", best["version"], "--model",
+                  str(wt / "models" / "candidates" / f"{best['version']}--{best['run_id']}.pkl"))
+        self.tool("model_manager.py", "promote", "--run-id", best["run_id"],
+                  "--version", best["version"])
         dvc(self.proj, "add", "results/experiments.db", "data/train.parquet",
             "models/candidates")
-        self.commit("merge worktree experiments; promote the forest")
-        self.tag("exp-forest", "forest promoted, 2 experiments merged", None, "--tag", "e1.0.0")
+        self.commit(f"merge worktree experiments; promote {best['version']}")
+        self.tag(best["version"], f"{best['version']} promoted, 2 experiments merged", None,
+                 "--tag", "e1.0.0")
         dvc(self.proj, "push", "-T")
         for name in ("forest", "more-data"):
             self.tool("worktree.py", "teardown", name)

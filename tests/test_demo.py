@@ -2,28 +2,63 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 
+import yaml
 from conftest import run_script, sh
 
 
-def test_demo_runs_end_to_end_and_keeps_the_project(tmp_path):
+def _md5(p) -> str:
+    return hashlib.md5(p.read_bytes()).hexdigest()  # noqa: S324 - DVC's object names
+
+
+def test_demo_runs_the_three_workflows_end_to_end(tmp_path):
     keep = tmp_path / "demo"
     cp = run_script("demo.py", "--json", "--keep", str(keep), cwd=tmp_path)
     assert cp.returncode == 0, cp.stderr
     out = json.loads(cp.stdout)
     assert out["status"] == "ok"
     proj = keep / "project"
-    assert "e0.1.0" in out["tags"]
-    msg = sh(["git", "tag", "-l", "e0.1.0", "--format=%(contents:subject)"], cwd=proj).stdout
-    assert "model=logreg" in msg
-    # The results DB is DVC-tracked and its rows carry real metrics from a fitted model.
-    assert (proj / "results" / "experiments.db.dvc").exists()
+    assert set(out["tags"]) == {"e0.1.0", "e0.2.0", "e1.0.0", "exp-forest-v1",
+                                "exp-more-data-v1"}
+    msg = sh(["git", "tag", "-l", "e0.2.0", "--format=%(contents:subject)"], cwd=proj).stdout
+    assert msg.startswith("model=logreg | C=") and "best of 4 runs" in msg
+
+    # Every run landed exactly once: 1 sequential + 4 sweep + 2 worktree runs, 2 rows each.
     con = sqlite3.connect(proj / "results" / "experiments.db")
-    f1 = con.execute('SELECT f1_score FROM "default" WHERE f1_score IS NOT NULL').fetchall()
-    assert len(f1) == 1 and 0.8 < f1[0][0] <= 1.0
+    assert con.execute('SELECT count(DISTINCT track_id), count(*) FROM "default"'
+                       ).fetchone() == (7, 14)
+    versions = dict(con.execute('SELECT version, count(DISTINCT track_id) FROM "default" '
+                                'GROUP BY version').fetchall())
+    assert versions == {"e0.1.0": 1, "e0.2.0": 4, "exp-forest": 1, "exp-more-data": 1}
+    f1 = [r[0] for r in con.execute('SELECT f1_score FROM "default" WHERE f1_score IS NOT NULL')]
+    assert len(f1) == 7 and all(0.8 < v <= 1.0 for v in f1)
+    merges = [m for m in out["merges"] if m["what"] == "worktree results"]
+    assert merges and merges[0]["re_merge_added"] == 0
+
+    # Production is the promoted worktree run's model, byte for byte, and DVC agrees.
+    run = out["promoted_from_worktree"]
+    assert out["production"]["production"]["run_id"] == run
+    assert out["production"]["production"]["in_sync"] is True
+    model = proj / "models" / "production" / "model.bin"
+    cand = next((proj / "models" / "candidates").glob(f"*--{run}.pkl"))
+    assert _md5(model) == _md5(cand)
+    dvc_md5 = yaml.safe_load((proj / "models/production/model.bin.dvc").read_text())
+    assert dvc_md5["outs"][0]["md5"] == _md5(model)
+
+    # Clean tree, worktrees gone, cache intact, every tag's model on the remote (push -T).
     assert sh(["git", "status", "--porcelain"], cwd=proj).stdout == ""
+    assert len(sh(["git", "worktree", "list"], cwd=proj).stdout.splitlines()) == 1
+    for obj in (proj / ".dvc" / "cache" / "files" / "md5").rglob("*"):
+        if obj.is_file() and not obj.name.endswith(".dir"):
+            assert obj.parent.name + obj.name == _md5(obj), obj
+    remote = keep / "dvc-remote" / "files" / "md5"
+    for tag in ("e0.1.0", "e0.2.0", "e1.0.0"):
+        text = sh(["git", "show", f"{tag}:models/production/model.bin.dvc"], cwd=proj).stdout
+        digest = yaml.safe_load(text)["outs"][0]["md5"]
+        assert (remote / digest[:2] / digest[2:]).is_file(), tag
 
 
 def test_demo_refuses_an_existing_keep_dir(tmp_path):

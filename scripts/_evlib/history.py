@@ -558,7 +558,9 @@ def infer_bump(repo: Path, last: str, runs: list[Run], chosen: Run, db_rel: str,
         if (a and a.md5) != (b and b.md5):
             reasons["major"].append(f"data changed: {p} {a.short if a else 'none'} -> "
                                     f"{b.short if b else 'none'}")
-    prev = version_runs(repo, db_rel, last, last, warn)
+    last_info = all_tags(repo).get(last)
+    last_version = (last_info.lineage.get("version") if last_info else None) or last
+    prev = version_runs(repo, db_rel, last_version, last, warn)
     old_m = sorted({r.model for r in prev if r.model})
     new_m = sorted({r.model for r in runs if r.model})
     if prev and old_m != new_m:
@@ -742,8 +744,11 @@ def version_record(repo: Path, tag: TagInfo, db_rel: str, metric: str | None, mo
                    warn=None) -> dict:
     """One version as read from its tag: best run, run count, data hash, description."""
     outs = outs_at(repo, tag.name)
-    runs = version_runs(repo, db_rel, tag.name, tag.name, warn)
-    s = summarize(runs, tag.name, metric, mode)
+    # A tag made with --tag (main after merging a worktree's runs) names its rows' version
+    # in its lineage block; otherwise the tag is the version.
+    version = tag.lineage.get("version") or tag.name
+    runs = version_runs(repo, db_rel, version, tag.name, warn)
+    s = summarize(runs, version, metric, mode)
     rec = s.payload()
     rec.update({"tag": tag.name, "date": tag.date, "commit": tag.commit,
                 "data": data_short(outs), "description": tag.description,
