@@ -281,7 +281,14 @@ def test_rebase_in_place_keeps_a_backup_unless_dvc_has_it(dvc_repo):
     assert rows(db, cols="f1_score") == [(0.9,)]
     # Tracked and committed in DVC: the old version is recoverable, no backup copy.
     backup.unlink()
+    # Tracked with hardlinks into the cache: the merge must never write into the cache object.
+    sh(["dvc", "config", "cache.type", "hardlink"], cwd=dvc_repo)
     sh(["dvc", "add", "-q", "results/experiments.db"], cwd=dvc_repo)
+    from _evlib.atomic import md5_file
+
+    md5 = md5_file(db)
+    cache_obj = dvc_repo / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+    assert os.path.samefile(cache_obj, db)
     sh(["git", "add", "-A"], cwd=dvc_repo)
     sh(["git", "commit", "-qm", "track db"], cwd=dvc_repo)
     make_xetrack_db(dvc_repo / "exp2.db", [{"f1_score": 0.95}], {"version": "e1"})
@@ -289,6 +296,8 @@ def test_rebase_in_place_keeps_a_backup_unless_dvc_has_it(dvc_repo):
     assert "backup" not in rep
     assert not [p for p in db.parent.iterdir() if ".bak-" in p.name]
     assert rows(db, cols="f1_score") == [(0.95,)]
+    assert md5_file(cache_obj) == md5 and not os.path.samefile(cache_obj, db)
+    assert db.stat().st_mode & 0o200  # owner-writable again for the next xetrack run
 
 
 def _big_db(path: Path, n: int, offset: int = 0) -> None:

@@ -46,7 +46,7 @@ def _pid_alive(pid: int) -> bool:
 def sweep_stale_temps(output: Path) -> list[str]:
     """Remove temp files a killed merge left beside output (their writer pid is dead)."""
     removed = []
-    pat = re.compile(re.escape(f".{output.name}.") + r".*\.tmp" + re.escape(_TMP_TAG)
+    pat = re.compile(r"(?:tmp_)?" + re.escape(f".{output.name}.") + r".*\.tmp" + re.escape(_TMP_TAG)
                      + r"(\d+)$")
     if not output.parent.is_dir():
         return removed
@@ -71,7 +71,8 @@ def _output_temp(output: Path, dry_run: bool):
         return
     sweep_stale_temps(output)
     if output.exists():
-        mode = output.stat().st_mode & 0o777
+        # DVC leaves tracked files read-only (cache links); the new file is the user's again.
+        mode = (output.stat().st_mode & 0o777) | 0o200
     else:
         umask = os.umask(0)
         os.umask(umask)
@@ -608,8 +609,10 @@ def merge_data(base: Path, exps: list[Path], output: Path | None = None, *,
                 prev = f"({prev} UNION ALL ({new}))"
             query = f"SELECT * FROM {prev}"
         with _output_temp(output, dry_run) as tmp:
+            # Our temp file already exists: without USE_TMP_FILE false DuckDB would write a
+            # second one (tmp_<name>) and rename it.
             written = con.execute(f"COPY ({query}) TO {quote_literal(str(tmp))} "
-                                  f"(FORMAT parquet)").fetchone()[0]
+                                  f"(FORMAT parquet, USE_TMP_FILE false)").fetchone()[0]
             check = con.execute(f"SELECT sum(num_rows) FROM parquet_file_metadata("
                                 f"{quote_literal(str(tmp))})").fetchone()[0]
             if int(check or 0) != int(written):
