@@ -217,3 +217,52 @@ def test_dvc_pipeline_template_repro(dvc_repo):
     got = read(dvc_repo / "data/merged/train.parquet")
     assert sorted(zip(got["id"], got["x"], strict=True)) == [(1, "a"), (2, "B"), (3, "c")]
     assert SCRIPTS.exists()
+
+
+def test_data_dry_run_writes_nothing(git_repo):
+    write(git_repo / "base.parquet", {"id": [1]})
+    write(git_repo / "exp.parquet", {"id": [1, 2]})
+    before = (git_repo / "base.parquet").read_bytes()
+    rep = ok(merge(git_repo, "--dry-run", "--strategy", "rebase", "--base-data", "base.parquet",
+                   "--exp-data", "exp.parquet", "--key-columns", "id"))["data"]
+    assert rep["dry_run"] is True and rep["rows_out"] == 2 and "backup" not in rep
+    assert (git_repo / "base.parquet").read_bytes() == before
+    assert sorted(p.name for p in git_repo.iterdir()) == [".git", "README.md", "base.parquet",
+                                                           "exp.parquet"]
+
+
+def test_sigkill_mid_parquet_rebase_leaves_old_or_new_file(git_repo):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import duckdb
+
+    base, exp = git_repo / "base.parquet", git_repo / "exp.parquet"
+    con = duckdb.connect()
+    con.execute(f"COPY (SELECT i AS id, md5(i::VARCHAR) AS s FROM range(3000000) t(i)) "
+                f"TO '{base}' (FORMAT parquet)")
+    con.execute(f"COPY (SELECT i * 3 AS id, 'x' AS s FROM range(500000) t(i)) TO '{exp}' "
+                f"(FORMAT parquet)")
+    con.close()
+    old, exp_before = base.read_bytes(), exp.read_bytes()
+    proc = subprocess.Popen([sys.executable, str(SCRIPTS / "merge_artifacts.py"), "--strategy",
+                             "rebase", "--base-data", "base.parquet", "--exp-data",
+                             "exp.parquet", "--key-columns", "id"], cwd=git_repo,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 30
+    while time.time() < deadline and not [p for p in git_repo.iterdir() if ".tmp" in p.name]:
+        time.sleep(0.005)
+    time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert exp.read_bytes() == exp_before
+    if base.read_bytes() != old:  # killed after the replace: the complete new file
+        assert pq.read_metadata(base).num_rows == 3_000_000
+    # The next run removes the dead run's temp; no litter is left.
+    ok(merge(git_repo, "--strategy", "rebase", "--base-data", "base.parquet", "--exp-data",
+             "exp.parquet", "--key-columns", "id", "--output-data", "base.parquet"))
+    assert pq.read_metadata(base).num_rows == 3_000_000
+    assert not [p.name for p in git_repo.iterdir() if ".tmp" in p.name]

@@ -281,7 +281,14 @@ def test_rebase_in_place_keeps_a_backup_unless_dvc_has_it(dvc_repo):
     assert rows(db, cols="f1_score") == [(0.9,)]
     # Tracked and committed in DVC: the old version is recoverable, no backup copy.
     backup.unlink()
+    # Tracked with hardlinks into the cache: the merge must never write into the cache object.
+    sh(["dvc", "config", "cache.type", "hardlink"], cwd=dvc_repo)
     sh(["dvc", "add", "-q", "results/experiments.db"], cwd=dvc_repo)
+    from _evlib.atomic import md5_file
+
+    md5 = md5_file(db)
+    cache_obj = dvc_repo / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+    assert os.path.samefile(cache_obj, db)
     sh(["git", "add", "-A"], cwd=dvc_repo)
     sh(["git", "commit", "-qm", "track db"], cwd=dvc_repo)
     make_xetrack_db(dvc_repo / "exp2.db", [{"f1_score": 0.95}], {"version": "e1"})
@@ -289,6 +296,8 @@ def test_rebase_in_place_keeps_a_backup_unless_dvc_has_it(dvc_repo):
     assert "backup" not in rep
     assert not [p for p in db.parent.iterdir() if ".bak-" in p.name]
     assert rows(db, cols="f1_score") == [(0.95,)]
+    assert md5_file(cache_obj) == md5 and not os.path.samefile(cache_obj, db)
+    assert db.stat().st_mode & 0o200  # owner-writable again for the next xetrack run
 
 
 def _big_db(path: Path, n: int, offset: int = 0) -> None:
@@ -346,3 +355,41 @@ def test_text_report_without_json(git_repo):
         f"  {git_repo / 'exp.db'} [default]: read 1, added 1, replaced 0, already present 0, "
         "conflicts 0, columns added: epochs INTEGER",
         "  rows out: default=2, assets=0, keys=0, counts=0"]
+
+
+def test_base_written_during_the_merge_is_not_overwritten(tmp_path, monkeypatch):
+    """A training run appending to the base while we merge: refuse rather than lose its row."""
+    from _evlib import merge as M
+    from _evlib.errors import EVError
+
+    base, exp = tmp_path / "base.db", tmp_path / "exp.db"
+    make_xetrack_db(base, [{"f1_score": 0.5}])
+    make_xetrack_db(exp, [{"f1_score": 0.6}])
+    real = M._build_db
+
+    def build_then_someone_writes(*a, **k):
+        real(*a, **k)
+        make_xetrack_db(base, [{"f1_score": 0.7}])  # a concurrent xetrack writer
+
+    monkeypatch.setattr(M, "_build_db", build_then_someone_writes)
+    with pytest.raises(EVError) as exc:
+        M.merge_dbs(base, [exp], base)
+    assert exc.value.line() == (f"{base} changed while merging (another process wrote to "
+                                "it); nothing written; re-run when its writers are done")
+    assert count_rows(base) == 2  # the writer's row survived
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base.db", "exp.db"]
+
+
+def test_concurrent_merges_into_one_db_lose_nothing(git_repo):
+    base = git_repo / "results.db"  # does not exist yet: the first merge creates it
+    shards = []
+    for i in range(4):
+        shards.append(git_repo / f"s{i}.db")
+        make_xetrack_db(shards[-1], [{"f1_score": i / 10}] * 50)
+    procs = [subprocess.Popen([sys.executable, str(SCRIPTS / "merge_artifacts.py"),
+                               "--base-db", "results.db", "--exp-db", s.name], cwd=git_repo,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for s in shards]
+    for p in procs:
+        assert p.wait() == 0, p.stderr.read()
+    assert count_rows(base) == 4 * 50

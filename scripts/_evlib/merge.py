@@ -46,7 +46,7 @@ def _pid_alive(pid: int) -> bool:
 def sweep_stale_temps(output: Path) -> list[str]:
     """Remove temp files a killed merge left beside output (their writer pid is dead)."""
     removed = []
-    pat = re.compile(re.escape(f".{output.name}.") + r".*\.tmp" + re.escape(_TMP_TAG)
+    pat = re.compile(r"(?:tmp_)?" + re.escape(f".{output.name}.") + r".*\.tmp" + re.escape(_TMP_TAG)
                      + r"(\d+)$")
     if not output.parent.is_dir():
         return removed
@@ -71,14 +71,62 @@ def _output_temp(output: Path, dry_run: bool):
         return
     sweep_stale_temps(output)
     if output.exists():
-        mode = output.stat().st_mode & 0o777
+        # DVC leaves tracked files read-only (cache links); the new file is the user's again.
+        mode = (output.stat().st_mode & 0o777) | 0o200
     else:
         umask = os.umask(0)
         os.umask(umask)
         mode = 0o666 & ~umask
-    with atomic_path(output, suffix=f"{_TMP_TAG}{os.getpid()}") as tmp:
+    with _dir_lock(output.parent), \
+            atomic_path(output, suffix=f"{_TMP_TAG}{os.getpid()}") as tmp:
         os.chmod(tmp, mode)  # mkstemp makes 0600; keep the old file's (or a normal) mode
         yield tmp
+
+
+LOCK_WAIT_S = 600
+
+
+@contextlib.contextmanager
+def _dir_lock(directory: Path):
+    """Serialise merges into one directory (flock on the directory: no lock file to leave)."""
+    import fcntl
+
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise EVError(f"another merge into {directory} has run for over "
+                                  f"{LOCK_WAIT_S} s", code=REFUSED,
+                                  hint="wait for it to finish, then re-run") from None
+                time.sleep(0.1)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def file_state(path: Path) -> tuple:
+    """What changes when another process writes path (SQLite: also its -wal/-journal)."""
+    out = []
+    for p in (path, Path(f"{path}-wal"), Path(f"{path}-journal")):
+        try:
+            st = p.stat()
+            out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        except FileNotFoundError:
+            out.append(None)
+    return tuple(out)
+
+
+def _unchanged(paths: list[Path], before: list[tuple]) -> None:
+    for p, st in zip(paths, before, strict=True):
+        if file_state(p) != st:
+            raise EVError(f"{p} changed while merging (another process wrote to it)",
+                          code=FAILED, hint="nothing written; re-run when its writers are done")
 
 
 # --- validation ---------------------------------------------------------------------------
@@ -213,8 +261,17 @@ def merge_dbs(base: Path, exps: list[Path], output: Path | None = None, *,
         report["note"] = f"base {base} did not exist: output is the union of the experiment DBs"
     backup = None
     with _output_temp(output, dry_run) as tmp:
+        watched = list(dict.fromkeys([base, output, *exps]))
+        states = [file_state(p) for p in watched]
+        if base_missing and base.exists():
+            if not is_sqlite_file(base):
+                raise EVError(f"--base-db {base} appeared while merging and is not SQLite",
+                              code=FAILED, hint="nothing written; check it, then re-run")
+            report["base_missing"] = False
+            report.pop("note", None)
         _build_db(tmp, base, base_missing, exps, exp_schemas, want, keys, strategy,
                   on_conflict, report, check)
+        _unchanged(watched, states)  # rows written meanwhile would be lost by the replace
         if (not dry_run and strategy == "rebase" and output.exists()
                 and not (recoverable and recoverable(output))):
             backup = _backup(output, backup_dir)
@@ -246,7 +303,7 @@ def _build_db(tmp: Path, base: Path, base_missing: bool, exps: list[Path],
               on_conflict: str | None, report: dict, check: str = "quick") -> None:
     con = sqlite3.connect(str(tmp), isolation_level=None)
     try:
-        if not base_missing:
+        if base.exists():  # checked again under the lock: a parallel merge may have made it
             src = sqlite_connect(base, readonly=True)
             try:
                 src.backup(con)  # page copy; consistent even if the base uses WAL
@@ -608,13 +665,18 @@ def merge_data(base: Path, exps: list[Path], output: Path | None = None, *,
                 prev = f"({prev} UNION ALL ({new}))"
             query = f"SELECT * FROM {prev}"
         with _output_temp(output, dry_run) as tmp:
+            watched = list(dict.fromkeys([base, output, *exps]))
+            states = [file_state(p) for p in watched]
+            # Our temp file already exists: without USE_TMP_FILE false DuckDB would write a
+            # second one (tmp_<name>) and rename it.
             written = con.execute(f"COPY ({query}) TO {quote_literal(str(tmp))} "
-                                  f"(FORMAT parquet)").fetchone()[0]
+                                  f"(FORMAT parquet, USE_TMP_FILE false)").fetchone()[0]
             check = con.execute(f"SELECT sum(num_rows) FROM parquet_file_metadata("
                                 f"{quote_literal(str(tmp))})").fetchone()[0]
             if int(check or 0) != int(written):
                 raise EVError(f"re-read of the merged parquet found {check} rows, "
                               f"expected {written}", code=FAILED, hint="nothing written")
+            _unchanged(watched, states)
             if strategy == "merge" and len(exps) > 1:
                 # One counting pass per experiment file, only when there are several.
                 report["_added_each"] = [con.execute(f"SELECT count(*) FROM ({n})").fetchone()[0]
