@@ -100,6 +100,17 @@ def test_push_all_tags_then_fresh_clone_pulls_a_past_tag_with_verify(s3_project,
     assert md5(clone / "data/train.parquet") == v1_data
     assert not (clone / ".dvc" / "config").read_text().count("verify")  # --local only
 
+    # The history script retrieves a past tag's model from the S3 remote alone.
+    from conftest import run_script
+
+    shutil.rmtree(repo / ".dvc" / "cache")
+    out = tmp_path / "model-e0.1.0.bin"
+    cp = run_script("experiments.py", "get", "e0.1.0", "models/production/model.bin",
+                    "-o", str(out), "--json", cwd=repo)
+    assert cp.returncode == 0, cp.stderr
+    assert md5(out) == v1_model
+    assert sh(["git", "status", "--porcelain"], cwd=repo).stdout == ""
+
 
 def test_push_interrupted_by_server_stop_then_retried_is_complete(s3_project, s3_server,
                                                                   tmp_path):
