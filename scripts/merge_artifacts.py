@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _evlib import cli, merge  # noqa: E402
-from _evlib.errors import CONFLICT, NOT_FOUND, REFUSED, USAGE, EVError  # noqa: E402
+from _evlib.errors import CONFLICT, REFUSED, USAGE, EVError  # noqa: E402
 from _evlib.repo import find_repo  # noqa: E402
 
 PROG = "merge_artifacts.py"
@@ -30,7 +30,7 @@ EXAMPLE = ("python scripts/merge_artifacts.py --strategy merge --base-db results
 
 
 def build():
-    p = cli.parser(PROG, __doc__, EXAMPLE, codes=(CONFLICT, REFUSED, NOT_FOUND), dry_run=True)
+    p = cli.parser(PROG, __doc__, EXAMPLE, codes=(CONFLICT, REFUSED), dry_run=True)
     p.add_argument("--strategy", choices=("merge", "rebase"), default="merge",
                    help="merge (union, default) or rebase (experiment rows win by key)")
     p.add_argument("--data-strategy", choices=("merge", "rebase"), default=None,
@@ -51,6 +51,9 @@ def build():
                    help="columns identifying a row (DB rebase, data rebase, keyed data merge)")
     p.add_argument("--on-conflict", choices=("keep-base", "keep-exp"), default=None,
                    help="which row wins when a DB key has different values (default: exit 3)")
+    p.add_argument("--full-check", action="store_true",
+                   help="check the merged DB with PRAGMA integrity_check (default: row counts "
+                        "+ PRAGMA quick_check, half the cost on large DBs)")
     return p
 
 
@@ -76,7 +79,9 @@ def _text(reports: list[dict]) -> str:
         else:
             for inp in r["inputs"]:
                 extra = "".join(f", {k} {inp[k]}" for k in ("added", "skipped") if k in inp)
-                out.append(f"  {inp['path']}: read {inp['read']}{extra}")
+                cols = ", ".join(f"{c['column']} {c['type']}" for c in inp["columns_added"])
+                out.append(f"  {inp['path']}: read {inp['read']}{extra}"
+                           + (f", columns added: {cols}" if cols else ""))
             for k in ("added", "skipped", "replaced", "superseded_by_later_exp"):
                 if k in r and not (r["strategy"] == "merge" and len(r["inputs"]) == 1):
                     out.append(f"  {k.replace('_', ' ')}: {r[k]}")
@@ -115,7 +120,8 @@ def handler(args) -> int:
             path(args.base_db), [path(e) for e in args.exp_db],
             path(args.output_db or args.base_db), strategy=args.strategy,
             on_conflict=args.on_conflict, tables=args.table, key_columns=args.key_columns,
-            dry_run=args.dry_run, recoverable=recoverable))
+            dry_run=args.dry_run, recoverable=recoverable,
+            check="full" if args.full_check else "quick"))
     if args.base_data:
         reports.append(merge.merge_data(
             path(args.base_data), [path(e) for e in args.exp_data],

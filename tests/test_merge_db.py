@@ -63,7 +63,10 @@ def test_merge_is_union_and_a_rerun_changes_nothing(git_repo):
     assert [i["tables"]["default"]["added"] for i in ins] == [2, 1]
     assert rep["db"]["rows_out"]["default"] == 4
     # Re-run: every row is already present; the rows are exactly the same.
-    rep2 = ok(merge(git_repo, "--base-db", "results/experiments.db", "--exp-db", "a.db", "b.db"))
+    assert rep["db"]["check"] == "row counts + quick_check"
+    rep2 = ok(merge(git_repo, "--base-db", "results/experiments.db", "--exp-db", "a.db", "b.db",
+                    "--full-check"))
+    assert rep2["db"]["check"] == "row counts + integrity_check"
     assert rows(base) == first
     assert [i["tables"]["default"]["skipped"] for i in rep2["db"]["inputs"]] == [2, 1]
     assert [i["tables"]["default"]["added"] for i in rep2["db"]["inputs"]] == [0, 0]
@@ -88,17 +91,16 @@ def test_worktree_snapshot_case_gives_each_row_once(git_repo):
 
 def test_columns_one_side_lacks_are_added_with_types_and_values_kept(git_repo):
     base, exp = git_repo / "base.db", git_repo / "exp.db"
-    make_xetrack_db(base, [{"f1_score": 0.5, "only_base": "x"}])
+    make_xetrack_db(base, [{"f1_score": 0.5, "only_base": "x", "Note": "base"}])
     make_xetrack_db(exp, [{"f1_score": 0.6, "epochs": 3, "lr": 0.01, "note": "hi"}])
     rep = ok(merge(git_repo, "--base-db", "base.db", "--exp-db", "exp.db"))
     cols = columns(base)
-    assert cols["epochs"] == "INTEGER" and cols["lr"] == "REAL" and cols["note"] == "TEXT"
+    assert cols["epochs"] == "INTEGER" and cols["lr"] == "REAL" and cols["Note"] == "TEXT"
     assert cols["only_base"] == "TEXT"
     added = rep["db"]["inputs"][0]["tables"]["default"]["columns_added"]
-    assert {c["column"]: c["type"] for c in added} == {"epochs": "INTEGER", "lr": "REAL",
-                                                      "note": "TEXT"}
+    assert {c["column"]: c["type"] for c in added} == {"epochs": "INTEGER", "lr": "REAL"}
     assert rows(base, cols="f1_score, only_base, epochs, lr, note") == [
-        (0.5, "x", None, None, None), (0.6, None, 3, 0.01, "hi")]
+        (0.5, "x", None, None, "base"), (0.6, None, 3, 0.01, "hi")]  # Note = note in SQLite
 
 
 def _conflicting(git_repo: Path) -> tuple[Path, Path]:
@@ -279,7 +281,14 @@ def test_rebase_in_place_keeps_a_backup_unless_dvc_has_it(dvc_repo):
     assert rows(db, cols="f1_score") == [(0.9,)]
     # Tracked and committed in DVC: the old version is recoverable, no backup copy.
     backup.unlink()
+    # Tracked with hardlinks into the cache: the merge must never write into the cache object.
+    sh(["dvc", "config", "cache.type", "hardlink"], cwd=dvc_repo)
     sh(["dvc", "add", "-q", "results/experiments.db"], cwd=dvc_repo)
+    from _evlib.atomic import md5_file
+
+    md5 = md5_file(db)
+    cache_obj = dvc_repo / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+    assert os.path.samefile(cache_obj, db)
     sh(["git", "add", "-A"], cwd=dvc_repo)
     sh(["git", "commit", "-qm", "track db"], cwd=dvc_repo)
     make_xetrack_db(dvc_repo / "exp2.db", [{"f1_score": 0.95}], {"version": "e1"})
@@ -287,6 +296,8 @@ def test_rebase_in_place_keeps_a_backup_unless_dvc_has_it(dvc_repo):
     assert "backup" not in rep
     assert not [p for p in db.parent.iterdir() if ".bak-" in p.name]
     assert rows(db, cols="f1_score") == [(0.95,)]
+    assert md5_file(cache_obj) == md5 and not os.path.samefile(cache_obj, db)
+    assert db.stat().st_mode & 0o200  # owner-writable again for the next xetrack run
 
 
 def _big_db(path: Path, n: int, offset: int = 0) -> None:
@@ -317,10 +328,12 @@ def test_sigkill_mid_merge_leaves_old_or_new_output_and_no_litter(git_repo):
     time.sleep(0.2)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert base.read_bytes() == old  # killed before the replace: the old file, intact
     assert exp.read_bytes() == exp_before
     litter = [p.name for p in git_repo.iterdir() if ".tmp" in p.name]
-    assert len(litter) == 1 and litter[0].startswith(".base.db.")  # the dead run's temp
+    if base.read_bytes() == old:  # killed before the replace (the usual case): old file intact
+        assert len(litter) == 1 and litter[0].startswith(".base.db.")  # the dead run's temp
+    else:  # the kill came after os.replace: the complete new file
+        assert count_rows(base) == 401_000 and litter == []
     # The next run removes the dead run's temp and completes.
     rep = ok(merge(git_repo, "--base-db", "base.db", "--exp-db", "exp.db"))
     assert rep["db"]["rows_out"]["default"] == 401_000
@@ -329,3 +342,54 @@ def test_sigkill_mid_merge_leaves_old_or_new_output_and_no_litter(git_repo):
     con = sqlite3.connect(base)
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     con.close()
+
+
+def test_text_report_without_json(git_repo):
+    make_xetrack_db(git_repo / "base.db", [{"f1_score": 0.5}])
+    make_xetrack_db(git_repo / "exp.db", [{"f1_score": 0.6, "epochs": 2}])
+    cp = run_script("merge_artifacts.py", "--base-db", "base.db", "--exp-db", "exp.db",
+                    cwd=git_repo)
+    assert cp.returncode == 0 and cp.stderr == ""
+    assert cp.stdout.splitlines() == [
+        f"db merge: {git_repo / 'base.db'} -> {git_repo / 'base.db'}",
+        f"  {git_repo / 'exp.db'} [default]: read 1, added 1, replaced 0, already present 0, "
+        "conflicts 0, columns added: epochs INTEGER",
+        "  rows out: default=2, assets=0, keys=0, counts=0"]
+
+
+def test_base_written_during_the_merge_is_not_overwritten(tmp_path, monkeypatch):
+    """A training run appending to the base while we merge: refuse rather than lose its row."""
+    from _evlib import merge as M
+    from _evlib.errors import EVError
+
+    base, exp = tmp_path / "base.db", tmp_path / "exp.db"
+    make_xetrack_db(base, [{"f1_score": 0.5}])
+    make_xetrack_db(exp, [{"f1_score": 0.6}])
+    real = M._build_db
+
+    def build_then_someone_writes(*a, **k):
+        real(*a, **k)
+        make_xetrack_db(base, [{"f1_score": 0.7}])  # a concurrent xetrack writer
+
+    monkeypatch.setattr(M, "_build_db", build_then_someone_writes)
+    with pytest.raises(EVError) as exc:
+        M.merge_dbs(base, [exp], base)
+    assert exc.value.line() == (f"{base} changed while merging (another process wrote to "
+                                "it); nothing written; re-run when its writers are done")
+    assert count_rows(base) == 2  # the writer's row survived
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base.db", "exp.db"]
+
+
+def test_concurrent_merges_into_one_db_lose_nothing(git_repo):
+    base = git_repo / "results.db"  # does not exist yet: the first merge creates it
+    shards = []
+    for i in range(4):
+        shards.append(git_repo / f"s{i}.db")
+        make_xetrack_db(shards[-1], [{"f1_score": i / 10}] * 50)
+    procs = [subprocess.Popen([sys.executable, str(SCRIPTS / "merge_artifacts.py"),
+                               "--base-db", "results.db", "--exp-db", s.name], cwd=git_repo,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for s in shards]
+    for p in procs:
+        assert p.wait() == 0, p.stderr.read()
+    assert count_rows(base) == 4 * 50

@@ -3,7 +3,7 @@
 Results DBs (SQLite) are merged by streaming inside SQLite: the base is copied (backup API)
 into a temp file next to the output, every experiment DB is ATTACHed and its rows go in with
 INSERT ... SELECT by column name, in one transaction; the temp file is checked (row counts,
-PRAGMA integrity_check) and moved over the output with os.replace. No table is ever loaded
+PRAGMA quick_check, or integrity_check with check="full") and moved over the output with os.replace. No table is ever loaded
 into Python. Parquet files go through one DuckDB COPY into a temp file, re-read, replaced.
 
 Public API: merge_dbs(), merge_data(); both return a report dict and raise EVError.
@@ -46,7 +46,7 @@ def _pid_alive(pid: int) -> bool:
 def sweep_stale_temps(output: Path) -> list[str]:
     """Remove temp files a killed merge left beside output (their writer pid is dead)."""
     removed = []
-    pat = re.compile(re.escape(f".{output.name}.") + r".*\.tmp" + re.escape(_TMP_TAG)
+    pat = re.compile(r"(?:tmp_)?" + re.escape(f".{output.name}.") + r".*\.tmp" + re.escape(_TMP_TAG)
                      + r"(\d+)$")
     if not output.parent.is_dir():
         return removed
@@ -71,14 +71,62 @@ def _output_temp(output: Path, dry_run: bool):
         return
     sweep_stale_temps(output)
     if output.exists():
-        mode = output.stat().st_mode & 0o777
+        # DVC leaves tracked files read-only (cache links); the new file is the user's again.
+        mode = (output.stat().st_mode & 0o777) | 0o200
     else:
         umask = os.umask(0)
         os.umask(umask)
         mode = 0o666 & ~umask
-    with atomic_path(output, suffix=f"{_TMP_TAG}{os.getpid()}") as tmp:
+    with _dir_lock(output.parent), \
+            atomic_path(output, suffix=f"{_TMP_TAG}{os.getpid()}") as tmp:
         os.chmod(tmp, mode)  # mkstemp makes 0600; keep the old file's (or a normal) mode
         yield tmp
+
+
+LOCK_WAIT_S = 600
+
+
+@contextlib.contextmanager
+def _dir_lock(directory: Path):
+    """Serialise merges into one directory (flock on the directory: no lock file to leave)."""
+    import fcntl
+
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise EVError(f"another merge into {directory} has run for over "
+                                  f"{LOCK_WAIT_S} s", code=REFUSED,
+                                  hint="wait for it to finish, then re-run") from None
+                time.sleep(0.1)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def file_state(path: Path) -> tuple:
+    """What changes when another process writes path (SQLite: also its -wal/-journal)."""
+    out = []
+    for p in (path, Path(f"{path}-wal"), Path(f"{path}-journal")):
+        try:
+            st = p.stat()
+            out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        except FileNotFoundError:
+            out.append(None)
+    return tuple(out)
+
+
+def _unchanged(paths: list[Path], before: list[tuple]) -> None:
+    for p, st in zip(paths, before, strict=True):
+        if file_state(p) != st:
+            raise EVError(f"{p} changed while merging (another process wrote to it)",
+                          code=FAILED, hint="nothing written; re-run when its writers are done")
 
 
 # --- validation ---------------------------------------------------------------------------
@@ -149,9 +197,10 @@ def merge_dbs(base: Path, exps: list[Path], output: Path | None = None, *,
               strategy: str = "merge", on_conflict: str | None = None,
               tables: list[str] | None = None, key_columns: list[str] | None = None,
               dry_run: bool = False, backup_dir: Path | None = None,
-              recoverable=None) -> dict:
+              recoverable=None, check: str = "quick") -> dict:
     """Merge (union by key) or rebase (experiment rows replace base rows by key) results DBs.
 
+    check: "quick" (row counts + PRAGMA quick_check) or "full" (+ PRAGMA integrity_check).
     A missing base with strategy 'merge' is an empty DB: the output is the union of the exps.
     recoverable(path) -> bool says whether an in-place rebase can be undone from DVC; when it
     says no (or is None), a backup copy of the old output is kept.
@@ -212,8 +261,17 @@ def merge_dbs(base: Path, exps: list[Path], output: Path | None = None, *,
         report["note"] = f"base {base} did not exist: output is the union of the experiment DBs"
     backup = None
     with _output_temp(output, dry_run) as tmp:
+        watched = list(dict.fromkeys([base, output, *exps]))
+        states = [file_state(p) for p in watched]
+        if base_missing and base.exists():
+            if not is_sqlite_file(base):
+                raise EVError(f"--base-db {base} appeared while merging and is not SQLite",
+                              code=FAILED, hint="nothing written; check it, then re-run")
+            report["base_missing"] = False
+            report.pop("note", None)
         _build_db(tmp, base, base_missing, exps, exp_schemas, want, keys, strategy,
-                  on_conflict, report)
+                  on_conflict, report, check)
+        _unchanged(watched, states)  # rows written meanwhile would be lost by the replace
         if (not dry_run and strategy == "rebase" and output.exists()
                 and not (recoverable and recoverable(output))):
             backup = _backup(output, backup_dir)
@@ -242,10 +300,10 @@ def _backup(path: Path, backup_dir: Path | None) -> Path:
 
 def _build_db(tmp: Path, base: Path, base_missing: bool, exps: list[Path],
               exp_schemas: list[dict], tables: list[str], keys: dict, strategy: str,
-              on_conflict: str | None, report: dict) -> None:
+              on_conflict: str | None, report: dict, check: str = "quick") -> None:
     con = sqlite3.connect(str(tmp), isolation_level=None)
     try:
-        if not base_missing:
+        if base.exists():  # checked again under the lock: a parallel merge may have made it
             src = sqlite_connect(base, readonly=True)
             try:
                 src.backup(con)  # page copy; consistent even if the base uses WAL
@@ -292,9 +350,13 @@ def _build_db(tmp: Path, base: Path, base_missing: bool, exps: list[Path],
                 raise EVError(f"row count check failed for table {t!r}: {rows_out[t]} rows, "
                               f"expected {expect}", code=FAILED,
                               hint="nothing written; report this as a bug")
-        ok = con.execute("PRAGMA integrity_check").fetchone()[0]
+        # quick_check walks every page and record (half the cost of integrity_check, which
+        # also cross-checks each index against its table).
+        pragma = "integrity_check" if check == "full" else "quick_check"
+        ok = con.execute(f"PRAGMA {pragma}").fetchone()[0]
+        report["check"] = f"row counts + {pragma}"
         if ok != "ok":
-            raise EVError(f"integrity_check of the merged DB failed: {ok}", code=FAILED,
+            raise EVError(f"{pragma} of the merged DB failed: {ok}", code=FAILED,
                           hint="nothing written; check the inputs with PRAGMA integrity_check")
         report["_rows_out"] = rows_out
     except sqlite3.DatabaseError as exc:
@@ -315,15 +377,15 @@ def _merge_table(con, alias: str, t: str, exp_cols, key: list[str], strategy: st
     qt, qa = quote_ident(t), quote_ident(alias)
     stats = {"read": _count(con, alias, t), "added": 0, "replaced": 0, "removed": 0,
              "skipped": 0, "conflicts": 0, "columns_added": []}
-    main_cols = {c[0] for c in sqlite_columns(con, t)}
+    main_cols = {c[0].lower() for c in sqlite_columns(con, t)}  # SQLite: case-insensitive
     if not main_cols:
         sql = con.execute(f"SELECT sql FROM {qa}.sqlite_master WHERE type='table' AND name=?",
                           (t,)).fetchone()[0]
         con.execute(sql)  # same declaration (types, primary key) as the experiment's table
-        main_cols = {c[0] for c in exp_cols}
+        main_cols = {c[0].lower() for c in exp_cols}
         stats["table_created"] = True
     for name, ctype, _pk in exp_cols:
-        if name not in main_cols:
+        if name.lower() not in main_cols:
             decl = ctype if _SAFE_TYPE.match(ctype) else ""  # a declared type, never SQL
             con.execute(f"ALTER TABLE main.{qt} ADD COLUMN {quote_ident(name)} {decl}")
             stats["columns_added"].append({"column": name, "type": ctype})
@@ -408,6 +470,7 @@ def _key_is_unique(con, t: str, key: list[str]) -> bool:
 _INT_RANK = {"TINYINT": 1, "SMALLINT": 2, "INTEGER": 3, "BIGINT": 4, "HUGEINT": 5,
              "UTINYINT": 1.5, "USMALLINT": 2.5, "UINTEGER": 3.5, "UBIGINT": 4.5}
 _FLOATS = {"FLOAT": 1, "DOUBLE": 2}
+_DECIMAL = re.compile(r"^DECIMAL\((\d+),(\d+)\)$")
 
 
 def _widen(a: str, b: str) -> str | None:
@@ -426,6 +489,12 @@ def _widen(a: str, b: str) -> str | None:
         return {2: "SMALLINT", 3: "INTEGER", 4: "BIGINT", 5: "HUGEINT"}.get(rank)
     if a in _FLOATS and b in _FLOATS:
         return "DOUBLE"
+    da, db = _DECIMAL.match(a), _DECIMAL.match(b)
+    if da and db:
+        (pa, sa), (pb, sb) = map(int, da.groups()), map(int, db.groups())
+        scale = max(sa, sb)
+        digits = max(pa - sa, pb - sb) + scale
+        return f"DECIMAL({digits},{scale})" if digits <= 38 else None
     if (a in _INT_RANK and b in _FLOATS) or (b in _INT_RANK and a in _FLOATS):
         return "DOUBLE"
     return None
@@ -441,8 +510,20 @@ def _glob_safe(path: Path, tmpdir: Path) -> str:
     return s
 
 
+_SCHEMA_CACHE: dict = {}
+
+
 def _parquet_schema(path: Path, flag: str) -> tuple[list[tuple[str, str]], int]:
+    """(columns with DuckDB types, row count) from the footer; cached per file version."""
     _require_file(path, flag)
+    st = path.stat()
+    ck = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    if ck not in _SCHEMA_CACHE:
+        _SCHEMA_CACHE[ck] = _read_parquet_schema(path, flag)
+    return _SCHEMA_CACHE[ck]
+
+
+def _read_parquet_schema(path: Path, flag: str) -> tuple[list[tuple[str, str]], int]:
     with open(path, "rb") as fh:
         head = fh.read(4)
         fh.seek(0, os.SEEK_END)
@@ -454,7 +535,7 @@ def _parquet_schema(path: Path, flag: str) -> tuple[list[tuple[str, str]], int]:
                       hint="pass a .parquet data file")
     import duckdb
 
-    con = duckdb.connect()
+    con = duckdb.connect()  # in-memory; one per file keeps a bad file's error its own
     try:
         lit = quote_literal(str(path.resolve()))
         # parquet_schema/DESCRIBE read only the footer
@@ -559,12 +640,13 @@ def merge_data(base: Path, exps: list[Path], output: Path | None = None, *,
             else:
                 tagged = " UNION ALL ".join(f"{sel(i + 1, f', {i} AS __evf')}"
                                             for i in range(len(exps)))
-                exp_all = (f"(SELECT {qn} FROM ({tagged}) QUALIFY __evf = "
-                           f"max(__evf) OVER (PARTITION BY {qk}))")
+                exp_all = (f"(SELECT {qn} FROM (SELECT *, max(__evf) OVER (PARTITION BY "
+                           f"{qk}) AS __evmax FROM ({tagged})) WHERE __evf = __evmax)")
             query = (f"SELECT * FROM ({sel(0)}) ANTI JOIN {exp_all} AS __e USING ({qk}) "
                      f"UNION ALL SELECT * FROM {exp_all}")
         else:
             prev = f"({sel(0)})"
+            news = []
             for i in range(len(exps)):
                 e = f"({sel(i + 1)})"
                 if key:
@@ -579,16 +661,26 @@ def merge_data(base: Path, exps: list[Path], output: Path | None = None, *,
                            f"(SELECT *, {rn} FROM {e}) AS __x ANTI JOIN "
                            f"(SELECT *, {rn} FROM {prev}) AS __y "
                            f"ON {cond} AND __x.__rn = __y.__rn")
+                news.append(new)
                 prev = f"({prev} UNION ALL ({new}))"
             query = f"SELECT * FROM {prev}"
         with _output_temp(output, dry_run) as tmp:
+            watched = list(dict.fromkeys([base, output, *exps]))
+            states = [file_state(p) for p in watched]
+            # Our temp file already exists: without USE_TMP_FILE false DuckDB would write a
+            # second one (tmp_<name>) and rename it.
             written = con.execute(f"COPY ({query}) TO {quote_literal(str(tmp))} "
-                                  f"(FORMAT parquet)").fetchone()[0]
+                                  f"(FORMAT parquet, USE_TMP_FILE false)").fetchone()[0]
             check = con.execute(f"SELECT sum(num_rows) FROM parquet_file_metadata("
                                 f"{quote_literal(str(tmp))})").fetchone()[0]
             if int(check or 0) != int(written):
                 raise EVError(f"re-read of the merged parquet found {check} rows, "
                               f"expected {written}", code=FAILED, hint="nothing written")
+            _unchanged(watched, states)
+            if strategy == "merge" and len(exps) > 1:
+                # One counting pass per experiment file, only when there are several.
+                report["_added_each"] = [con.execute(f"SELECT count(*) FROM ({n})").fetchone()[0]
+                                         for n in news]
             _data_counts(con, report, files, schemas, written, base_rows, strategy, key,
                          sel, exps)
             if (not dry_run and strategy == "rebase" and output.exists()
@@ -607,6 +699,7 @@ def merge_data(base: Path, exps: list[Path], output: Path | None = None, *,
 
 
 def _data_counts(con, report, files, schemas, written, base_rows, strategy, key, sel, exps):
+    _data_inputs(report, files, schemas)
     written = int(written)
     report["rows_out"] = written
     report["base_rows"] = base_rows
@@ -615,13 +708,13 @@ def _data_counts(con, report, files, schemas, written, base_rows, strategy, key,
         total_added = written - base_rows
         if len(exps) == 1:
             n = schemas[1][1]
-            report["inputs"].append({"path": str(files[1]), "read": n, "added": total_added,
-                                     "skipped": n - total_added, "replaced": 0})
+            report["inputs"][0].update(added=total_added, skipped=n - total_added, replaced=0)
         else:
-            report["inputs"] = [{"path": str(f), "read": s[1]} for f, s in
-                                zip(files[1:], schemas[1:], strict=True)]
-            report["added"] = total_added
-            report["skipped"] = sum(s[1] for s in schemas[1:]) - total_added
+            for inp, n_added in zip(report["inputs"], report.pop("_added_each"), strict=True):
+                inp.update(added=n_added, skipped=inp["read"] - n_added, replaced=0)
+            if sum(i["added"] for i in report["inputs"]) != total_added:
+                raise EVError("per-file counts do not add up to the rows written", code=FAILED,
+                              hint="nothing written; report this as a bug")
         return
     exp_rows = sum(s[1] for s in schemas[1:])
     qk = ", ".join(quote_ident(k) for k in key)
@@ -629,13 +722,23 @@ def _data_counts(con, report, files, schemas, written, base_rows, strategy, key,
         kept_exp = exp_rows
     else:
         tagged = " UNION ALL ".join(f"{sel(i + 1, f', {i} AS __evf')}" for i in range(len(exps)))
-        kept_exp = con.execute(f"SELECT count(*) FROM ({tagged}) QUALIFY __evf = "
-                               f"max(__evf) OVER (PARTITION BY {qk})").fetchone()[0]
+        kept_exp = con.execute(f"SELECT count(*) FROM (SELECT __evf, max(__evf) OVER "
+                               f"(PARTITION BY {qk}) AS __evmax FROM ({tagged})) "
+                               f"WHERE __evf = __evmax").fetchone()[0]
     kept_base = written - kept_exp
     report["replaced"] = base_rows - kept_base
     report["added"] = kept_exp
     report["superseded_by_later_exp"] = exp_rows - kept_exp
-    report["inputs"] = [{"path": str(f), "read": s[1]} for f, s in zip(files[1:], schemas[1:], strict=True)]
+
+
+def _data_inputs(report, files, schemas) -> None:
+    """Per experiment file: rows read, columns the base lacked, widenings applied to it."""
+    base_cols = {c[0] for c in schemas[0][0]}
+    for f, (cols, n) in zip(files[1:], schemas[1:], strict=True):
+        report["inputs"].append({
+            "path": str(f), "read": n,
+            "columns_added": [{"column": c, "type": t} for c, t in cols if c not in base_cols],
+            "type_widenings": [w for w in report["type_widenings"] if w["file"] == str(f)]})
 
 
 # --- helpers for the CLI: up-front input checks, the DVC way back ---------------------------
