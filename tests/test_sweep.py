@@ -301,3 +301,18 @@ def test_cli_merged_runs_stay_done_when_their_shards_are_deleted(git_repo, tmp_p
     assert json.loads(cp.stdout)["counts"] == {"done": 0, "skipped": 2, "failed": 0}
     assert len(_calls(count)) == 2
     assert count_rows(git_repo / "results/experiments.db") == 4
+
+
+def test_cli_unknown_metric_is_said_not_guessed(git_repo, tmp_path):
+    (tmp_path / "fake_train.py").write_text(FAKE_TRAIN)
+    grid = _grid(tmp_path / "g.yaml", "x: [1]\n")
+    cp = run_script("sweep.py", "--json", "--version", "e7", "--grid", grid, "--metric", "auc",
+                    "--", sys.executable, tmp_path / "fake_train.py", cwd=git_repo,
+                    env={"COUNT_FILE": str(tmp_path / "calls.txt")})
+    assert cp.returncode == 0, cp.stderr
+    out = json.loads(cp.stdout)
+    db = git_repo / "results" / "experiments.db"
+    assert (out["ranked_by"], out["ranking"]) == (None, [])
+    assert cp.stderr.strip().splitlines() == [
+        f"sweep.py: warning: runs not ranked: no column 'auc' in {db} table 'default'; "
+        "pass --metric with a column the runs log"]
