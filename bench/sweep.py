@@ -67,6 +67,18 @@ def launch(kind: str, targets: list[str], calls: int, engine: str) -> list[str]:
     return [e for e in errs if e]
 
 
+def integrity(db: Path) -> str:
+    if not db.exists():
+        return "missing"
+    con = sqlite3.connect(db)
+    try:
+        return con.execute("PRAGMA integrity_check").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        con.close()
+
+
 def rows(db: Path) -> int:
     if not db.exists():
         return 0
@@ -112,7 +124,8 @@ def shared_file(tmp: Path, kind: str, workers: int, calls: int, engine: str,
         precreate(db)
     t0 = time.perf_counter()
     errs = launch(kind, [str(db)] * workers, calls, engine)
-    return {"seconds": time.perf_counter() - t0, "rows": rows(db), "errors": errs}
+    return {"seconds": time.perf_counter() - t0, "rows": rows(db), "errors": errs,
+            "integrity": integrity(db)}
 
 
 @dataclass(frozen=True)
@@ -187,6 +200,8 @@ def main() -> int:
         out["results"][kind] = res
         s = sum(r["seconds"] for r in res["shard"])
         b = sum(r["seconds"] for r in res["baseline"])
+        s_rps = sum(r["rows"] for r in res["shard"]) / s
+        b_rps = sum(r["rows"] for r in res["baseline"]) / b
         out.setdefault("summary", {})[kind] = {
             "shard_rows": [r["rows"] for r in res["shard"]],
             "shard_lost": [expected - r["rows"] for r in res["shard"]],
@@ -194,12 +209,18 @@ def main() -> int:
             "shard_merge_seconds": [round(r["merge_s"], 3) for r in res["shard"]],
             "baseline_rows": [r["rows"] for r in res["baseline"]],
             "baseline_seconds": [round(r["seconds"], 3) for r in res["baseline"]],
-            "throughput_ratio_shard_vs_baseline": round(b / s, 3),
+            "baseline_lost": [expected - r["rows"] for r in res["baseline"]],
+            "shard_rows_per_s": round(s_rps),
+            "baseline_rows_per_s": round(b_rps),
+            "throughput_ratio_shard_vs_baseline": round(s_rps / b_rps, 2),
+            "wall_time_ratio_baseline_vs_shard": round(b / s, 2),
             "duckdb_rows": [r["rows"] for r in res["duckdb_recipe"]],
             "duckdb_lost": [expected - r["rows"] for r in res["duckdb_recipe"]],
             "duckdb_failed_workers": [len(r["errors"]) for r in res["duckdb_recipe"]],
             "duckdb_seconds": [round(r["seconds"], 2) if r["seconds"] else None
                                for r in res["duckdb_recipe"]],
+            "duckdb_integrity": [r.get("integrity") for r in res["duckdb_recipe"]],
+            "baseline_integrity": sorted({r["integrity"] for r in res["baseline"]}),
             "duckdb_errors": sorted({e[:80] for r in res["duckdb_recipe"]
                                      for e in r["errors"]}),
             "baseline_errors": sorted({e[:80] for r in res["baseline"] for e in r["errors"]}),

@@ -106,6 +106,9 @@ def handler(args) -> int:
         first = report["failed"][0]
         cli.warn(PROG, f"{n} run(s) failed, e.g. run-{first['key']}: {first['error']}; "
                        f"fix and re-run the same command (done runs are skipped)")
+    if report.get("rank_error"):
+        cli.warn(PROG, f"runs not ranked: {report['rank_error']}; pass --metric with a column "
+                       f"the runs log")
     report["status"] = "failed" if failed else "ok"
     cli.emit(args, report, lambda: text(report))
     return 1 if failed else 0

@@ -284,3 +284,35 @@ def test_cli_refuses_a_second_sweep_of_the_same_version(git_repo, tmp_path):
         f"sweep.py: error: another sweep of version e5 is running (lock {lock_dir}/sweep.lock); "
         "wait for it to finish, or use another --version"]
     assert not (lock_dir / "sweep.json").exists()
+
+
+def test_cli_merged_runs_stay_done_when_their_shards_are_deleted(git_repo, tmp_path):
+    (tmp_path / "fake_train.py").write_text(FAKE_TRAIN)
+    grid = _grid(tmp_path / "g.yaml", "x: [1, 2]\n")
+    count = tmp_path / "calls.txt"
+    args = ["--json", "--version", "e6", "--grid", grid,
+            "--", sys.executable, tmp_path / "fake_train.py"]
+    assert run_script("sweep.py", *args, cwd=git_repo,
+                      env={"COUNT_FILE": str(count)}).returncode == 0
+    for shard in (git_repo / "results/shards/e6").glob("run-*.db"):
+        shard.unlink()
+    cp = run_script("sweep.py", *args, cwd=git_repo, env={"COUNT_FILE": str(count)})
+    assert cp.returncode == 0, cp.stderr
+    assert json.loads(cp.stdout)["counts"] == {"done": 0, "skipped": 2, "failed": 0}
+    assert len(_calls(count)) == 2
+    assert count_rows(git_repo / "results/experiments.db") == 4
+
+
+def test_cli_unknown_metric_is_said_not_guessed(git_repo, tmp_path):
+    (tmp_path / "fake_train.py").write_text(FAKE_TRAIN)
+    grid = _grid(tmp_path / "g.yaml", "x: [1]\n")
+    cp = run_script("sweep.py", "--json", "--version", "e7", "--grid", grid, "--metric", "auc",
+                    "--", sys.executable, tmp_path / "fake_train.py", cwd=git_repo,
+                    env={"COUNT_FILE": str(tmp_path / "calls.txt")})
+    assert cp.returncode == 0, cp.stderr
+    out = json.loads(cp.stdout)
+    db = git_repo / "results" / "experiments.db"
+    assert (out["ranked_by"], out["ranking"]) == (None, [])
+    assert cp.stderr.strip().splitlines() == [
+        f"sweep.py: warning: runs not ranked: no column 'auc' in {db} table 'default'; "
+        "pass --metric with a column the runs log"]
