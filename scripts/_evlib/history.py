@@ -8,7 +8,6 @@ working tree, so history stays right after the current DB or data change.
 
 from __future__ import annotations
 
-import configparser
 import hashlib
 import json
 import math
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from . import EVENTS_TABLE
 from .atomic import atomic_path, md5_file
+from .dvcmeta import Out, cache_dir, find_object, is_meta_file, parse_outs
 from .errors import NOT_FOUND, USAGE, EVError
 from .proc import dvc_run, git, git_ok
 from .sql import quote_ident, sqlite_columns, sqlite_connect, sqlite_tables
@@ -125,60 +125,20 @@ def require_tag(repo: Path, tag: str) -> None:
 
 # --- DVC-tracked outputs at a revision ---------------------------------------------------
 
-@dataclass
-class Out:
-    path: str  # repo-relative
-    md5: str  # DVC md5 ("...dir" suffix for directories)
-    source: str  # the .dvc file or dvc.lock that records it
-
-    @property
-    def is_dir(self) -> bool:
-        return self.md5.endswith(".dir")
-
-    @property
-    def short(self) -> str:
-        return self.md5.replace(".dir", "")[:6]
-
-
-def _outs_from(text: str, source: str) -> list[Out]:
-    import yaml
-
-    try:
-        doc = yaml.safe_load(text) or {}
-    except yaml.YAMLError:
-        return []
-    base = os.path.dirname(source)
-    outs = []
-    if source.endswith(".dvc"):
-        entries = doc.get("outs") or []
-    else:  # dvc.lock: every stage's outs
-        entries = [o for st in (doc.get("stages") or {}).values() for o in (st.get("outs") or [])]
-    for o in entries:
-        if isinstance(o, dict) and o.get("path") and o.get("md5"):
-            p = os.path.normpath(os.path.join(base, o["path"])).replace(os.sep, "/")
-            outs.append(Out(p, str(o["md5"]), source))
-    return outs
-
-
-def _is_dvc_meta(path: str) -> bool:
-    return path.endswith(".dvc") and not path.startswith(".dvc/") or \
-        path == "dvc.lock" or path.endswith("/dvc.lock")
-
-
 def outs_at(repo: Path, rev: str | None) -> dict[str, Out]:
     """Tracked outputs recorded at rev (a tag or commit), or in the working tree if None."""
     result: dict[str, Out] = {}
     if rev is None:
         files = git(repo, "ls-files", "--cached", "--others", "--exclude-standard").splitlines()
-        for f in filter(_is_dvc_meta, files):
+        for f in filter(is_meta_file, files):
             p = repo / f
             if p.is_file():
-                for o in _outs_from(p.read_text(), f):
+                for o in parse_outs(p.read_text(), f):
                     result[o.path] = o
         return result
     files = git(repo, "ls-tree", "-r", "--name-only", rev).splitlines()
-    for f in filter(_is_dvc_meta, files):
-        for o in _outs_from(git(repo, "show", f"{rev}:{f}"), f):
+    for f in filter(is_meta_file, files):
+        for o in parse_outs(git(repo, "show", f"{rev}:{f}"), f):
             result[o.path] = o
     return result
 
@@ -200,30 +160,8 @@ def data_short(outs: dict[str, Out]) -> str:
 
 # --- fetching a tracked file as of a revision ---------------------------------------------
 
-def cache_dir(repo: Path) -> Path:
-    """The DVC cache dir from .dvc/config and .dvc/config.local (the local one wins)."""
-    found = repo / ".dvc" / "cache"
-    for name in ("config", "config.local"):
-        cfg = repo / ".dvc" / name
-        if not cfg.is_file():
-            continue
-        cp = configparser.ConfigParser()
-        try:
-            cp.read_string(cfg.read_text())
-        except configparser.Error:
-            continue
-        if cp.has_option("cache", "dir"):
-            d = Path(os.path.expanduser(cp.get("cache", "dir").strip().strip("'\"")))
-            found = d if d.is_absolute() else (repo / ".dvc" / d)
-    return found.resolve()
-
-
 def cache_object(repo: Path, md5: str) -> Path | None:
-    cache = cache_dir(repo)
-    for p in (cache / "files" / "md5" / md5[:2] / md5[2:], cache / md5[:2] / md5[2:]):
-        if p.is_file():
-            return p
-    return None
+    return find_object(cache_dir(repo), md5)
 
 
 def find_out(outs: dict[str, Out], path: str) -> tuple[Out, str] | None:

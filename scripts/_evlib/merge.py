@@ -760,46 +760,37 @@ def precheck_data(base: Path, exps: list[Path]) -> None:
 def dvc_recoverable(repo: Path, path: Path) -> bool:
     """True when path's current bytes are the version DVC tracks in a committed .dvc file or
     dvc.lock (so `git checkout` + `dvc checkout`/`dvc pull` brings them back)."""
-    import yaml
-
     from .atomic import md5_file
+    from .dvcmeta import parse_outs
     from .proc import git_ok
 
     path = path.resolve()
     try:
-        rel_root = path.relative_to(repo)
+        rel = path.relative_to(repo).as_posix()
     except ValueError:
         return False
-    candidates = [(path.with_name(path.name + ".dvc"), "outs")]
+    metas = [path.with_name(path.name + ".dvc")]
     d = path.parent
     while True:
-        candidates.append((d / "dvc.lock", "lock"))
+        metas.append(d / "dvc.lock")
         if d == repo or d == d.parent:
             break
         d = d.parent
     md5 = None
-    for meta, kind in candidates:
+    for meta in metas:
         if not meta.exists():
             continue
-        rel_meta = str(meta.relative_to(repo))
+        rel_meta = meta.relative_to(repo).as_posix()
         if not (git_ok(repo, "ls-files", "--error-unmatch", "--", rel_meta)
                 and git_ok(repo, "diff", "--quiet", "HEAD", "--", rel_meta)):
             continue
         try:
-            doc = yaml.safe_load(meta.read_text()) or {}
-        except (OSError, yaml.YAMLError):
+            outs = parse_outs(meta.read_text(), rel_meta)
+        except OSError:
             continue
-        outs = []
-        if kind == "outs":
-            outs = doc.get("outs") or []
-        else:
-            for stage in (doc.get("stages") or {}).values():
-                outs += stage.get("outs") or []
         for out in outs:
-            if (meta.parent / str(out.get("path", ""))).resolve() != path:
-                continue
-            md5 = md5 or md5_file(path)
-            if out.get("md5") == md5:
-                return True
-    del rel_root
+            if out.path == rel:
+                md5 = md5 or md5_file(path)
+                if out.md5 == md5:
+                    return True
     return False

@@ -16,7 +16,6 @@ is its last non-null value (rows ordered by timestamp).
 
 from __future__ import annotations
 
-import configparser
 import datetime as _dt
 import hashlib
 import json
@@ -28,6 +27,7 @@ from pathlib import Path
 
 from . import EVENTS_TABLE
 from .atomic import append_line, atomic_path, copy_file
+from .dvcmeta import cache_dir, first_md5, object_path
 from .errors import NOT_FOUND, REFUSED, USAGE, EVError
 from .proc import dvc, git, run
 from .repo import head_commit, is_dirty
@@ -212,40 +212,8 @@ def find_candidate(repo: Path, version: str | None, run_id: str) -> Candidate | 
 
 # --- DVC state --------------------------------------------------------------------------
 
-def dvc_file_md5(text: str | None) -> str | None:
-    if not text:
-        return None
-    import yaml
-
-    try:
-        outs = (yaml.safe_load(text) or {}).get("outs") or []
-    except yaml.YAMLError:
-        return None
-    return outs[0].get("md5") if outs else None
-
-
-def cache_dir(repo: Path) -> Path:
-    """The DVC cache: `[cache] dir` from .dvc/config.local, else .dvc/config, else .dvc/cache.
-
-    Relative dirs are relative to .dvc/ (where the config file lives), as DVC reads them.
-    """
-    for name in ("config.local", "config"):
-        cfg = repo / ".dvc" / name
-        if not cfg.exists():
-            continue
-        cp = configparser.ConfigParser(interpolation=None, strict=False)
-        try:
-            cp.read(cfg)
-        except configparser.Error:
-            continue
-        if cp.has_option("cache", "dir"):
-            d = Path(cp.get("cache", "dir").strip().strip("'\""))
-            return d if d.is_absolute() else (repo / ".dvc" / d).resolve()
-    return repo / ".dvc" / "cache"
-
-
 def cache_object(repo: Path, md5: str) -> Path:
-    return cache_dir(repo) / "files" / "md5" / md5[:2] / md5[2:]
+    return object_path(cache_dir(repo), md5)
 
 
 def show(repo: Path, rev: str, path: str) -> str | None:
@@ -274,7 +242,7 @@ def fetch_object(repo: Path, md5: str, dest_tmp: Path, revs: list[str]) -> tuple
         if got == md5:  # else the cache object is damaged: try the remote
             return "cache", sha
     for rev in revs:
-        if dvc_file_md5(show(repo, rev, PRODUCTION_DVC)) != md5:
+        if first_md5(show(repo, rev, PRODUCTION_DVC)) != md5:
             continue
         dvc(repo, "get", str(repo), PRODUCTION, "--rev", rev, "-o", str(dest_tmp), "--force")
         got, sha = hashes(dest_tmp)
@@ -351,7 +319,7 @@ def production_info(repo: Path, rev: str | None = None, *, hash_disk: bool = Tru
     """
     if rev is None:
         dvc_path = repo / PRODUCTION_DVC
-        dvc_md5 = dvc_file_md5(dvc_path.read_text()) if dvc_path.exists() else None
+        dvc_md5 = first_md5(dvc_path.read_text()) if dvc_path.exists() else None
         model = repo / PRODUCTION
         disk_md5 = disk_sha = None
         if model.is_file() and (hash_disk or dvc_md5 is None):
@@ -359,7 +327,7 @@ def production_info(repo: Path, rev: str | None = None, *, hash_disk: bool = Tru
         if dvc_md5 is None and disk_md5 is None:
             return None
     else:
-        dvc_md5 = dvc_file_md5(show(repo, rev, PRODUCTION_DVC))
+        dvc_md5 = first_md5(show(repo, rev, PRODUCTION_DVC))
         disk_md5 = None
         if dvc_md5 is None:
             return None
@@ -607,7 +575,7 @@ def prune(repo: Path, *, results: Results, keep: int, metric: str, mode: str,
 
 def get_model(repo: Path, *, rev: str, out: Path, force: bool, dry_run: bool) -> dict:
     commit = resolve_rev(repo, rev)
-    md5 = dvc_file_md5(show(repo, commit, PRODUCTION_DVC))
+    md5 = first_md5(show(repo, commit, PRODUCTION_DVC))
     if md5 is None:
         raise EVError(f"{rev} has no {PRODUCTION_DVC}", code=NOT_FOUND,
                       hint="no model was in production there; see `model_manager.py history "

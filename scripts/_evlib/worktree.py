@@ -25,9 +25,8 @@ import stat
 import time
 from pathlib import Path
 
-import yaml
-
 from . import atomic
+from .dvcmeta import Out, is_meta_file, object_path, parse_outs
 from .errors import FAILED, NOT_FOUND, REFUSED, USAGE, EVError
 from .proc import dvc, dvc_run, git, git_ok, run
 from .repo import dirty_paths, find_repo, main_worktree, require_dvc
@@ -110,26 +109,6 @@ def probe_link(cache_dir: Path, dest_dir: Path) -> str:
                 p.unlink()
 
 
-def _load_yaml(text: str) -> dict:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def outs_of(text: str, name: str) -> list[dict]:
-    """DVC outputs ({path, md5, legacy}) in a .dvc or dvc.lock file's text; paths relative
-    to the file's directory."""
-    data = _load_yaml(text)
-    raw = list(data.get("outs") or [])
-    if os.path.basename(name) == "dvc.lock":
-        for stage in (data.get("stages") or {}).values():
-            raw += list((stage or {}).get("outs") or [])
-    return [{"path": o["path"], "md5": o.get("md5"), "legacy": o.get("hash") != "md5"}
-            for o in raw if isinstance(o, dict) and o.get("path")]
-
-
 def dvc_files(wt: Path) -> list[str]:
     """.dvc and dvc.lock files of the working tree (committed or not, not ignored)."""
     out = git(wt, "ls-files", "--cached", "--others", "--exclude-standard", "-z")
@@ -142,9 +121,7 @@ def tracked_outputs(wt: Path) -> list[str]:
     paths = []
     for f in dvc_files(wt):
         with contextlib.suppress(OSError):
-            text = (wt / f).read_text()
-            base = os.path.dirname(f)
-            paths += [os.path.normpath(os.path.join(base, o["path"])) for o in outs_of(text, f)]
+            paths += [o.path for o in parse_outs((wt / f).read_text(), f)]
     return sorted(set(paths))
 
 
@@ -407,38 +384,27 @@ def remote_info(wt: Path) -> tuple[str | None, str | None]:
     return name, url
 
 
-def _obj(root: Path, md5: str, legacy: bool) -> Path:
-    base = root if legacy else root / "files" / "md5"
-    return base / md5[:2] / md5[2:]
-
-
-def _commit_outs(wt: Path, commit: str) -> list[dict]:
+def _commit_outs(wt: Path, commit: str) -> list[Out]:
     names = git(wt, "ls-tree", "-r", "-z", "--name-only", commit).split("\0")
     outs = []
-    for f in names:
-        if f.endswith(".dvc") or os.path.basename(f) == "dvc.lock":
-            text = run(["git", "show", f"{commit}:{f}"], cwd=wt, what="git show").stdout
-            for o in outs_of(text, f):
-                o["path"] = os.path.normpath(os.path.join(os.path.dirname(f), o["path"]))
-                outs.append(o)
+    for f in filter(is_meta_file, names):
+        text = run(["git", "show", f"{commit}:{f}"], cwd=wt, what="git show").stdout
+        outs += parse_outs(text, f)
     return outs
 
 
-def _missing_on_local_remote(remote: Path, cache: Path, outs: list[dict]) -> list[tuple]:
+def _missing_on_local_remote(remote: Path, cache: Path, outs: list[Out]) -> list[tuple]:
     """(path, md5) of each object an output needs that the remote directory lacks."""
     missing = []
     for o in outs:
-        md5, legacy = o["md5"], o["legacy"]
-        if not md5:
+        if not object_path(remote, o.md5, o.legacy).is_file():
+            missing.append((o.path, o.md5))
             continue
-        if not _obj(remote, md5, legacy).is_file():
-            missing.append((o["path"], md5))
-            continue
-        if md5.endswith(".dir"):
-            entries = json.loads(_obj(remote, md5, legacy).read_text())
+        if o.is_dir:
+            entries = json.loads(object_path(remote, o.md5, o.legacy).read_text())
             for e in entries:
-                if not _obj(remote, e["md5"], legacy).is_file():
-                    missing.append((os.path.join(o["path"], e["relpath"]), e["md5"]))
+                if not object_path(remote, e["md5"], o.legacy).is_file():
+                    missing.append((os.path.join(o.path, e["relpath"]), e["md5"]))
     return missing
 
 
