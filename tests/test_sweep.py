@@ -100,12 +100,13 @@ def test_ranking_is_per_run_not_per_row(tmp_path):
     (b,) = make_xetrack_db(db, [{"f1_score": 0.7}, {"f1_score": 0.8},
                                 {"model_path": "b.pkl"}])
     rep = rank_runs(db, "f1_score", "max")
-    assert rep["ranked_by"] == {"column": "f1_score", "aggregate": "max per track_id",
+    assert rep["ranked_by"] == {"column": "f1_score",
+                                "aggregate": "last non-null value per track_id",
                                 "order": "descending"}
     assert rep["ranking"] == [{"rank": 1, "track_id": a, "value": 0.9, "rows": 2},
                               {"rank": 2, "track_id": b, "value": 0.8, "rows": 3}]
     low = rank_runs(db, "f1_score", "min")
-    assert [(e["track_id"], e["value"]) for e in low["ranking"]] == [(b, 0.7), (a, 0.9)]
+    assert [(e["track_id"], e["value"]) for e in low["ranking"]] == [(b, 0.8), (a, 0.9)]
     missing = rank_runs(db, "auc", "max")
     assert missing["ranked_by"] is None
     assert missing["rank_error"] == f"no column 'auc' in {db} table 'default'"
@@ -264,7 +265,8 @@ def test_cli_end_to_end_with_the_training_template(git_repo, tmp_path):
     cp2 = run_script("sweep.py", "--version", "e0.2.0", "--grid", grid, *cmd, cwd=git_repo)
     assert cp2.returncode == 0, cp2.stderr
     assert "sweep e0.2.0: 0 ran, 4 skipped (done before), 0 failed" in cp2.stdout
-    assert "runs ranked by f1_score (max per track_id, descending):" in cp2.stdout
+    assert ("runs ranked by f1_score (last non-null value per track_id, descending):"
+            in cp2.stdout)
     assert len(count.read_text().splitlines()) == 4
     assert count_rows(db) == 8
 

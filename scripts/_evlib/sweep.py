@@ -432,16 +432,17 @@ def finalize(db, directory: Path, ledger: Ledger, items: list[dict], *, merge: b
 
 def rank_runs(db: str | os.PathLike, metric: str, mode: str = "max",
               track_ids: list[str] | None = None) -> dict:
-    """Rank RUNS, not rows: aggregate the metric per track_id (max or min over its rows).
+    """Rank RUNS, not rows: a run's value is its last non-null value of the metric.
 
     A run logs several rows (track() with the metrics, then log() rows without them); ranking
-    rows would compare a run's rows with each other. Returns ranked_by (column, aggregate,
-    order) and ranking: [{rank, track_id, value, rows}], best first, runs without a value last.
+    rows would compare a run's rows with each other. The last value describes the model the
+    run saved, and is the rule model_manager.py and tag_suggest.py use too. Returns ranked_by
+    (column, aggregate, order) and ranking: [{rank, track_id, value, rows}], best first, runs
+    without a value last.
     """
     if mode not in ("max", "min"):
         raise EVError(f"--mode must be max or min, not {mode!r}", code=USAGE)
-    agg = "MAX" if mode == "max" else "MIN"
-    ranked_by = {"column": metric, "aggregate": f"{agg.lower()} per track_id",
+    ranked_by = {"column": metric, "aggregate": "last non-null value per track_id",
                  "order": "descending" if mode == "max" else "ascending"}
     if not Path(db).exists():
         return {"ranked_by": None, "ranking": [], "rank_error": f"{db} does not exist"}
@@ -458,9 +459,11 @@ def rank_runs(db: str | os.PathLike, metric: str, mode: str = "max",
             where = f"WHERE track_id IN ({','.join('?' * len(track_ids))})"
             binds = list(track_ids)
         order = "DESC" if mode == "max" else "ASC"
-        q = (f"SELECT track_id, {agg}({quote_ident(metric)}) AS value, count(*) AS n "
-             f"FROM {quote_ident(EVENTS_TABLE)} {where} GROUP BY track_id "
-             f"ORDER BY value IS NULL, value {order}, track_id")
+        t, m = quote_ident(EVENTS_TABLE), quote_ident(metric)
+        last = (f"(SELECT x.{m} FROM {t} x WHERE x.track_id = d.track_id AND x.{m} IS NOT NULL "
+                f"ORDER BY x.timestamp DESC, x.rowid DESC LIMIT 1)")
+        q = (f"SELECT track_id, {last} AS value, count(*) AS n FROM {t} d {where} "
+             f"GROUP BY track_id ORDER BY value IS NULL, value {order}, track_id")
         rows = con.execute(q, binds).fetchall()
     finally:
         con.close()
