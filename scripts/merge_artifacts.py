@@ -26,7 +26,7 @@ from _evlib.repo import find_repo  # noqa: E402
 
 PROG = "merge_artifacts.py"
 EXAMPLE = ("python scripts/merge_artifacts.py --strategy merge --base-db results/experiments.db "
-           "--exp-db a.db b.db --output-db results/experiments.db")
+           "--exp-db a.db b.db --output-db results/experiments.db --json")
 
 
 def build():

@@ -28,7 +28,7 @@ PROG = "sweep.py"
 
 def build():
     p = cli.parser(PROG, __doc__,
-                   "python scripts/sweep.py --version e0.2.0 --grid grid.yaml --workers 2 "
+                   "python scripts/sweep.py --json --version e0.2.0 --grid grid.yaml --workers 2 "
                    "-- python train.py --version e0.2.0",
                    codes=(CONFLICT, REFUSED), dry_run=True)
     p.add_argument("--version", required=True, help="experiment version, e.g. e0.2.0")

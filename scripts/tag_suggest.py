@@ -30,7 +30,7 @@ PROG = "tag_suggest.py"
 
 def build():
     p = cli.parser(PROG, __doc__, "python scripts/tag_suggest.py --version e0.2.0 "
-                   "--description 'C sweep' --create",
+                   "--description 'C sweep' --create --json",
                    codes=(REFUSED, NOT_FOUND), dry_run=True)
     p.add_argument("--version", default=None,
                    help="the version the runs were logged under (default: the one untagged "
