@@ -15,7 +15,6 @@ history stays right after the current DB changes. --db is relative to the reposi
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -35,15 +34,7 @@ def build():
     sub = cli.subparsers(p)
 
     def common(sp, dry=False):
-        # Accepted before or after the subcommand; SUPPRESS keeps a subparser default from
-        # overwriting `--json --repo X list`.
-        sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                        help="print one JSON object (with a 'status' key) on stdout")
-        sp.add_argument("--repo", metavar="PATH", default=argparse.SUPPRESS,
-                        help="the git repository to act on (default: the current one)")
-        if dry:
-            sp.add_argument("--dry-run", action="store_true",
-                            help="report what would be written and write nothing")
+        cli.add_sub_common(sp, dry_run=dry, dry_help="report what would be written and write nothing")
         sp.add_argument("--db", default=history.DEFAULT_DB,
                         help=f"results DB path in the repo (default {history.DEFAULT_DB})")
         sp.add_argument("--metric", default=None,

@@ -28,14 +28,7 @@ GIT_ADD = f"git add {m.PRODUCTION_DVC} models/production/.gitignore {m.LEDGER}"
 
 
 def _common(sp: argparse.ArgumentParser, *, writes: bool) -> None:
-    # SUPPRESS: the top-level --json/--repo keep their value when not repeated here.
-    sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                    help="print one JSON object (with a 'status' key) on stdout")
-    sp.add_argument("--repo", metavar="PATH", default=argparse.SUPPRESS,
-                    help="the git repository to act on (default: the current one)")
-    if writes:
-        sp.add_argument("--dry-run", action="store_true",
-                        help="report what would change and write nothing")
+    cli.add_sub_common(sp, dry_run=writes)
 
 
 def _db(sp):

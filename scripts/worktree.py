@@ -36,14 +36,8 @@ def _sub(sp, name: str, help_: str, example: str, dry_run: bool = True):
     p = sp.add_parser(name, help=help_, description=help_,
                       epilog=f"example:\n  {example}",
                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    # Same options after the subcommand; SUPPRESS keeps a value given before it.
-    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                   help="print one JSON object (with a 'status' key) on stdout")
-    p.add_argument("--repo", metavar="PATH", default=argparse.SUPPRESS,
-                   help="the git repository to act on (default: the current one)")
-    if dry_run:
-        p.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS,
-                       help="check and report, change nothing")
+    cli.add_sub_common(p, dry_run=dry_run, dry_run_default=argparse.SUPPRESS,
+                       dry_help="check and report, change nothing")
     return p
 
 

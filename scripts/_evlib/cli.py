@@ -45,6 +45,23 @@ def add_common(p: argparse.ArgumentParser, *, repo: bool = True, dry_run: bool =
                        help="report what would change and write nothing")
 
 
+def add_sub_common(sp: argparse.ArgumentParser, *, dry_run: bool = False,
+                   dry_run_default=False,
+                   dry_help: str = "report what would change and write nothing") -> None:
+    """--json and --repo (and --dry-run) accepted after a subcommand too.
+
+    SUPPRESS: a value given before the subcommand is not overwritten by the subparser's
+    default (`--json --repo X list` and `list --json --repo X` mean the same).
+    """
+    sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                    help="print one JSON object (with a 'status' key) on stdout")
+    sp.add_argument("--repo", metavar="PATH", default=argparse.SUPPRESS,
+                    help="the git repository to act on (default: the current one)")
+    if dry_run:
+        sp.add_argument("--dry-run", action="store_true", default=dry_run_default,
+                        help=dry_help)
+
+
 def subparsers(p: argparse.ArgumentParser):
     return p.add_subparsers(dest="command", required=True, metavar="COMMAND",
                             parser_class=_Parser)
