@@ -1,6 +1,6 @@
 """model_manager.py costs, as ratios against baselines measured in the same run.
 
-1. Ranking runs: `_evlib.models.load_results` + `rank` (aggregate every run's rows by
+1. Ranking runs: `_evlib.models.load_results` + `_evlib.runs.rank` (aggregate every run's rows by
    track_id, last non-null value) vs the bare `SELECT * FROM "default"` fetch it builds on.
 2. Promoting a large model: `model_manager.py promote` (atomic copy, one-pass md5+sha256,
    `dvc add`, ledger) vs the workflows' `cp model models/production/model.bin && dvc add`.
@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from _evlib import models  # noqa: E402
+from _evlib import runs as evruns  # noqa: E402
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -78,7 +79,7 @@ def bench_rank(tmp: Path, runs: int) -> dict:
 
     def ours():
         res = models.load_results(db)
-        ranked = models.rank(list(res.runs.values()), lambda r: r.value("f1_score"), "max")
+        ranked = evruns.rank(list(res.runs.values()), "f1_score", "max")
         assert len(ranked) == runs + 1
 
     base, mine = best_of(3, baseline), best_of(3, ours)

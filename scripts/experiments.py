@@ -110,7 +110,8 @@ def cmd_show(repo, args):
     s = rec["_summary"]
     tags = history.all_tags(repo)
     runs = [{"track_id": r.track_id, "rows": r.rows, "best": r is s.best,
-             "params": r.params(s.metric_cols), "metrics": r.metrics(s.metric_cols)}
+             "params": history.run_params(r, s.metric_cols),
+             "metrics": history.run_metrics(r, s.metric_cols)}
             for r in s.runs]
     arts = {p: o.md5 for p, o in sorted(rec["_outs"].items())}
     payload = {**history.public(rec), "message": tags[args.version].message,

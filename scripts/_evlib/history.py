@@ -15,15 +15,15 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from . import EVENTS_TABLE
 from .atomic import atomic_path, md5_file
 from .dvcmeta import Out, cache_dir, find_object, is_meta_file, parse_outs
 from .errors import NOT_FOUND, USAGE, EVError
 from .proc import dvc_run, git, git_ok
-from .sql import quote_ident, sqlite_columns, sqlite_connect, sqlite_tables
+from .runs import Run, db_versions, load_runs, rank
+from .sql import sqlite_connect
 
 DEFAULT_DB = "results/experiments.db"
 E_TAG = re.compile(r"^e(\d+)\.(\d+)\.(\d+)$")
@@ -259,67 +259,16 @@ def _git_blob(repo: Path, rev: str, path: str) -> bytes:
 
 # --- results DB: runs ---------------------------------------------------------------------
 
-@dataclass
-class Run:
-    track_id: str
-    values: dict = field(default_factory=dict)  # last non-null value per column
-    rows: int = 0
+def run_params(r: Run, metric_cols: set[str]) -> dict:
+    return {k: v for k, v in r.values.items() if k not in META_COLS and k not in metric_cols}
 
-    def params(self, metric_cols: set[str]) -> dict:
-        return {k: v for k, v in self.values.items()
-                if k not in META_COLS and k not in metric_cols}
 
-    def metrics(self, metric_cols: set[str]) -> dict:
-        return {k: v for k, v in self.values.items() if k in metric_cols}
-
-    @property
-    def model(self) -> str | None:
-        v = self.values.get("model", self.values.get("config_model"))
-        return None if v is None else str(v)
+def run_metrics(r: Run, metric_cols: set[str]) -> dict:
+    return {k: v for k, v in r.values.items() if k in metric_cols}
 
 
 def is_metric(col: str, extra: str | None = None) -> bool:
     return col == extra or bool(METRIC_RE.search(col.lower()))
-
-
-def load_runs(db: Path, version: str) -> list[Run]:
-    """The runs (rows aggregated per track_id) logged under version, in first-seen order."""
-    con = sqlite_connect(db, readonly=True)
-    try:
-        if EVENTS_TABLE not in sqlite_tables(con):
-            return []
-        cols = [c[0] for c in sqlite_columns(con, EVENTS_TABLE)]
-        if "version" not in cols or "track_id" not in cols:
-            return []
-        order = "timestamp" if "timestamp" in cols else "rowid"
-        cur = con.execute(f"SELECT * FROM {quote_ident(EVENTS_TABLE)} WHERE version = ? "
-                          f"ORDER BY {quote_ident(order)}", (version,))
-        names = [d[0] for d in cur.description]
-        runs: dict[str, Run] = {}
-        for row in cur:
-            rec = dict(zip(names, row, strict=True))
-            run = runs.setdefault(str(rec["track_id"]), Run(str(rec["track_id"])))
-            run.rows += 1
-            for k, v in rec.items():
-                if v is not None and k not in ("track_id", "timestamp"):
-                    run.values[k] = v
-        return list(runs.values())
-    finally:
-        con.close()
-
-
-def db_versions(db: Path) -> list[str]:
-    con = sqlite_connect(db, readonly=True)
-    try:
-        if EVENTS_TABLE not in sqlite_tables(con):
-            return []
-        if "version" not in [c[0] for c in sqlite_columns(con, EVENTS_TABLE)]:
-            return []
-        return [r[0] for r in con.execute(
-            f"SELECT DISTINCT version FROM {quote_ident(EVENTS_TABLE)} "
-            "WHERE version IS NOT NULL ORDER BY 1")]
-    finally:
-        con.close()
 
 
 def metric_columns(runs: list[Run], metric: str | None) -> set[str]:
@@ -355,8 +304,7 @@ def best_run(runs: list[Run], metric: str, mode: str, version: str) -> Run:
         present = sorted({k for r in runs for k in r.values if k not in META_COLS})
         raise EVError(f"no run of {version} has a numeric {metric!r}", code=USAGE,
                       hint=f"pass --metric one of: {', '.join(present) or '(no columns)'}")
-    pick = max if mode == "max" else min
-    return pick(scored, key=lambda r: _num(r.values[metric]))
+    return rank(scored, metric, mode, value_of=lambda r: _num(r.values[metric]))[0]
 
 
 def fmt(v) -> str:
@@ -428,8 +376,8 @@ class VersionSummary:
             "mode": self.mode, "best_run": b.track_id if b else None,
             "model": b.model if b else None,
             "value": b.values.get(self.metric) if b else None,
-            "params": b.params(self.metric_cols) if b else {},
-            "metrics": b.metrics(self.metric_cols) if b else {},
+            "params": run_params(b, self.metric_cols) if b else {},
+            "metrics": run_metrics(b, self.metric_cols) if b else {},
         }
 
 
@@ -517,8 +465,8 @@ def infer_bump(repo: Path, last: str, runs: list[Run], chosen: Run, db_rel: str,
         except EVError:
             pb = None
         if pb is not None:
-            old_p = {k: v for k, v in pb.params(cols).items() if _short_param(k) != "model"}
-            new_p = {k: v for k, v in chosen.params(cols).items() if _short_param(k) != "model"}
+            old_p = {k: v for k, v in run_params(pb, cols).items() if _short_param(k) != "model"}
+            new_p = {k: v for k, v in run_params(chosen, cols).items() if _short_param(k) != "model"}
             diff = _changed(old_p, new_p)
             if diff:
                 reasons["minor"].append("params changed: " + ", ".join(
@@ -604,8 +552,8 @@ def suggest(repo: Path, *, version: str | None, kind: str, name: str | None, db:
             warn(f"rows are logged under {tag} but the change since {last or 'nothing'} is "
                  f"a {level} bump ({expected}); tagging {tag} so the tag matches its rows")
     now_outs = outs_at(repo, None)
-    params = chosen.params(s.metric_cols)
-    metrics = chosen.metrics(s.metric_cols)
+    params = run_params(chosen, s.metric_cols)
+    metrics = run_metrics(chosen, s.metric_cols)
     value = chosen.values.get(s.metric)
     parts = [f"model={chosen.model or 'unknown'}"]
     hp = hyperparams(params)

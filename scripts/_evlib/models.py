@@ -10,8 +10,8 @@ A candidate's name ties it to its run (xetrack track_id) and version; its hash i
 by DVC in the models/candidates manifest. The ledger has one JSON object per promote or
 rollback; the production history is a stack: promote pushes, rollback pops.
 
-Results DB: xetrack SQLite, table "default", several rows per run. A run's value of a column
-is its last non-null value (rows ordered by timestamp).
+Results DB: xetrack SQLite, table "default", several rows per run, read through runs.py
+(a run's value of a column is its last non-null value, rows ordered by timestamp).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import json
 import os
 import re
 import sqlite3
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import EVENTS_TABLE
@@ -31,7 +31,8 @@ from .dvcmeta import cache_dir, first_md5, object_path
 from .errors import NOT_FOUND, REFUSED, USAGE, EVError
 from .proc import dvc, git, run
 from .repo import head_commit, is_dirty
-from .sql import is_sqlite_file, quote_ident, sqlite_columns, sqlite_connect, sqlite_tables
+from .runs import Run, is_number, rank, read_runs
+from .sql import is_sqlite_file
 
 CANDIDATES = "models/candidates"
 PRODUCTION = "models/production/model.bin"
@@ -61,28 +62,10 @@ def _now() -> str:
 
 # --- results DB -------------------------------------------------------------------------
 
-@dataclass
-class Run:
-    run_id: str
-    values: dict = field(default_factory=dict)  # column -> last non-null value
-    rows: int = 0
-    first_seen: str = ""
-
-    @property
-    def version(self):
-        return self.values.get("version")
-
-    def metrics(self) -> dict:
-        return {k: v for k, v in self.values.items() if _is_number(v)
-                and k not in _NOT_METRICS and not k.startswith("config_")}
-
-    def value(self, column: str):
-        v = self.values.get(column)
-        return float(v) if _is_number(v) else None
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v  # not NaN
+def metrics_of(r: Run) -> dict:
+    """A run's numeric results as recorded in the ledger (no config_ params, no row meta)."""
+    return {k: v for k, v in r.values.items() if is_number(v)
+            and k not in _NOT_METRICS and not k.startswith("config_")}
 
 
 @dataclass
@@ -94,7 +77,7 @@ class Results:
     def require_column(self, column: str) -> None:
         if column not in self.columns:
             numeric = [c for c in self.columns if any(
-                _is_number(r.values.get(c)) for r in self.runs.values())
+                is_number(r.values.get(c)) for r in self.runs.values())
                 and c not in _NOT_METRICS and not c.startswith("config_")]
             raise EVError(f"column {column!r} is not in {self.path.name} table {EVENTS_TABLE}",
                           code=USAGE, hint=f"pass --metric with one of: {', '.join(numeric)}")
@@ -110,8 +93,11 @@ class Results:
         return r
 
 
-def load_results(db: str | os.PathLike) -> Results:
-    """Read every run of a xetrack results DB (read-only), aggregated per track_id."""
+def load_results(db: str | os.PathLike, run_id: str | None = None) -> Results:
+    """Read the runs of a xetrack results DB (read-only), aggregated per track_id.
+
+    run_id: read only that run's rows (for get()).
+    """
     path = Path(db)
     if not path.exists():
         raise EVError(f"results DB {path} does not exist", code=USAGE,
@@ -119,45 +105,18 @@ def load_results(db: str | os.PathLike) -> Results:
     if not is_sqlite_file(path):
         raise EVError(f"{path} is not a SQLite database", code=USAGE,
                       hint="pass --db with a xetrack SQLite results DB")
-    con = sqlite_connect(path, readonly=True)
     try:
-        if EVENTS_TABLE not in sqlite_tables(con):
-            raise EVError(f"{path} has no xetrack table {EVENTS_TABLE!r}", code=USAGE,
-                          hint="pass --db with the DB a xetrack Tracker wrote")
-        cols = [c[0] for c in sqlite_columns(con, EVENTS_TABLE)]
-        if "track_id" not in cols:
-            raise EVError(f"{path} table {EVENTS_TABLE} has no track_id column", code=USAGE,
-                          hint="pass --db with the DB a xetrack Tracker wrote")
-        order = "timestamp, rowid" if "timestamp" in cols else "rowid"
-        cur = con.execute(f"SELECT * FROM {quote_ident(EVENTS_TABLE)} ORDER BY {order}")
-        names = [d[0] for d in cur.description]
-        runs: dict[str, Run] = {}
-        for row in cur:
-            rec = dict(zip(names, row, strict=True))
-            tid = rec.get("track_id")
-            if tid is None:
-                continue
-            r = runs.get(tid)
-            if r is None:
-                r = runs[tid] = Run(str(tid), first_seen=str(rec.get("timestamp") or ""))
-            r.rows += 1
-            for k, v in rec.items():
-                if v is not None and v != "":
-                    r.values[k] = v
+        table = read_runs(path, track_id=run_id)
     except sqlite3.Error as exc:
         raise EVError(f"cannot read {path}: {exc}", hint="check the file is a xetrack DB"
                       ) from exc
-    finally:
-        con.close()
-    return Results(path, cols, runs)
-
-
-def rank(items: list, value_of, mode: str) -> list:
-    """Sort by value (max: highest first); items without a value go last, order kept."""
-    have = [i for i in items if value_of(i) is not None]
-    lack = [i for i in items if value_of(i) is None]
-    have.sort(key=value_of, reverse=(mode == "max"))  # stable: ties keep input order
-    return have + lack
+    if table.columns is None:
+        raise EVError(f"{path} has no xetrack table {EVENTS_TABLE!r}", code=USAGE,
+                      hint="pass --db with the DB a xetrack Tracker wrote")
+    if "track_id" not in table.columns:
+        raise EVError(f"{path} table {EVENTS_TABLE} has no track_id column", code=USAGE,
+                      hint="pass --db with the DB a xetrack Tracker wrote")
+    return Results(path, table.columns, table.runs)
 
 
 # --- candidates -------------------------------------------------------------------------
@@ -360,7 +319,7 @@ def add_candidate(repo: Path, *, db: Path, run_id: str, model: Path, version: st
     if not model.is_file():
         raise EVError(f"model file {model} does not exist", code=USAGE,
                       hint="pass --model with the trained model's path")
-    r = load_results(db).get(run_id, version)
+    r = load_results(db, run_id).get(run_id, version)
     if not r.version:
         raise EVError(f"run {run_id} has no version column value", code=USAGE,
                       hint="log runs with Tracker(params={'version': ...})")
@@ -396,7 +355,7 @@ def _run_for_promote(repo: Path, db: Path, run_id: str | None, version: str | No
     r = None
     if run_id is not None:
         check_name(run_id, "run id")
-        r = load_results(db).get(run_id, version)
+        r = load_results(db, run_id).get(run_id, version)
     if model is not None:
         if not model.is_file():
             raise EVError(f"model file {model} does not exist", code=USAGE,
@@ -426,8 +385,8 @@ def promote(repo: Path, *, db: Path, run_id: str | None, version: str | None,
     if cur:
         prev = {"md5": cur["dvc_md5"] or cur["disk_md5"], "sha256": cur.get("sha256"),
                 "run_id": cur["run_id"], "version": cur["version"], "source": cur["source"]}
-    entry = {"time": _now(), "action": "promote", "run_id": r and r.run_id,
-             "version": (r and r.version) or version, "metrics": r.metrics() if r else {},
+    entry = {"time": _now(), "action": "promote", "run_id": r and r.track_id,
+             "version": (r and r.version) or version, "metrics": metrics_of(r) if r else {},
              "model": {"path": PRODUCTION, "md5": md5, "sha256": sha,
                        "size": src_file.stat().st_size},
              "source": source, "previous": prev, "git_commit": head_commit(repo),
@@ -524,16 +483,16 @@ def ranked_runs(repo: Path, results: Results, metric: str, mode: str,
         by_run.setdefault(c.run_id, []).append(c)
     prod_runs, prod_sources = production_run_ids(repo)
     out, missing = [], []
-    for i, r in enumerate(rank(runs, lambda x: x.value(metric), mode), 1):
-        files = [c.path for c in by_run.get(r.run_id, [])]
-        row = {"rank": i, "run_id": r.run_id, "version": r.version, metric: r.value(metric),
+    for i, r in enumerate(rank(runs, metric, mode), 1):
+        files = [c.path for c in by_run.get(r.track_id, [])]
+        row = {"rank": i, "run_id": r.track_id, "version": r.version, metric: r.value(metric),
                "candidate": files[0] if files else None,
-               "production": r.run_id in prod_runs or bool(set(files) & prod_sources),
+               "production": r.track_id in prod_runs or bool(set(files) & prod_sources),
                "rows": r.rows}
         out.append(row)
         if not files:
             mp = r.values.get("model_path")
-            missing.append({"run_id": r.run_id, "version": r.version, "model_path": mp})
+            missing.append({"run_id": r.track_id, "version": r.version, "model_path": mp})
     orphans = [c.path for c in cands if c.run_id not in results.runs
                and (version is None or c.version == version)]
     return {"ranked_by": {"column": metric, "mode": mode,
@@ -553,7 +512,7 @@ def prune(repo: Path, *, results: Results, keep: int, metric: str, mode: str,
     if cands and all(val(c) is None for c in cands):
         raise EVError(f"no candidate's run has a {metric} value in {results.path}",
                       code=REFUSED, hint="check --db and --metric; nothing deleted")
-    ranked = rank(cands, val, mode)
+    ranked = rank(cands, metric, mode, value_of=val)
     prod_runs, prod_sources = production_run_ids(repo)
     kept, delete = [], []
     for i, c in enumerate(ranked):

@@ -42,7 +42,8 @@ from typing import Any
 from . import EVENTS_TABLE
 from .atomic import write_text
 from .errors import REFUSED, USAGE, EVError
-from .sql import quote_ident, sqlite_columns, sqlite_connect, sqlite_tables
+from .runs import rank_runs
+from .sql import quote_ident, sqlite_connect, sqlite_tables
 
 LEDGER = "sweep.json"
 
@@ -428,48 +429,6 @@ def finalize(db, directory: Path, ledger: Ledger, items: list[dict], *, merge: b
                 ids += tid if isinstance(tid, list) else [tid]
         report.update(rank_runs(db, metric, metric_mode, ids))
     return report
-
-
-def rank_runs(db: str | os.PathLike, metric: str, mode: str = "max",
-              track_ids: list[str] | None = None) -> dict:
-    """Rank RUNS, not rows: a run's value is its last non-null value of the metric.
-
-    A run logs several rows (track() with the metrics, then log() rows without them); ranking
-    rows would compare a run's rows with each other. The last value describes the model the
-    run saved, and is the rule model_manager.py and tag_suggest.py use too. Returns ranked_by
-    (column, aggregate, order) and ranking: [{rank, track_id, value, rows}], best first, runs
-    without a value last.
-    """
-    if mode not in ("max", "min"):
-        raise EVError(f"--mode must be max or min, not {mode!r}", code=USAGE)
-    ranked_by = {"column": metric, "aggregate": "last non-null value per track_id",
-                 "order": "descending" if mode == "max" else "ascending"}
-    if not Path(db).exists():
-        return {"ranked_by": None, "ranking": [], "rank_error": f"{db} does not exist"}
-    con = sqlite_connect(db, readonly=True)
-    try:
-        cols = [c[0] for c in sqlite_columns(con, EVENTS_TABLE)]
-        if metric not in cols:
-            return {"ranked_by": None, "ranking": [],
-                    "rank_error": f"no column {metric!r} in {db} table {EVENTS_TABLE!r}"}
-        where, binds = "", []
-        if track_ids is not None:
-            if not track_ids:
-                return {"ranked_by": ranked_by, "ranking": []}
-            where = f"WHERE track_id IN ({','.join('?' * len(track_ids))})"
-            binds = list(track_ids)
-        order = "DESC" if mode == "max" else "ASC"
-        t, m = quote_ident(EVENTS_TABLE), quote_ident(metric)
-        last = (f"(SELECT x.{m} FROM {t} x WHERE x.track_id = d.track_id AND x.{m} IS NOT NULL "
-                f"ORDER BY x.timestamp DESC, x.rowid DESC LIMIT 1)")
-        q = (f"SELECT track_id, {last} AS value, count(*) AS n FROM {t} d {where} "
-             f"GROUP BY track_id ORDER BY value IS NULL, value {order}, track_id")
-        rows = con.execute(q, binds).fetchall()
-    finally:
-        con.close()
-    ranking = [{"rank": i + 1, "track_id": t, "value": v, "rows": n}
-               for i, (t, v, n) in enumerate(rows)]
-    return {"ranked_by": ranked_by, "ranking": ranking}
 
 
 # --- command-line sweeps (scripts/sweep.py) -----------------------------------------------

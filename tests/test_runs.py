@@ -1,0 +1,98 @@
+"""_evlib.runs: rows aggregated per run (last non-null value), ranking, version filter.
+
+Real xetrack Trackers write the DB; each make_xetrack_db call is one run (one track_id).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from _evlib.errors import EVError
+from _evlib.runs import Run, db_versions, load_runs, rank, rank_runs, read_runs
+from conftest import make_xetrack_db
+
+
+@pytest.fixture
+def db(tmp_path):
+    """Four runs: a (0.5 then 0.9, then a model_path row), b (0.7 then 0.8), c (0.9, a tie
+    with a, logged later, another version), d (no f1_score at all)."""
+    path = tmp_path / "results" / "experiments.db"
+    v1, v2 = {"version": "e0.1.0"}, {"version": "e0.2.0"}
+    (a,) = make_xetrack_db(path, [{"f1_score": 0.5, "config_C": 1.0}, {"f1_score": 0.9},
+                                  {"model_path": "models/a.pkl"}], v1)
+    (b,) = make_xetrack_db(path, [{"f1_score": 0.7}, {"f1_score": 0.8}], v1)
+    (c,) = make_xetrack_db(path, [{"f1_score": 0.9, "config_C": 3.0}], v2)
+    (d,) = make_xetrack_db(path, [{"model_path": "models/d.pkl"}], v1)
+    return path, a, b, c, d
+
+
+def test_a_run_is_its_last_non_null_value_per_column(db):
+    path, a, b, c, d = db
+    table = read_runs(path)
+    assert list(table.runs) == [a, b, c, d]  # first-seen order
+    assert {"track_id", "timestamp", "version", "f1_score", "config_C",
+            "model_path"} <= set(table.columns)
+    ra = table.runs[a]
+    assert ra.rows == 3
+    # f1_score: 0.9 (the later row), not 0.5; the model_path row's NULL f1 does not erase it
+    assert (ra.value("f1_score"), ra.values["model_path"], ra.values["config_C"],
+            ra.version, ra.track_id) == (0.9, "models/a.pkl", 1.0, "e0.1.0", a)
+    assert ra.first_seen != "" and ra.first_seen <= ra.values["timestamp"]
+    assert table.runs[b].value("f1_score") == 0.8 and table.runs[b].rows == 2
+    assert table.runs[d].value("f1_score") is None  # never logged one
+    assert table.runs[d].value("model_path") is None  # a string is not a number
+    assert Run("x", {"f1_score": float("nan"), "ok": True}).value("f1_score") is None
+    assert Run("x", {"ok": True}).value("ok") is None  # a bool is not a metric
+
+
+def test_rank_best_first_missing_last_ties_keep_order(db):
+    path, a, b, c, d = db
+    runs = load_runs(path)
+    assert [r.track_id for r in rank(runs, "f1_score", "max")] == [a, c, b, d]
+    assert [r.track_id for r in rank(runs, "f1_score", "min")] == [b, a, c, d]
+    # a column no run has: every run lacks it, input order kept
+    assert [r.track_id for r in rank(runs, "recall", "max")] == [a, b, c, d]
+    # a custom value: rank other items (e.g. candidate files) by their run's value
+    by_id = {r.track_id: r for r in runs}
+    items = [f"{t}.pkl" for t in (d, b, c, a)]
+    assert rank(items, "f1_score", "max", value_of=lambda i: by_id[i[:-4]].value(
+        "f1_score")) == [f"{c}.pkl", f"{a}.pkl", f"{b}.pkl", f"{d}.pkl"]
+    with pytest.raises(EVError, match="mode must be max or min, not 'best'"):
+        rank(runs, "f1_score", "best")
+
+
+def test_rank_runs_in_sql_uses_the_same_rule(db):
+    path, a, b, c, d = db
+    res = rank_runs(path, "f1_score", "max")
+    assert res["ranked_by"] == {"column": "f1_score", "order": "descending",
+                                "aggregate": "last non-null value per track_id"}
+    tie = sorted([a, c])  # SQL breaks ties by track_id
+    assert [(e["rank"], e["track_id"], e["value"], e["rows"]) for e in res["ranking"]] == [
+        (1, tie[0], 0.9, 1 if tie[0] == c else 3), (2, tie[1], 0.9, 1 if tie[1] == c else 3),
+        (3, b, 0.8, 2), (4, d, None, 1)]
+    assert rank_runs(path, "recall")["rank_error"] == \
+        f"no column 'recall' in {path} table 'default'"
+
+
+def test_version_and_track_id_filters_read_only_those_rows(db):
+    path, a, b, c, d = db
+    assert db_versions(path) == ["e0.1.0", "e0.2.0"]
+    assert [r.track_id for r in load_runs(path, "e0.1.0")] == [a, b, d]
+    (only,) = load_runs(path, "e0.2.0")
+    assert (only.track_id, only.rows, only.value("f1_score"), only.values["config_C"]) == \
+        (c, 1, 0.9, 3.0)
+    assert load_runs(path, "e9.9.9") == []
+    one = read_runs(path, track_id=b)
+    assert list(one.runs) == [b] and one.runs[b].rows == 2
+
+
+def test_a_db_without_the_events_table_has_no_runs(tmp_path):
+    p = tmp_path / "other.db"
+    con = sqlite3.connect(p)
+    con.execute("CREATE TABLE t (x)")
+    con.commit()
+    con.close()
+    table = read_runs(p)
+    assert (table.columns, table.runs) == (None, {})
+    assert load_runs(p, "e0.1.0") == [] and db_versions(p) == []
