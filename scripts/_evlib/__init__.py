@@ -10,6 +10,9 @@ Modules:
   atomic  - the only place that writes files (temp file in the same dir, fsync, os.replace)
   sql     - identifier quoting, SQLite/DuckDB connections, DuckDB's sqlite extension offline
   repo    - repository discovery and state (dirty tree, DVC presence, main worktree)
+  dvcmeta - reading .dvc files, dvc.lock, the cache location and object layout
+  runs    - results rows aggregated per run (track_id) and the one ranking rule
+  merge, sweep, worktree, models, history - the logic behind each script
 """
 
 EVENTS_TABLE = "default"  # xetrack's events table (not "predictions")
