@@ -318,3 +318,23 @@ def test_cli_unknown_metric_is_said_not_guessed(git_repo, tmp_path):
     assert cp.stderr.strip().splitlines() == [
         f"sweep.py: warning: runs not ranked: no column 'auc' in {db} table 'default'; "
         "pass --metric with a column the runs log"]
+
+
+def test_cli_rerun_redoes_a_merged_run_whose_rows_are_gone(git_repo, tmp_path):
+    """Shard deleted and the results DB reset to before the merge: the run is redone, not
+    skipped as 'merged' (which would lose it with exit 0)."""
+    (tmp_path / "fake_train.py").write_text(FAKE_TRAIN)
+    grid = _grid(tmp_path / "g.yaml", "x: [1, 2]\n")
+    count = tmp_path / "calls.txt"
+    args = ["--json", "--version", "e7", "--grid", grid,
+            "--", sys.executable, tmp_path / "fake_train.py"]
+    assert run_script("sweep.py", *args, cwd=git_repo,
+                      env={"COUNT_FILE": str(count)}).returncode == 0
+    (git_repo / "results/experiments.db").unlink()  # e.g. `dvc checkout` of an older DB
+    first = sorted((git_repo / "results/shards/e7").glob("run-*.db"))[0]
+    first.unlink()
+    cp = run_script("sweep.py", *args, cwd=git_repo, env={"COUNT_FILE": str(count)})
+    assert cp.returncode == 0, cp.stderr
+    assert json.loads(cp.stdout)["counts"] == {"done": 1, "skipped": 1, "failed": 0}
+    assert len(_calls(count)) == 3
+    assert count_rows(git_repo / "results/experiments.db") == 4

@@ -207,22 +207,49 @@ class Ledger:
         write_text(self.path, json.dumps(self.data, indent=2, sort_keys=True, default=str)
                    + "\n")
 
-    def is_done(self, key: str, shard: Path) -> bool:
-        """Done = finished OK, and its shard still holds its rows (or it is merged already)."""
+    def is_done(self, key: str, shard: Path, db: Path) -> bool:
+        """Done = finished OK, and its rows are still somewhere: in its shard, or in db.
+
+        "merged" alone is not enough: the results DB may have been reset since (a checkout of
+        an older version), and a run whose shard was deleted too would be lost, not skipped.
+        """
         e = self.entry(key)
         if e.get("status") != "done":
             return False
-        return bool(e.get("merged")) or (shard.exists() and shard_rows(shard) >= e.get("rows", 1))
+        want = e.get("rows") or 1
+        if shard.exists() and shard_rows(shard) >= want:
+            return True
+        return bool(e.get("merged")) and rows_in_db(db, e.get("track_id")) >= want
 
 
-def plan(runs: Iterable[dict], directory: Path, ledger: Ledger) -> list[dict]:
+def rows_in_db(db: Path, track_id) -> int:
+    """Rows of the given run(s) in a results DB (0 if it or its table is missing)."""
+    ids = track_id if isinstance(track_id, list) else [track_id]
+    ids = [str(t) for t in ids if t]
+    if not ids or not Path(db).exists():
+        return 0
+    try:
+        con = sqlite_connect(db, readonly=True)
+        try:
+            if EVENTS_TABLE not in sqlite_tables(con):
+                return 0
+            marks = ",".join("?" * len(ids))
+            return con.execute(f"SELECT count(*) FROM {quote_ident(EVENTS_TABLE)} "
+                               f"WHERE track_id IN ({marks})", ids).fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.DatabaseError:
+        return 0
+
+
+def plan(runs: Iterable[dict], directory: Path, ledger: Ledger, db: Path) -> list[dict]:
     """One item per run: key, params, shard, and whether it is done already."""
     out = []
     for params in runs:
         key = run_key(params)
         shard = directory / f"run-{key}.db"
         out.append({"key": key, "params": params, "shard": str(shard),
-                    "done": ledger.is_done(key, shard)})
+                    "done": ledger.is_done(key, shard, db)})
     return out
 
 
@@ -308,7 +335,7 @@ def _run_sweep(train_fn, configs, *, version, db, params, workers, mode, start_m
     directory = shard_dir(db, version)
     directory.mkdir(parents=True, exist_ok=True)
     ledger = Ledger(directory, version)
-    items = plan([config_params(c) for c in by_key.values()], directory, ledger)
+    items = plan([config_params(c) for c in by_key.values()], directory, ledger, Path(db))
     tracker_params = {"version": version, **(params or {})}
     todo = [it for it in items if not it["done"]]
     results: dict[str, Any] = {}
@@ -455,7 +482,7 @@ def run_command_sweep(repo: Path, command: list[str], runs: list[dict], *, versi
     directory = shard_dir(db, version)
     if dry_run:
         ledger = Ledger(directory, version)  # reads only; nothing is written
-        items = plan(runs, directory, ledger)
+        items = plan(runs, directory, ledger, Path(db))
         return {"version": version, "db": str(db), "shards": str(directory), "dry_run": True,
                 "command": command,
                 "runs": [{"key": it["key"], "params": it["params"], "shard": it["shard"],
@@ -473,7 +500,7 @@ def _run_command_sweep(repo, command, runs, *, version, db, workers, append_args
 
     directory = shard_dir(db, version)
     ledger = Ledger(directory, version)
-    items = plan(runs, directory, ledger)
+    items = plan(runs, directory, ledger, Path(db))
     todo = [it for it in items if not it["done"]]
     total = len(todo)
     counter = itertools.count(1)
