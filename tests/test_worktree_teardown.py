@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from conftest import count_rows, run_script, sh
-from test_worktree import assert_cache_intact, md5, tracked_project, worktree_list
+from test_worktree import (
+    assert_cache_intact,
+    cache_objects,
+    md5,
+    tracked_project,
+    worktree_list,
+)
 
 E = "worktree.py: error: "
 L = "worktree.py: would lose: "
@@ -227,3 +234,43 @@ def test_remote_check_through_dvc_status_c(dvc_repo):
         for p in ("models/production/model.bin", "results/experiments.db")]
     sh(["dvc", "push", "-q"], cwd=repo)
     assert missing_by_dvc_status(repo, "storage", "e1") == []
+
+
+def test_training_again_inside_an_exploration_cannot_touch_the_cache(dvc_repo):
+    """Found by QA: root ignores read-only bits, so explore makes results/models private."""
+    from conftest import make_xetrack_db
+
+    repo = tracked_project(dvc_repo)
+    sh("git tag -a e0.1.0 -m baseline", cwd=repo)
+    assert run_script("worktree.py", "explore", "e0.1.0", cwd=repo).returncode == 0
+    ex = repo.parent / "explore-e0.1.0"
+    db = ex / "results" / "experiments.db"
+    assert db.stat().st_nlink == 1 and not db.is_symlink()
+    make_xetrack_db(db, [{"f1_score": 0.9}], params={"version": "e0.1.0-repro"})
+    assert count_rows(db) == 3
+    assert_cache_intact(repo / ".dvc" / "cache")
+
+
+def test_data_changed_in_place_needs_private_data(dvc_repo):
+    """Found by QA: an in-place rewrite of linked data rewrites main's cache object; creating
+    the worktree with --private data/ (as SKILL.md says for data changes) keeps it intact."""
+    repo = tracked_project(dvc_repo)
+    cache = repo / ".dvc" / "cache"
+    assert run_script("worktree.py", "create", "datafix", "--private", "data/",
+                      "--private", "results/*.db", "--private", "models/",
+                      cwd=repo).returncode == 0
+    data = repo.parent / "exp-datafix" / "data" / "train.bin"
+    assert data.stat().st_nlink == 1
+    with open(data, "r+b") as fh:  # what pandas' to_parquet on the same path amounts to
+        fh.write(b"edited in place")
+    assert_cache_intact(cache)
+    # The control: the default list leaves data linked, and the same write damages the cache.
+    assert run_script("worktree.py", "create", "datafix2", cwd=repo).returncode == 0
+    data2 = repo.parent / "exp-datafix2" / "data" / "train.bin"
+    assert data2.stat().st_nlink > 1
+    os.chmod(data2, 0o644)  # root writes through read-only bits anyway
+    with open(data2, "r+b") as fh:
+        fh.write(b"edited in place")
+    bad = [p for p in cache_objects(cache)
+           if md5(p) != (p.parent.name + p.name).removesuffix(".dir")]
+    assert len(bad) == 1

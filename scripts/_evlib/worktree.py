@@ -569,6 +569,9 @@ def explore(repo_arg, tag: str, dry_run: bool = False) -> dict:
         probed = probe_link(cache, path)
         files = output_files(path)
         link = link_kind(path / files[0], cache, probed) if files else probed
+        # Read-only bits do not stop root: re-running training in an exploration would write
+        # through the links into the cache. The paths experiments write become private copies.
+        privatize(path, list(DEFAULT_PRIVATE))
         for root, dirs, names in os.walk(path):
             dirs[:] = [d for d in dirs if d != ".dvc"]
             for n in names:
