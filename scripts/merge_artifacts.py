@@ -51,6 +51,10 @@ def build():
                    help="columns identifying a row (DB rebase, data rebase, keyed data merge)")
     p.add_argument("--on-conflict", choices=("keep-base", "keep-exp"), default=None,
                    help="which row wins when a DB key has different values (default: exit 3)")
+    p.add_argument("--new-base", action="store_true",
+                   help="--base-db may not exist yet: start it from the experiment DBs "
+                        "(without this flag a missing base is an error: a typo must not "
+                        "create a new DB)")
     p.add_argument("--full-check", action="store_true",
                    help="check the merged DB with PRAGMA integrity_check (default: row counts "
                         "+ PRAGMA quick_check, half the cost on large DBs)")
@@ -100,11 +104,15 @@ def handler(args) -> int:
                       hint="pass --base-db with --exp-db, and/or --base-data with --exp-data")
     if bool(args.base_db) != bool(args.exp_db):
         raise EVError("--base-db and --exp-db go together", code=USAGE,
-                      hint="pass both (the base may not exist yet for --strategy merge)")
+                      hint="pass both (a base that does not exist yet needs --new-base)")
     if bool(args.base_data) != bool(args.exp_data):
         raise EVError("--base-data and --exp-data go together", code=USAGE, hint="pass both")
     path = cli.resolve_path
     data_strategy = args.data_strategy or args.strategy
+    if args.base_db and not path(args.base_db).exists() and not args.new_base:
+        raise EVError(f"base DB {path(args.base_db)} does not exist", code=USAGE,
+                      hint="check the path; to start a new results DB from the experiment "
+                           "DBs, pass --new-base")
     # Every input is checked before anything is written.
     if args.base_db:
         merge.precheck_db(path(args.base_db), [path(e) for e in args.exp_db], args.strategy)

@@ -387,9 +387,27 @@ def test_concurrent_merges_into_one_db_lose_nothing(git_repo):
         shards.append(git_repo / f"s{i}.db")
         make_xetrack_db(shards[-1], [{"f1_score": i / 10}] * 50)
     procs = [subprocess.Popen([sys.executable, str(SCRIPTS / "merge_artifacts.py"),
-                               "--base-db", "results.db", "--exp-db", s.name], cwd=git_repo,
+                               "--base-db", "results.db", "--new-base", "--exp-db", s.name],
+                              cwd=git_repo,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
              for s in shards]
     for p in procs:
         assert p.wait() == 0, p.stderr.read()
     assert count_rows(base) == 4 * 50
+
+
+def test_a_missing_base_db_is_an_error_unless_new_base(git_repo):
+    """Found by QA: a typo in --base-db used to create a new DB and exit 0."""
+    exp = git_repo / "exp.db"
+    make_xetrack_db(exp, [{"f1_score": 0.5}])
+    cp = run_script("merge_artifacts.py", "--base-db", "results/experiment.db", "--exp-db",
+                    "exp.db", cwd=git_repo)
+    assert cp.returncode == 2
+    assert cp.stderr == (f"merge_artifacts.py: error: base DB {git_repo}/results/experiment.db "
+                         "does not exist; check the path; to start a new results DB from the "
+                         "experiment DBs, pass --new-base\n")
+    assert not (git_repo / "results").exists()
+    cp = run_script("merge_artifacts.py", "--base-db", "results/experiment.db", "--new-base",
+                    "--exp-db", "exp.db", cwd=git_repo)
+    assert cp.returncode == 0, cp.stderr
+    assert count_rows(git_repo / "results" / "experiment.db") == 1
