@@ -430,3 +430,19 @@ def test_pipeline_outputs_in_dvc_lock_count_as_data(git_repo):
     # flags after the subcommand work too
     cp = run_script("experiments.py", "list", "--json", "--repo", str(git_repo), cwd="/")
     assert [v["tag"] for v in json.loads(cp.stdout)["versions"]] == ["e0.1.0"]
+
+
+def test_version_omitted_picks_the_one_version_no_tag_stands_for(git_repo):
+    """Found by QA: exp-NAME-vN and --tag tags count as tagging their rows' version."""
+    from conftest import make_xetrack_db
+
+    db = git_repo / "results" / "experiments.db"
+    for version, f1 in (("e0.1.0", 0.5), ("exp-a", 0.6), ("exp-b", 0.7), ("e0.2.0", 0.8)):
+        make_xetrack_db(db, [{"f1_score": f1}], params={"version": version, "model": "m"})
+    for args in (["--version", "e0.1.0"], ["--kind", "exp", "--name", "a"],
+                 ["--version", "exp-b", "--tag", "e0.1.1"]):
+        cp = run_script("tag_suggest.py", *args, "--create", "--allow-dirty", cwd=git_repo)
+        assert cp.returncode == 0, cp.stderr
+    cp = run_script("tag_suggest.py", "--json", cwd=git_repo)
+    assert cp.returncode == 0, cp.stderr
+    assert json.loads(cp.stdout)["version"] == "e0.2.0"

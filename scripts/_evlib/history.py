@@ -478,12 +478,24 @@ def infer_bump(repo: Path, last: str, runs: list[Run], chosen: Run, db_rel: str,
     return "patch", [f"same data, model and params as {last}: a re-run or a fix"]
 
 
+def tagged_versions(tags: dict) -> set[str]:
+    """Versions some tag stands for: its own name, the version its lineage names (tags made
+    with --tag, exp tags), and exp-NAME for exp-NAME-vN."""
+    out = set(tags)
+    for name, info in tags.items():
+        out.add(info.lineage.get("version") or name)
+        m = re.fullmatch(r"(exp-.+)-v\d+", name)
+        if m:
+            out.add(m.group(1))
+    return out
+
+
 def pick_version(repo: Path, db: Path, tags: dict) -> str:
     """The one version in the results DB that has rows but no tag yet."""
     if not db.is_file():
         raise EVError(f"results DB {db} does not exist", code=NOT_FOUND,
                       hint="run training first (it logs rows under --version), or pass --db")
-    untagged = [v for v in db_versions(db) if v not in tags]
+    untagged = [v for v in db_versions(db) if v not in tagged_versions(tags)]
     if len(untagged) == 1:
         return untagged[0]
     if not untagged:
