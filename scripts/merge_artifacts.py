@@ -78,7 +78,8 @@ def _text(reports: list[dict]) -> str:
                     out.append(f"  {inp['path']} [{t}]: read {s['read']}, added {s['added']}, "
                                f"replaced {s['replaced']}, already present {s['skipped']}, "
                                f"conflicts {s['conflicts']}"
-                               + (f", columns added: {cols}" if cols else ""))
+                               + (f", columns added: {cols}" if cols else "")
+                               + (f", filled in {s['filled']} row(s)" if s.get("filled") else ""))
             out.append("  rows out: " + ", ".join(f"{t}={n}" for t, n in r["rows_out"].items()))
         else:
             for inp in r["inputs"]:

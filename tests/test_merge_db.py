@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -411,3 +412,26 @@ def test_a_missing_base_db_is_an_error_unless_new_base(git_repo):
                     "--exp-db", "exp.db", cwd=git_repo)
     assert cp.returncode == 0, cp.stderr
     assert count_rows(git_repo / "results" / "experiment.db") == 1
+
+
+def test_an_experiment_adding_a_column_to_existing_rows_merges_and_fills_it(git_repo):
+    """Found by QA: exp = base's rows plus a new column filled in for them (a metric computed
+    afterwards) was a 'conflict' (exit 3); the new column is filled, nothing conflicts."""
+    tmp_path = git_repo
+    base = tmp_path / "base.db"
+    make_xetrack_db(base, [{"f1_score": 0.5}, {"f1_score": 0.6}])
+    exp = tmp_path / "exp.db"
+    shutil.copy(base, exp)
+    con = sqlite3.connect(exp)
+    con.execute('ALTER TABLE "default" ADD COLUMN auc REAL')
+    con.execute('UPDATE "default" SET auc = f1_score + 0.3')
+    con.commit()
+    con.close()
+    cp = run_script("merge_artifacts.py", "--json", "--base-db", str(base), "--exp-db", str(exp),
+                    cwd=tmp_path)
+    assert cp.returncode == 0, cp.stderr
+    t = json.loads(cp.stdout)["db"]["inputs"][0]["tables"]["default"]
+    assert (t["added"], t["conflicts"], t["filled"]) == (0, 0, 2)
+    con = sqlite3.connect(base)
+    got = sorted(con.execute('SELECT f1_score, auc FROM "default"').fetchall())
+    assert got == [(0.5, pytest.approx(0.8)), (0.6, pytest.approx(0.9))]

@@ -384,11 +384,13 @@ def _merge_table(con, alias: str, t: str, exp_cols, key: list[str], strategy: st
         con.execute(sql)  # same declaration (types, primary key) as the experiment's table
         main_cols = {c[0].lower() for c in exp_cols}
         stats["table_created"] = True
+    added_cols = []
     for name, ctype, _pk in exp_cols:
         if name.lower() not in main_cols:
             decl = ctype if _SAFE_TYPE.match(ctype) else ""  # a declared type, never SQL
             con.execute(f"ALTER TABLE main.{qt} ADD COLUMN {quote_ident(name)} {decl}")
             stats["columns_added"].append({"column": name, "type": ctype})
+            added_cols.append(name)
     cols = [c[0] for c in exp_cols]
     qcols = ", ".join(quote_ident(c) for c in cols)
     xcols = ", ".join(f"x.{quote_ident(c)}" for c in cols)
@@ -424,7 +426,9 @@ def _merge_table(con, alias: str, t: str, exp_cols, key: list[str], strategy: st
         stats["added"] = cur.rowcount
         if stats["added"] < stats["read"]:
             # Some keys were already there: those rows must be identical, else conflict.
-            non_key = [c for c in cols if c not in key]
+            # Columns added just now are NULL in the base's rows: not a difference (filled
+            # in below), or an experiment that adds a metric to old rows could never merge.
+            non_key = [c for c in cols if c not in key and c not in added_cols]
             if non_key:
                 diff = " OR ".join(f"b.{quote_ident(c)} IS NOT x.{quote_ident(c)}"
                                    for c in non_key)
@@ -449,6 +453,17 @@ def _merge_table(con, alias: str, t: str, exp_cols, key: list[str], strategy: st
                         cur = con.execute(f"UPDATE main.{qt} SET {sets} FROM {qa}.{qt} AS x "
                                           f"WHERE {on_u} AND ({diff_u})")
                         stats["replaced"] = cur.rowcount
+            if added_cols:
+                same = " AND ".join(f"main.{qt}.{quote_ident(c)} IS x.{quote_ident(c)}"
+                                    for c in non_key) or "1"
+                on_m = " AND ".join(f"main.{qt}.{quote_ident(k)} = x.{quote_ident(k)}"
+                                    for k in key)
+                sets = ", ".join(f"{quote_ident(c)} = x.{quote_ident(c)}" for c in added_cols)
+                empty = " AND ".join(f"main.{qt}.{quote_ident(c)} IS NULL" for c in added_cols)
+                given = " OR ".join(f"x.{quote_ident(c)} IS NOT NULL" for c in added_cols)
+                cur = con.execute(f"UPDATE main.{qt} SET {sets} FROM {qa}.{qt} AS x "
+                                  f"WHERE {on_m} AND {same} AND {empty} AND ({given})")
+                stats["filled"] = cur.rowcount
         stats["skipped"] = stats["read"] - stats["added"] - stats["conflicts"]
     if tmp_index:
         con.execute(f"DROP INDEX main.{tmp_index}")
