@@ -100,8 +100,11 @@ def load_results(db: str | os.PathLike, run_id: str | None = None) -> Results:
     """
     path = Path(db)
     if not path.exists():
+        tracked = path.with_name(path.name + ".dvc").exists()
         raise EVError(f"results DB {path} does not exist", code=USAGE,
-                      hint="pass --db with the results DB your runs logged to")
+                      hint="it is tracked by DVC but not in the workspace: run `dvc pull`"
+                           if tracked else
+                           "pass --db with the results DB your runs logged to")
     if not is_sqlite_file(path):
         raise EVError(f"{path} is not a SQLite database", code=USAGE,
                       hint="pass --db with a xetrack SQLite results DB")

@@ -164,7 +164,9 @@ def rank_runs(db: str | os.PathLike, metric: str, mode: str = "max",
         last = (f"(SELECT x.{m} FROM {t} x WHERE x.track_id = d.track_id AND x.{m} IS NOT NULL "
                 f"ORDER BY x.timestamp DESC, x.rowid DESC LIMIT 1)")
         q = (f"SELECT track_id, {last} AS value, count(*) AS n FROM {t} d {where} "
-             f"GROUP BY track_id ORDER BY value IS NULL, value {order}, track_id")
+             # ties: the run seen first wins, as in rank() over read_runs() (first-seen order)
+             f"GROUP BY track_id ORDER BY value IS NULL, value {order}, min(d.timestamp), "
+             f"track_id")
         rows = con.execute(q, binds).fetchall()
     finally:
         con.close()
