@@ -57,7 +57,12 @@ def load_grid(path):
     try:
         spec = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise EVError(f"grid file {path} is not valid YAML: {exc}", code=USAGE) from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "a syntax error"
+        raise EVError(f"grid file {path} is not valid YAML{where}: {problem}", code=USAGE,
+                      hint="write a mapping of param: [values], e.g. 'C: [0.1, 1.0]', or a "
+                           "list of such mappings") from exc
     return expand_grid(spec)
 
 

@@ -338,3 +338,12 @@ def test_cli_rerun_redoes_a_merged_run_whose_rows_are_gone(git_repo, tmp_path):
     assert json.loads(cp.stdout)["counts"] == {"done": 1, "skipped": 1, "failed": 0}
     assert len(_calls(count)) == 3
     assert count_rows(git_repo / "results/experiments.db") == 4
+
+
+def test_cli_bad_grid_yaml_is_one_line_saying_where_and_how(git_repo, tmp_path):
+    grid = _grid(tmp_path / "bad.yaml", "C: [0.1, 1\nx: ]\n")
+    cp = run_script("sweep.py", "--version", "e9", "--grid", grid, "--", "true", cwd=git_repo)
+    assert cp.returncode == 2
+    assert cp.stderr == (f"sweep.py: error: grid file {grid} is not valid YAML at line 2, "
+                         "column 2: expected ',' or ']', but got ':'; write a mapping of "
+                         "param: [values], e.g. 'C: [0.1, 1.0]', or a list of such mappings\n")
