@@ -253,10 +253,15 @@ def cmd_status(args, repo) -> None:
             lines.append("metrics: " + "  ".join(f"{k}={_fmt(v)}"
                                                  for k, v in info["metrics"].items()))
         if not args.at:
-            lines.append("dvc: " + ("in sync (model.bin matches model.bin.dvc)"
-                                    if info["in_sync"] else
-                                    f"OUT OF SYNC (disk md5 {_fmt(info['disk_md5'])}, .dvc md5 "
-                                    f"{_fmt(info['dvc_md5'])})"))
+            if info["in_sync"]:
+                state = "in sync (model.bin matches model.bin.dvc)"
+            elif info["disk_md5"] is None:
+                state = ("model.bin is not in the workspace (run `dvc checkout "
+                         "models/production/model.bin`, or `dvc pull` in a fresh clone)")
+            else:
+                state = (f"OUT OF SYNC (disk md5 {_fmt(info['disk_md5'])}, .dvc md5 "
+                         f"{_fmt(info['dvc_md5'])})")
+            lines.append("dvc: " + state)
         if not info["in_ledger"]:
             lines.append("ledger: this model has no ledger entry (changed outside "
                          "model_manager.py)")

@@ -475,3 +475,22 @@ def test_help_shows_example_and_codes(args, tmp_path):
     if args != ["--help"]:
         assert "--dry-run" in cp.stdout and "--json" in cp.stdout
         assert f"python scripts/model_manager.py {args[0]} " in cp.stdout
+
+
+def test_status_hashes_describe_one_file_and_a_missing_model_says_how_to_restore(dvc_repo):
+    """Found by QA: out of sync, status mixed the ledger's md5 with the disk's sha256; a
+    missing model.bin read 'OUT OF SYNC (disk md5 -...)'."""
+    repo = dvc_repo
+    (a,) = make_runs(repo, [("e0.1.0", {"f1_score": 0.5})])
+    mm(repo, "promote", "--run-id", a)
+    recorded = sha(repo / PROD)
+    with open(repo / PROD, "ab") as fh:  # (not a link here: DVC's default cache copies)
+        fh.write(b"appended")
+    st = mm(repo, "status")["production"]
+    assert (st["in_sync"], st["sha256"], st["disk_sha256"]) == (False, recorded,
+                                                                 sha(repo / PROD))
+    (repo / PROD).unlink()
+    cp = run_script("model_manager.py", "status", cwd=repo)
+    assert cp.returncode == 0
+    assert ("dvc: model.bin is not in the workspace (run `dvc checkout "
+            "models/production/model.bin`, or `dvc pull` in a fresh clone)") in cp.stdout

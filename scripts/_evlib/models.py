@@ -307,7 +307,8 @@ def production_info(repo: Path, rev: str | None = None, *, hash_disk: bool = Tru
     if rev is None:
         info["disk_md5"] = disk_md5
         info["in_sync"] = disk_md5 is not None and disk_md5 == dvc_md5
-        if disk_sha is not None:
+        info["disk_sha256"] = disk_sha
+        if disk_sha is not None and info["in_sync"]:  # md5 and sha256 describe one file
             info["sha256"] = disk_sha
     else:
         info["rev"] = rev
@@ -415,6 +416,7 @@ def promote(repo: Path, *, db: Path, run_id: str | None, version: str | None,
     if save_first:  # --force: keep a way back to the unrecorded bytes
         dvc(repo, "add", "-q", PRODUCTION)
         entry["previous"]["md5"] = cur["disk_md5"]
+        entry["previous"]["sha256"] = cur["disk_sha256"]
         entry["previous"]["source"] = "unrecorded change (saved by promote --force)"
     copy_file(src_file, repo / PRODUCTION)
     dvc(repo, "add", "-q", PRODUCTION)
