@@ -486,7 +486,7 @@ def test_status_hashes_describe_one_file_and_a_missing_model_says_how_to_restore
     recorded = sha(repo / PROD)
     with open(repo / PROD, "ab") as fh:  # (not a link here: DVC's default cache copies)
         fh.write(b"appended")
-    st = mm(repo, "status")["production"]
+    st = mm(repo, "status")[0]["production"]
     assert (st["in_sync"], st["sha256"], st["disk_sha256"]) == (False, recorded,
                                                                  sha(repo / PROD))
     (repo / PROD).unlink()
