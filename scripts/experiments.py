@@ -29,7 +29,7 @@ PROG = "experiments.py"
 
 
 def build():
-    p = cli.parser(PROG, __doc__, "python scripts/experiments.py list --sort metric",
+    p = cli.parser(PROG, __doc__, "python scripts/experiments.py list --sort metric --json",
                    codes=(REFUSED, NOT_FOUND))
     sub = cli.subparsers(p)
 

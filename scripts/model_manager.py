@@ -23,7 +23,7 @@ from _evlib.repo import find_repo, require_dvc  # noqa: E402
 
 PROG = "model_manager.py"
 EXAMPLE = ("python scripts/model_manager.py promote --db results/experiments.db "
-           "--version e0.2.0 --run-id fuzzy-yak-8579")
+           "--version e0.2.0 --run-id fuzzy-yak-8579 --json")
 GIT_ADD = f"git add {m.PRODUCTION_DVC} models/production/.gitignore {m.LEDGER}"
 
 
