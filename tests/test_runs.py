@@ -67,10 +67,11 @@ def test_rank_runs_in_sql_uses_the_same_rule(db):
     res = rank_runs(path, "f1_score", "max")
     assert res["ranked_by"] == {"column": "f1_score", "order": "descending",
                                 "aggregate": "last non-null value per track_id"}
-    tie = sorted([a, c])  # SQL breaks ties by track_id
+    # ties: the run seen first wins, exactly as rank() over load_runs() (a before c)
     assert [(e["rank"], e["track_id"], e["value"], e["rows"]) for e in res["ranking"]] == [
-        (1, tie[0], 0.9, 1 if tie[0] == c else 3), (2, tie[1], 0.9, 1 if tie[1] == c else 3),
-        (3, b, 0.8, 2), (4, d, None, 1)]
+        (1, a, 0.9, 3), (2, c, 0.9, 1), (3, b, 0.8, 2), (4, d, None, 1)]
+    assert [e["track_id"] for e in res["ranking"]] == \
+        [r.track_id for r in rank(load_runs(path), "f1_score", "max")]
     assert rank_runs(path, "recall")["rank_error"] == \
         f"no column 'recall' in {path} table 'default'"
 
