@@ -494,3 +494,23 @@ def test_status_hashes_describe_one_file_and_a_missing_model_says_how_to_restore
     assert cp.returncode == 0
     assert ("dvc: model.bin is not in the workspace (run `dvc checkout "
             "models/production/model.bin`, or `dvc pull` in a fresh clone)") in cp.stdout
+
+
+def test_concurrent_promotes_lose_no_ledger_entry(dvc_repo):
+    """Each promote rewrites the ledger; two at once used to race (the last writer won)."""
+    import subprocess
+    import sys
+
+    from conftest import SCRIPTS
+
+    repo = dvc_repo
+    ids = make_runs(repo, [("e0.1.0", {"f1_score": 0.5 + i / 10}) for i in range(3)])
+    procs = [subprocess.Popen([sys.executable, str(SCRIPTS / "model_manager.py"), "promote",
+                               "--run-id", rid], cwd=repo, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for rid in ids]
+    for p in procs:
+        assert p.wait() == 0, p.stderr.read()
+    entries = [json.loads(x) for x in (repo / "models/production/ledger.jsonl").read_text()
+               .splitlines()]
+    assert sorted(e["run_id"] for e in entries) == sorted(ids)
+    assert sha(repo / PROD) == entries[-1]["model"]["sha256"]

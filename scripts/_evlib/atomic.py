@@ -97,3 +97,37 @@ def md5_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def held_lock(path: str | os.PathLike, *, wait_s: float, message: str, hint: str
+              ) -> Iterator[None]:
+    """Hold an flock on path (a directory, or an empty lock file made if missing).
+
+    The kernel drops it when the holder dies, even by SIGKILL: nothing stale to clean up.
+    Not acquired within wait_s seconds (0: try once): EVError(message, REFUSED, hint).
+    """
+    import fcntl
+    import time
+
+    from .errors import REFUSED, EVError
+
+    p = Path(path)
+    if p.is_dir():
+        fd = os.open(p, os.O_RDONLY)
+    else:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)  # never written: only locked
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise EVError(message, code=REFUSED, hint=hint) from None
+                time.sleep(0.1)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

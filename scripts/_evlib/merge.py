@@ -86,28 +86,14 @@ def _output_temp(output: Path, dry_run: bool):
 LOCK_WAIT_S = 600
 
 
-@contextlib.contextmanager
 def _dir_lock(directory: Path):
     """Serialise merges into one directory (flock on the directory: no lock file to leave)."""
-    import fcntl
+    from .atomic import held_lock
 
     directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        deadline = time.monotonic() + LOCK_WAIT_S
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise EVError(f"another merge into {directory} has run for over "
-                                  f"{LOCK_WAIT_S} s", code=REFUSED,
-                                  hint="wait for it to finish, then re-run") from None
-                time.sleep(0.1)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
+    return held_lock(directory, wait_s=LOCK_WAIT_S,
+                     message=f"another merge into {directory} has run for over {LOCK_WAIT_S} s",
+                     hint="wait for it to finish, then re-run")
 
 
 def file_state(path: Path) -> tuple:

@@ -380,8 +380,29 @@ def _run_for_promote(repo: Path, db: Path, run_id: str | None, version: str | No
     return r, c.path, repo / c.path
 
 
-def promote(repo: Path, *, db: Path, run_id: str | None, version: str | None,
-            model: Path | None, force: bool, dry_run: bool) -> dict:
+def _production_lock(repo: Path):
+    """One promote or rollback at a time: each rewrites the ledger (read, append, replace),
+    and two at once would drop an entry."""
+    from .atomic import held_lock
+
+    d = repo / "models" / "production"
+    d.mkdir(parents=True, exist_ok=True)
+    return held_lock(d, wait_s=120, message="another promote or rollback has held "
+                     f"{PRODUCTION} for over 120 s", hint="wait for it to finish, then re-run")
+
+
+def promote(repo: Path, **kw) -> dict:
+    with _production_lock(repo):
+        return _promote(repo, **kw)
+
+
+def rollback(repo: Path, **kw) -> dict:
+    with _production_lock(repo):
+        return _rollback(repo, **kw)
+
+
+def _promote(repo: Path, *, db: Path, run_id: str | None, version: str | None,
+             model: Path | None, force: bool, dry_run: bool) -> dict:
     r, source, src_file = _run_for_promote(repo, db, run_id, version, model)
     cur = production_info(repo)
     md5, sha = hashes(src_file)
@@ -424,7 +445,7 @@ def promote(repo: Path, *, db: Path, run_id: str | None, version: str | None,
     return res
 
 
-def rollback(repo: Path, *, force: bool, dry_run: bool) -> dict:
+def _rollback(repo: Path, *, force: bool, dry_run: bool) -> dict:
     cur = production_info(repo)
     stack = production_stack(read_ledger(repo))
     if cur is None or not stack:

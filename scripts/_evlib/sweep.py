@@ -22,7 +22,6 @@ is moved aside (``*.partial-<time>``), never merged.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import itertools
@@ -41,7 +40,7 @@ from typing import Any
 
 from . import EVENTS_TABLE
 from .atomic import write_text
-from .errors import REFUSED, USAGE, EVError
+from .errors import USAGE, EVError
 from .runs import rank_runs
 from .sql import quote_ident, sqlite_connect, sqlite_tables
 
@@ -154,27 +153,18 @@ def move_aside(shard: Path) -> str | None:
     return str(dest)
 
 
-@contextlib.contextmanager
 def sweep_lock(directory: Path):
     """One sweep per version at a time: they would share a ledger and shard names.
 
     An flock on <shards>/sweep.lock; the kernel drops it when the holder dies (even SIGKILL).
     """
-    import fcntl
+    from .atomic import held_lock
 
-    directory.mkdir(parents=True, exist_ok=True)
     path = directory / "sweep.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # an empty lock file, never written
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise EVError(f"another sweep of version {directory.name} is running (lock {path})",
-                          code=REFUSED, hint="wait for it to finish, or use another --version"
-                          ) from exc
-        yield
-    finally:
-        os.close(fd)
+    return held_lock(path, wait_s=0,
+                     message=f"another sweep of version {directory.name} is running "
+                             f"(lock {path})",
+                     hint="wait for it to finish, or use another --version")
 
 
 # --- the ledger ---------------------------------------------------------------------------
