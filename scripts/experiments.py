@@ -42,8 +42,10 @@ def build():
         sp.add_argument("--mode", choices=("max", "min"), default="max",
                         help="best run has the max (default) or min metric")
 
-    sp = sub.add_parser("list", help="one line per e-tag version")
+    sp = sub.add_parser("list", help="one line per e-tag version (--kind exp: worktree tags)")
     common(sp)
+    sp.add_argument("--kind", choices=("e", "exp", "all"), default="e",
+                    help="e-tags (default), exp-NAME-vN worktree tags, or both")
     sp.add_argument("--sort", choices=("version", "metric"), default="version",
                     help="order by version (default) or by metric, best first")
     sp = sub.add_parser("show", help="one version in full")
@@ -69,7 +71,10 @@ def build():
 
 def _records(repo, args):
     tags = history.all_tags(repo)
-    names = history.e_tags(tags, lambda m: cli.warn(PROG, m))
+    kind = getattr(args, "kind", "e")
+    names = history.e_tags(tags, lambda m: cli.warn(PROG, m)) if kind != "exp" else []
+    if kind != "e":
+        names += history.exp_tags(tags)
     return [history.version_record(repo, tags[n], args.db_rel, args.metric, args.mode,
                                    lambda m: cli.warn(PROG, m)) for n in names]
 
@@ -93,12 +98,15 @@ def cmd_list(repo, args):
 
     def text():
         if not rows:
-            return "no experiment tags (e<major>.<minor>.<patch>) yet"
+            what = {"e": "experiment tags (e<major>.<minor>.<patch>)",
+                    "exp": "worktree tags (exp-NAME-vN)", "all": "experiment tags"}[args.kind]
+            return f"no {what} yet"
         lines = []
+        width = max(10, *(len(r["tag"]) for r in rows))
         for r in rows:
             metric = f"{r['metric']}={history.fmt(r['value'])}" if r["value"] is not None \
                 else f"{r['metric']}=-"
-            lines.append(f"{r['tag']:<10} {r['date'][:10]}  {r['model'] or '-':<10} {metric:<18}"
+            lines.append(f"{r['tag']:<{width}} {r['date'][:10]}  {r['model'] or '-':<10} {metric:<18}"
                          f" runs={r['runs']:<3} data={r['data']}  {r['description']}")
         return "\n".join(lines)
 

@@ -446,3 +446,24 @@ def test_version_omitted_picks_the_one_version_no_tag_stands_for(git_repo):
     cp = run_script("tag_suggest.py", "--json", cwd=git_repo)
     assert cp.returncode == 0, cp.stderr
     assert json.loads(cp.stdout)["version"] == "e0.2.0"
+
+
+def test_list_kind_exp_and_all_show_worktree_tags(git_repo):
+    from conftest import make_xetrack_db
+
+    db = git_repo / "results" / "experiments.db"
+    for version, f1 in (("e0.1.0", 0.5), ("exp-b", 0.7), ("exp-a", 0.6)):
+        make_xetrack_db(db, [{"f1_score": f1}], params={"version": version, "model": "m"})
+    for args in (["--version", "e0.1.0"], ["--kind", "exp", "--name", "b"],
+                 ["--kind", "exp", "--name", "a"]):
+        cp = run_script("tag_suggest.py", *args, "--create", "--allow-dirty", cwd=git_repo)
+        assert cp.returncode == 0, cp.stderr
+
+    def tags(*args):
+        cp = run_script("experiments.py", "list", "--json", *args, cwd=git_repo)
+        assert cp.returncode == 0, cp.stderr
+        return [(v["tag"], v["value"]) for v in json.loads(cp.stdout)["versions"]]
+
+    assert tags() == [("e0.1.0", 0.5)]
+    assert tags("--kind", "exp") == [("exp-a-v1", 0.6), ("exp-b-v1", 0.7)]
+    assert tags("--kind", "all") == [("e0.1.0", 0.5), ("exp-a-v1", 0.6), ("exp-b-v1", 0.7)]

@@ -111,6 +111,15 @@ def bump_version(last: str | None, level: str) -> str:
     return f"e{major}.{minor}.{patch + 1}"
 
 
+def exp_tags(tags) -> list[str]:
+    """Worktree tags exp-NAME-vN, by name then N."""
+    found = [(m[1], int(m[2]), t) for t in tags if (m := EXP_TAG.match(t))]
+    return [t for _name, _n, t in sorted(found)]
+
+
+EXP_TAG = re.compile(r"^exp-(.+)-v(\d+)$")
+
+
 def next_exp_tag(tags, name: str) -> str:
     pat = re.compile(rf"^exp-{re.escape(name)}-v(\d+)$")
     nums = [int(m[1]) for t in tags if (m := pat.match(t))]
