@@ -30,7 +30,7 @@ from .atomic import append_line, atomic_path, copy_file
 from .dvcmeta import cache_dir, first_md5, object_path
 from .errors import NOT_FOUND, REFUSED, USAGE, EVError
 from .proc import dvc, git, run
-from .repo import head_commit, is_dirty
+from .repo import head_commit, is_dirty, resolve_commit
 from .runs import Run, is_number, rank, read_runs
 from .sql import is_sqlite_file
 
@@ -184,11 +184,11 @@ def show(repo: Path, rev: str, path: str) -> str | None:
 
 
 def resolve_rev(repo: Path, rev: str) -> str:
-    cp = run(["git", "rev-parse", "--verify", "-q", f"{rev}^{{commit}}"], cwd=repo, check=False)
-    if cp.returncode != 0 or rev.startswith("-"):
+    commit = resolve_commit(repo, rev)
+    if commit is None:
         raise EVError(f"no tag or commit named {rev!r}", code=NOT_FOUND,
                       hint="list tags with `git tag -l -n1`")
-    return cp.stdout.strip()
+    return commit
 
 
 def fetch_object(repo: Path, md5: str, dest_tmp: Path, revs: list[str]) -> tuple[str, str]:

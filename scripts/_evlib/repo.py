@@ -65,3 +65,11 @@ def tag_exists(repo: Path, tag: str) -> bool:
 
 def branch_exists(repo: Path, branch: str) -> bool:
     return git_ok(repo, "rev-parse", "--verify", "-q", f"refs/heads/{branch}")
+
+
+def resolve_commit(repo: Path, ref: str) -> str | None:
+    """The commit a branch, tag or commit names (None if it names none)."""
+    if ref.startswith("-"):  # never let a ref be read as a git option
+        return None
+    cp = run(["git", "rev-parse", "--verify", "-q", f"{ref}^{{commit}}"], cwd=repo, check=False)
+    return cp.stdout.strip() if cp.returncode == 0 else None

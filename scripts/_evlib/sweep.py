@@ -116,14 +116,25 @@ def shard_dir(db: str | os.PathLike, version: str) -> Path:
 
 def shard_rows(path: Path) -> int:
     """Rows in a shard's events table (0 if missing or not a readable xetrack DB)."""
-    if not path.exists():
+    return count_events(path)
+
+
+def count_events(db: Path, track_ids: list[str] | None = None) -> int:
+    """Rows in a results DB's events table, optionally of these runs only (0 if the file or
+    its table is missing, or it is not a readable SQLite DB)."""
+    if not Path(db).exists() or track_ids == []:
         return 0
+    where, binds = "", []
+    if track_ids is not None:
+        where = f" WHERE track_id IN ({','.join('?' * len(track_ids))})"
+        binds = list(track_ids)
     try:
-        con = sqlite_connect(path, readonly=True)
+        con = sqlite_connect(db, readonly=True)
         try:
             if EVENTS_TABLE not in sqlite_tables(con):
                 return 0
-            return con.execute(f"SELECT count(*) FROM {quote_ident(EVENTS_TABLE)}").fetchone()[0]
+            return con.execute(f"SELECT count(*) FROM {quote_ident(EVENTS_TABLE)}{where}",
+                               binds).fetchone()[0]
         finally:
             con.close()
     except sqlite3.DatabaseError:
@@ -215,21 +226,7 @@ class Ledger:
 def rows_in_db(db: Path, track_id) -> int:
     """Rows of the given run(s) in a results DB (0 if it or its table is missing)."""
     ids = track_id if isinstance(track_id, list) else [track_id]
-    ids = [str(t) for t in ids if t]
-    if not ids or not Path(db).exists():
-        return 0
-    try:
-        con = sqlite_connect(db, readonly=True)
-        try:
-            if EVENTS_TABLE not in sqlite_tables(con):
-                return 0
-            marks = ",".join("?" * len(ids))
-            return con.execute(f"SELECT count(*) FROM {quote_ident(EVENTS_TABLE)} "
-                               f"WHERE track_id IN ({marks})", ids).fetchone()[0]
-        finally:
-            con.close()
-    except sqlite3.DatabaseError:
-        return 0
+    return count_events(db, [str(t) for t in ids if t])
 
 
 def plan(runs: Iterable[dict], directory: Path, ledger: Ledger, db: Path) -> list[dict]:

@@ -29,7 +29,7 @@ from . import atomic
 from .dvcmeta import Out, is_meta_file, object_path, parse_outs
 from .errors import FAILED, NOT_FOUND, REFUSED, USAGE, EVError
 from .proc import dvc, dvc_run, git, git_ok, run
-from .repo import dirty_paths, find_repo, main_worktree, require_dvc
+from .repo import dirty_paths, find_repo, main_worktree, require_dvc, resolve_commit
 from .sql import is_sqlite_file, quote_ident, sqlite_connect, sqlite_tables
 
 DEFAULT_PRIVATE = ("results/*.db", "models/")
@@ -257,12 +257,10 @@ def plan_create(repo_arg, name: str, base: str | None, private: list[str] | None
         raise EVError(f"path {path} already exists", code=USAGE,
                       hint="pick another name, or move that directory away")
     base_ref = base or "HEAD"
-    cp = run(["git", "rev-parse", "--verify", "-q", f"{base_ref}^{{commit}}"], cwd=repo,
-             check=False)
-    if cp.returncode != 0:
+    base_commit = resolve_commit(repo, base_ref)
+    if base_commit is None:
         raise EVError(f"--base {base_ref} is not a commit in {repo}", code=NOT_FOUND,
                       hint="pass a branch, tag or commit that exists (git log --oneline)")
-    base_commit = cp.stdout.strip()
     if base is None:  # an explicit --base asks for a committed state: local edits don't matter
         dirty = dirty_paths(repo)
         if dirty:
@@ -538,12 +536,10 @@ def explore_path(main: Path, tag: str) -> Path:
 def explore(repo_arg, tag: str, dry_run: bool = False) -> dict:
     repo = find_repo(repo_arg)
     require_dvc(repo)
-    cp = run(["git", "rev-parse", "--verify", "-q", f"refs/tags/{tag}^{{commit}}"], cwd=repo,
-             check=False)
-    if cp.returncode != 0:
+    commit = resolve_commit(repo, f"refs/tags/{tag}")
+    if commit is None:
         raise EVError(f"no tag {tag!r}", code=NOT_FOUND,
                       hint="list tags with: git tag -l -n9")
-    commit = cp.stdout.strip()
     main = main_worktree(repo)
     path = explore_path(main, tag)
     for wt in worktrees(repo):
