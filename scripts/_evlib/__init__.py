@@ -11,6 +11,7 @@ Modules:
   sql     - identifier quoting, SQLite/DuckDB connections, DuckDB's sqlite extension offline
   repo    - repository discovery and state (dirty tree, DVC presence, main worktree)
   dvcmeta - reading .dvc files, dvc.lock, the cache location and object layout
+  settings - the project's settings file (ev.yaml): paths, ranking metric, metric columns
   runs    - results rows aggregated per run (track_id) and the one ranking rule
   merge, sweep, worktree, models, history - the logic behind each script
 """

@@ -23,18 +23,12 @@ from .dvcmeta import Out, cache_dir, find_object, is_meta_file, parse_outs
 from .errors import NOT_FOUND, USAGE, EVError
 from .proc import dvc_run, git, git_ok
 from .runs import Run, db_versions, load_runs, rank
+from .settings import META_COLS, METRIC_RE
 from .sql import sqlite_connect
 
 DEFAULT_DB = "results/experiments.db"
 E_TAG = re.compile(r"^e(\d+)\.(\d+)\.(\d+)$")
 MAYBE_E_TAG = re.compile(r"^e\d")  # looks like an e-tag: e2, e1.2, e1.2.3-rc are malformed
-# Columns xetrack writes about the call itself, and lineage columns train.py logs: neither
-# params nor metrics.
-META_COLS = {"track_id", "timestamp", "function_name", "args", "kwargs", "error",
-             "function_time", "version", "git_commit", "git_dirty", "data_hash", "model_path"}
-METRIC_RE = re.compile(r"(^|_)(f1|f1_score|precision|prec|recall|accuracy|acc|auc|roc_auc|"
-                       r"loss|mse|rmse|mae|r2|score|map|ndcg|bleu|rouge\w*|perplexity|"
-                       r"error_rate|wer|cer|iou|dice)($|_)")
 # Outputs under these folders are what an experiment produced, not the data it used.
 PRODUCT_DIRS = ("results/", "models/")
 

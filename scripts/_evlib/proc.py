@@ -11,8 +11,18 @@ from pathlib import Path
 from .errors import FAILED, EVError
 
 
+def git_command() -> list[str]:
+    """git, or the program EV_GIT names (the kill-point test harness wraps the real one)."""
+    return [os.environ["EV_GIT"]] if os.environ.get("EV_GIT") else ["git"]
+
+
 def dvc_command() -> list[str]:
-    """dvc from this interpreter's environment first, so a venv's dvc wins over PATH."""
+    """dvc from this interpreter's environment first, so a venv's dvc wins over PATH.
+
+    EV_DVC overrides it (the kill-point test harness wraps the real one).
+    """
+    if os.environ.get("EV_DVC"):
+        return [os.environ["EV_DVC"]]
     beside = Path(sys.executable).parent / "dvc"
     if beside.exists():
         return [str(beside)]
@@ -42,6 +52,8 @@ def _first_error_line(text: str) -> str:
 def run(cmd: list[str], cwd: str | os.PathLike | None = None, *, check: bool = True,
         env: dict[str, str] | None = None, input: str | None = None,
         what: str | None = None) -> subprocess.CompletedProcess:
+    if cmd and cmd[0] == "git":
+        cmd = [*git_command(), *cmd[1:]]
     try:
         cp = subprocess.run(cmd, cwd=cwd, env=_env(env), input=input, text=True,
                             capture_output=True, stdin=None if input is not None else subprocess.DEVNULL)
@@ -58,12 +70,13 @@ def run(cmd: list[str], cwd: str | os.PathLike | None = None, *, check: bool = T
 
 def git(repo: str | os.PathLike, *args: str, check: bool = True) -> str:
     """Run git in repo; return stdout without the trailing newline."""
-    cp = run(["git", *args], cwd=repo, check=check, what=f"git {args[0]}" if args else "git")
+    cp = run([*git_command(), *args], cwd=repo, check=check,
+             what=f"git {args[0]}" if args else "git")
     return cp.stdout.rstrip("\n")
 
 
 def git_ok(repo: str | os.PathLike, *args: str) -> bool:
-    return run(["git", *args], cwd=repo, check=False).returncode == 0
+    return run([*git_command(), *args], cwd=repo, check=False).returncode == 0
 
 
 def dvc(repo: str | os.PathLike, *args: str, check: bool = True) -> str:

@@ -1,0 +1,112 @@
+"""The project's settings file (`ev.yaml` at the repository root), read by every script.
+
+One definition of what the bundle needs to know about a project, so that ranking, the
+ledger, status, tags, list and compare agree: where the results DB and the production model
+live, which column ranks runs and in which direction, and which columns are metrics (the
+rest of a run's columns are params, or lineage the bundle itself records). A flag given on
+the command line overrides the file; a missing file means the defaults below.
+
+`init_project.py` writes the file; nothing else does.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .errors import USAGE, EVError
+
+FILENAME = "ev.yaml"
+
+# Columns xetrack writes about the call itself: never params, never metrics.
+XETRACK_COLS = frozenset({"track_id", "timestamp", "function_name", "args", "kwargs", "error",
+                          "function_time"})
+# Lineage columns (the bundle's own, or logged by the template): who/what/where of a run.
+LINEAGE_COLS = frozenset({"version", "git_commit", "git_dirty", "data_hash", "model_path",
+                          "ev_run", "ev_command", "ev_commit", "ev_dirty", "ev_data_md5",
+                          "ev_params", "ev_gpus", "ev_worker", "ev_seconds"})
+META_COLS = XETRACK_COLS | LINEAGE_COLS
+# Used only when the settings file names no metrics: columns named like a metric.
+METRIC_RE = re.compile(r"(^|_)(f1|f1_score|precision|prec|recall|accuracy|acc|auc|roc_auc|"
+                       r"loss|mse|rmse|mae|r2|score|map|ndcg|bleu|rouge\w*|perplexity|"
+                       r"error_rate|wer|cer|iou|dice)($|_)")
+
+
+@dataclass
+class Settings:
+    results_db: str = "results/experiments.db"
+    production_model: str = "models/production/model.bin"
+    candidates_dir: str = "models/candidates"
+    metric: str | None = None  # the ranking metric (None: scripts ask for --metric)
+    mode: str = "max"  # max: higher is better; min: lower is better
+    metrics: list[str] | None = None  # metric columns; None: recognised by name (METRIC_RE)
+    gto: bool = False  # also write GTO registry tags on promote/rollback
+    extra: dict = field(default_factory=dict)  # keys this version does not know, kept as is
+
+    def is_metric(self, column: str) -> bool:
+        if column in META_COLS:
+            return False
+        if column == self.metric:
+            return True
+        if self.metrics is not None:
+            return column in self.metrics
+        return bool(METRIC_RE.search(column.lower()))
+
+    def is_param(self, column: str) -> bool:
+        return column not in META_COLS and not self.is_metric(column)
+
+    def split(self, values: dict) -> tuple[dict, dict]:
+        """(params, metrics) of a run's values; lineage and xetrack columns in neither."""
+        params = {k: v for k, v in values.items() if self.is_param(k)}
+        metrics = {k: v for k, v in values.items() if self.is_metric(k)}
+        return params, metrics
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        extra = d.pop("extra")
+        return {**d, **extra}
+
+
+_KNOWN = {f.name for f in fields(Settings)} - {"extra"}
+
+
+def path(repo: str | os.PathLike) -> Path:
+    return Path(repo) / FILENAME
+
+
+def load(repo: str | os.PathLike) -> Settings:
+    """The project's settings (defaults when there is no file). Bad content: exit 2."""
+    import yaml
+
+    p = path(repo)
+    if not p.exists():
+        return Settings()
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise EVError(f"{p}{where} is not valid YAML", code=USAGE,
+                      hint="fix it, or re-create it with init_project.py --force-settings"
+                      ) from exc
+    if not isinstance(data, dict):
+        raise EVError(f"{p} must hold a mapping (key: value lines)", code=USAGE,
+                      hint="re-create it with init_project.py --force-settings")
+    known = {k: v for k, v in data.items() if k in _KNOWN}
+    extra = {k: v for k, v in data.items() if k not in _KNOWN}
+    s = Settings(**known, extra=extra)
+    if s.mode not in ("max", "min"):
+        raise EVError(f"{p}: mode must be max or min, not {s.mode!r}", code=USAGE,
+                      hint="edit mode: in the settings file")
+    if s.metrics is not None and not (isinstance(s.metrics, list)
+                                      and all(isinstance(m, str) for m in s.metrics)):
+        raise EVError(f"{p}: metrics must be a list of column names", code=USAGE,
+                      hint="write e.g. metrics: [f1_score, accuracy]")
+    for key in ("results_db", "production_model", "candidates_dir"):
+        v = getattr(s, key)
+        if not isinstance(v, str) or Path(v).is_absolute() or ".." in Path(v).parts:
+            raise EVError(f"{p}: {key} must be a path inside the repository, not {v!r}",
+                          code=USAGE, hint=f"edit {key}: in the settings file")
+    return s
