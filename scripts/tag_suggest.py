@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _evlib import atomic, cli, history  # noqa: E402
+from _evlib import atomic, cli, history, tagging  # noqa: E402
 from _evlib.errors import NOT_FOUND, REFUSED, USAGE, EVError  # noqa: E402
 from _evlib.proc import git  # noqa: E402
 from _evlib.repo import find_repo  # noqa: E402
@@ -64,7 +64,7 @@ def handler(args) -> int:
     if args.name and args.kind == "e":
         args.kind = "exp"
     db = history.db_path(repo, args.db)
-    res = history.suggest(repo, version=args.version, tag_name=args.tag, kind=args.kind, name=args.name, db=db,
+    res = tagging.suggest(repo, version=args.version, tag_name=args.tag, kind=args.kind, name=args.name, db=db,
                           metric=args.metric, mode=args.mode, bump=args.bump,
                           description=args.description,
                           warn=lambda m: cli.warn(PROG, m),
@@ -76,7 +76,7 @@ def handler(args) -> int:
         if res["exists"]:
             raise EVError(f"tag {res['name']} already exists", code=REFUSED,
                           hint="a version is tagged once; log new runs under a new --version")
-        problems = history.create_checks(repo, db, chosen)
+        problems = tagging.create_checks(repo, db, chosen)
         if problems and not args.allow_dirty:
             raise EVError(f"not tagging {res['name']}: " + "; ".join(problems), code=REFUSED,
                           hint="commit them first (the tag must point at what produced the "

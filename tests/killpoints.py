@@ -20,7 +20,6 @@ test can walk N = 1..calls and re-run the same command after each kill:
 
 from __future__ import annotations
 
-import os
 import shlex
 import shutil
 import sys

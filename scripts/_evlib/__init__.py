@@ -13,7 +13,9 @@ Modules:
   dvcmeta - reading .dvc files, dvc.lock, the cache location and object layout
   settings - the project's settings file (ev.yaml): paths, ranking metric, metric columns
   runs    - results rows aggregated per run (track_id) and the one ranking rule
-  merge, sweep, worktree, models, history - the logic behind each script
+  history - the read side of past versions (tags, outputs and runs at a revision)
+  tagging - tag_suggest's write side (bump, message, lineage, create checks)
+  merge, sweep, worktree, models - the logic behind each script
 """
 
 EVENTS_TABLE = "default"  # xetrack's events table (not "predictions")

@@ -1,0 +1,248 @@
+"""tag_suggest.py's write side: the next tag, its bump and reasons, its message and lineage.
+
+The read side (tags, outputs and runs as of a revision) is `history`; this module only
+decides what a new tag should say and checks that it may be created.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from .atomic import md5_file
+from .errors import NOT_FOUND, USAGE, EVError
+from .history import (
+    _changed,
+    all_tags,
+    best_run,
+    bump_version,
+    data_outs,
+    data_short,
+    e_tags,
+    find_out,
+    fmt,
+    metric_columns,
+    next_exp_tag,
+    outs_at,
+    parse_e,
+    repo_rel,
+    run_metrics,
+    run_params,
+    summarize,
+    version_runs,
+)
+from .proc import git, git_ok
+from .runs import Run, db_versions, load_runs
+
+# --- tag_suggest: the next tag and its message --------------------------------------------
+
+def _short_param(col: str) -> str:
+    return col[len("config_"):] if col.startswith("config_") else col
+
+
+def hyperparams(params: dict) -> dict:
+    """The params shown in the first line: config_ prefix dropped, model shown separately."""
+    out: dict = {}
+    for k, v in params.items():
+        short = _short_param(k)
+        if short == "model" or short in out:
+            continue
+        out[short] = v
+    return out
+
+
+def infer_bump(repo: Path, last: str, runs: list[Run], chosen: Run, db_rel: str, metric: str,
+               mode: str, warn=None) -> tuple[str, list[str]]:
+    """(level, reasons) for what changed between tag `last` and now."""
+    reasons: dict[str, list[str]] = {"major": [], "minor": []}
+    old_d, new_d = data_outs(outs_at(repo, last)), data_outs(outs_at(repo, None))
+    for p in sorted(set(old_d) | set(new_d)):
+        a, b = old_d.get(p), new_d.get(p)
+        if (a and a.md5) != (b and b.md5):
+            reasons["major"].append(f"data changed: {p} {a.short if a else 'none'} -> "
+                                    f"{b.short if b else 'none'}")
+    last_info = all_tags(repo).get(last)
+    last_version = (last_info.lineage.get("version") if last_info else None) or last
+    prev = version_runs(repo, db_rel, last_version, last, warn)
+    old_m = sorted({r.model for r in prev if r.model})
+    new_m = sorted({r.model for r in runs if r.model})
+    if prev and old_m != new_m:
+        reasons["major"].append(f"model changed: {','.join(old_m) or 'none'} -> "
+                                f"{','.join(new_m) or 'none'}")
+    old_yaml = git(repo, "show", f"{last}:params.yaml") if git_ok(
+        repo, "cat-file", "-e", f"{last}:params.yaml") else None
+    cur_yaml = (repo / "params.yaml").read_text() if (repo / "params.yaml").is_file() else None
+    if old_yaml is not None or cur_yaml is not None:
+        if (old_yaml or "").strip() != (cur_yaml or "").strip():
+            reasons["minor"].append(f"params.yaml changed since {last}")
+    if prev:
+        cols = metric_columns(prev + runs, metric)
+        try:
+            pb = best_run(prev, metric, mode, last)
+        except EVError:
+            pb = None
+        if pb is not None:
+            old_p = {k: v for k, v in run_params(pb, cols).items() if _short_param(k) != "model"}
+            new_p = {k: v for k, v in run_params(chosen, cols).items() if _short_param(k) != "model"}
+            diff = _changed(old_p, new_p)
+            if diff:
+                reasons["minor"].append("params changed: " + ", ".join(
+                    f"{_short_param(k)} {fmt(old_p.get(k))} -> {fmt(new_p.get(k))}"
+                    for k in diff))
+    for level in ("major", "minor"):
+        if reasons[level]:
+            return level, reasons[level] + (reasons["minor"] if level == "major" else [])
+    return "patch", [f"same data, model and params as {last}: a re-run or a fix"]
+
+
+def tagged_versions(tags: dict) -> set[str]:
+    """Versions some tag stands for: its own name, the version its lineage names (tags made
+    with --tag, exp tags), and exp-NAME for exp-NAME-vN."""
+    out = set(tags)
+    for name, info in tags.items():
+        out.add(info.lineage.get("version") or name)
+        m = re.fullmatch(r"(exp-.+)-v\d+", name)
+        if m:
+            out.add(m.group(1))
+    return out
+
+
+def pick_version(repo: Path, db: Path, tags: dict) -> str:
+    """The one version in the results DB that has rows but no tag yet."""
+    if not db.is_file():
+        raise EVError(f"results DB {db} does not exist", code=NOT_FOUND,
+                      hint="run training first (it logs rows under --version), or pass --db")
+    untagged = [v for v in db_versions(db) if v not in tagged_versions(tags)]
+    if len(untagged) == 1:
+        return untagged[0]
+    if not untagged:
+        raise EVError(f"every version in {db.name} is already tagged", code=NOT_FOUND,
+                      hint="run training with a new --version (see the suggested name with "
+                           "--version omitted after logging), or pass --version")
+    raise EVError(f"several untagged versions in {db.name}: {', '.join(untagged)}", code=USAGE,
+                  hint="pass --version to choose one")
+
+
+def default_description(level: str, reasons: list[str], kind: str, name: str | None) -> str:
+    if kind == "exp":
+        return f"worktree experiment {name}"
+    if level == "initial":
+        return "baseline"
+    if level == "patch":
+        return "re-run"
+    return reasons[0].split(":")[0] if reasons else level
+
+
+def suggest(repo: Path, *, version: str | None, kind: str, name: str | None, db: Path,
+            tag_name: str | None = None,
+            metric: str | None, mode: str, bump: str | None, description: str | None,
+            warn, show_params: list[str] | None = None) -> dict:
+    from .repo import head_commit, is_dirty
+
+    tags = all_tags(repo)
+    etags = e_tags(tags, warn)
+    last = etags[-1] if etags else None
+    db_rel = repo_rel(repo, str(db))
+    if kind == "exp":
+        if not name or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            raise EVError("--kind exp needs --name NAME (letters, digits, . _ -)", code=USAGE,
+                          hint="e.g. --kind exp --name transformer gives exp-transformer-v1")
+        version = version or f"exp-{name}"
+    elif version is None:
+        version = pick_version(repo, db, tags)
+    runs = load_runs(db, version) if db.is_file() else []
+    if not runs:
+        raise EVError(f"no rows for version {version} in {db_rel}", code=NOT_FOUND,
+                      hint=f"run training with --version {version} first, or pass --db/--version")
+    s = summarize(runs, version, metric, mode)
+    chosen = best_run(runs, s.metric, mode, version)
+    if kind == "exp":
+        level, reasons = "exp", [f"next in the exp-{name} sequence"]
+        tag = next_exp_tag(tags, name)
+        expected = tag
+    else:
+        if last is None:
+            level, reasons = "initial", ["first experiment tag"]
+        else:
+            level, reasons = infer_bump(repo, last, runs, chosen, db_rel, s.metric, mode,
+                                        warn)
+        if bump:
+            reasons = [f"--bump {bump} (inferred: {level}: {reasons[0]})"]
+            level = bump
+        expected = bump_version(last, "patch" if level == "initial" else level) \
+            if last else "e0.1.0"
+        tag = tag_name or version  # --tag: e.g. main's tag after merging a worktree's runs
+        if not parse_e(tag):
+            raise EVError(f"{'--tag' if tag_name else 'version'} {tag!r} is not an experiment "
+                          f"tag name (e<major>.<minor>.<patch>)", code=USAGE,
+                          hint=f"log the runs under --version {expected}, pass --tag "
+                               f"{expected}, or use --kind exp --name NAME")
+        if tag != expected and tag not in tags:
+            warn(f"rows are logged under {tag} but the change since {last or 'nothing'} is "
+                 f"a {level} bump ({expected}); tagging {tag} so the tag matches its rows")
+    now_outs = outs_at(repo, None)
+    params = run_params(chosen, s.metric_cols)
+    metrics = run_metrics(chosen, s.metric_cols)
+    value = chosen.values.get(s.metric)
+    parts = [f"model={chosen.model or 'unknown'}"]
+    hp = hyperparams(params)
+    if show_params is not None:  # --params: only these, in this order
+        missing = [k for k in show_params if k not in hp]
+        if missing:
+            raise EVError(f"--params {','.join(missing)}: not a param of run "
+                          f"{chosen.track_id}", code=USAGE,
+                          hint=f"choose from: {', '.join(hp) or '(none)'}")
+        hp = {k: hp[k] for k in show_params}
+    parts += [f"{k}={fmt(v)}" for k, v in hp.items()]
+    parts.append(f"{s.metric}={fmt(value)}")
+    if len(runs) > 1:
+        parts.append(f"best of {len(runs)} runs")
+    parts.append(f"data={data_short(now_outs)}")
+    desc = " ".join((description or default_description(level, reasons, kind, name)).split())
+    parts.append(desc.replace("|", "/"))
+    lineage = {
+        "version": version, "tag": tag, "commit": head_commit(repo), "dirty": is_dirty(repo),
+        "data": {p: o.md5 for p, o in sorted(data_outs(now_outs).items())},
+        "run": chosen.track_id, "runs": len(runs), "metric": s.metric, "mode": mode,
+        "params": params, "metrics": metrics,
+        "run_lineage": {k: v for k, v in chosen.values.items()
+                        if k in ("git_commit", "git_dirty", "data_hash", "model_path")},
+    }
+    message = " | ".join(parts) + "\n\n" + json.dumps(lineage, sort_keys=True,
+                                                       default=str) + "\n"
+    return {"name": tag, "expected": expected, "last": last, "version": version,
+            "bump": level, "reason": "; ".join(reasons), "reasons": reasons,
+            "message": message, "lineage": lineage, "exists": tag in tags,
+            "_chosen": chosen}
+
+
+def create_checks(repo: Path, db: Path, chosen: Run) -> list[str]:
+    """Why tagging now would record something uncommitted (empty list: safe)."""
+    from .repo import dirty_paths
+
+    problems = []
+    dirty = dirty_paths(repo)
+    if dirty:
+        shown = ", ".join(dirty[:3]) + (f" and {len(dirty) - 3} more" if len(dirty) > 3 else "")
+        problems.append(f"uncommitted changes: {shown}")
+    head = outs_at(repo, "HEAD") if git_ok(repo, "rev-parse", "--verify", "-q", "HEAD") else {}
+    db_rel = repo_rel(repo, str(db))
+    hit = find_out(head, db_rel)
+    if hit is None or hit[1]:
+        if not git_ok(repo, "ls-files", "--error-unmatch", db_rel):
+            problems.append(f"{db_rel} is not tracked at HEAD (dvc add {db_rel} && git commit)")
+    elif db.is_file() and md5_file(db) != hit[0].md5:
+        problems.append(f"{db_rel} changed since it was committed "
+                        f"(dvc add {db_rel} && git commit)")
+    mp = chosen.values.get("model_path")
+    if mp:
+        mrel = repo_rel(repo, str(mp))
+        mhit = find_out(head, mrel)
+        if mhit is None:
+            problems.append(f"model {mrel} is not DVC-tracked at HEAD "
+                            f"(dvc add {os.path.dirname(mrel) or mrel} && git commit)")
+        elif not mhit[1] and (repo / mrel).is_file() and md5_file(repo / mrel) != mhit[0].md5:
+            problems.append(f"model {mrel} changed since it was committed")
+    return problems
