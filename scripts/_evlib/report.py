@@ -75,7 +75,7 @@ def _versions_table(views: list[dict], metric_cols: list[str], marks: dict) -> s
     out += [f'<th data-col="{i}">{_e(h)}</th>' for i, h in enumerate(head)]
     out.append("</tr></thead><tbody>")
     for v in views:
-        mark = marks.get(v["tag"], "")
+        mark = marks.get(v["tag"]) or "-"
         cells = [v["tag"], v["date"][:19].replace("T", " "), v["runs"], v["best_run"] or "-",
                  v["model"] or "-"]
         cells += [v["metrics"].get(m) for m in metric_cols]
