@@ -237,15 +237,32 @@ def _chart_common(sp):
     sp.add_argument("--db", default=None,
                     help="results DB path in the repo (default: ev.yaml's results_db)")
     sp.add_argument("--metric", default=None,
-                    help="the column to chart (default: ev.yaml's metric, else f1_score)")
+                    help="the column to chart (default: ev.yaml's metric, else f1_score; "
+                         "curves: loss)")
     sp.add_argument("--mode", choices=("max", "min"), default=None,
                     help="best run has the max or min metric (default: ev.yaml's mode, max)")
     sp.add_argument("-o", "--out", required=True, help="file to write")
     sp.add_argument("--force", action="store_true", help="replace OUT if it exists")
 
 
+def _chart_epilog(*examples: str) -> dict:
+    import argparse
+
+    from _evlib.errors import epilog_codes
+
+    lines = "\n  ".join(examples)
+    return {"epilog": f"examples:\n  {lines}\n\n{epilog_codes(REFUSED, NOT_FOUND)}",
+            "formatter_class": argparse.RawDescriptionHelpFormatter}
+
+
 def add_plot_parser(sub):
     sp = sub.add_parser("plot", help="one PNG chart (versions, sweep or curves)",
+                        **_chart_epilog(
+                            "python scripts/experiments.py plot -o versions.png --json",
+                            "python scripts/experiments.py plot --kind sweep --version e0.2.0 "
+                            "-o sweep.png",
+                            "python scripts/experiments.py plot --kind curves --metric loss "
+                            "-o curves.png"),
                         description="Write one PNG (1200 px wide). versions: the metric of "
                         "each version's best run, production starred, exp tags apart. sweep: "
                         "the metric of --version's runs against each param that varies. "
@@ -264,6 +281,8 @@ def add_plot_parser(sub):
 
 def add_report_parser(sub):
     sub.add_parser("report", help="one self-contained HTML report of the history",
+                   **_chart_epilog("python scripts/experiments.py report -o report.html "
+                                   "--json"),
                    description="Write ONE HTML file (inline CSS, JS and PNG charts; no "
                    "network): the versions table (click a header to sort), the charts, any "
                    "two versions side by side, the production ledger, each version's "
