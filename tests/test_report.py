@@ -192,7 +192,8 @@ def test_report_of_a_short_history_and_a_damaged_ledger(tmp_path):
     repo = init_git(tmp_path / "p")
     Tracker(str(repo / "results/experiments.db"), params={"version": "e0.1.0"}).log(
         {"f1_score": 0.5})
-    sh("git add -A && git commit -q -m r && git tag -a e0.1.0 -m 'f1_score=0.5 | first'",
+    sh("git add -A && git commit -q -m r", cwd=repo)
+    sh(["git", "tag", "-a", "e0.1.0", "-m", 'f1_score=0.5 | <img src=x onerror="alert(1)">'],
        cwd=repo)
     led = repo / "models" / "production" / "ledger.jsonl"
     led.parent.mkdir(parents=True)
@@ -209,6 +210,10 @@ def test_report_of_a_short_history_and_a_damaged_ledger(tmp_path):
         in cp.stderr
     text = (tmp_path / "r.html").read_text()
     assert "only one version has a f1_score" in text and "e0.1.0" in text
+    # a tag message is text, never markup: escaped in the table, the lineage and the JSON
+    assert "<img src=x" not in text
+    assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in text
+    assert [t for t, _a in parse(text).tags].count("img") == 0
 
 
 # --- in a real browser --------------------------------------------------------------------
