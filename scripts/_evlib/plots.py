@@ -27,7 +27,7 @@ from .sql import quote_ident, sqlite_columns, sqlite_connect, sqlite_tables
 
 WIDTH_IN, DPI = 12.0, 100  # 1200 px wide: readable in a chat window and a CI artifact
 STEP_COLUMNS = ("epoch", "step", "global_step", "iteration", "iter")
-CROWDED = 12  # more versions than this: tag-only tick labels, fewer value labels
+MIN_SLOT_PX = 95  # narrower slots per version: tag-only tick labels, fewer value labels
 MAX_CURVES = 30  # lines per curves chart (the newest runs); more is unreadable
 INSTALL = ("install it: pip install 'matplotlib>=3.7' (the bundle's `plots` extra: "
            "pip install '.[plots]' in the skill folder)")
@@ -174,15 +174,19 @@ def fig_versions(points: list[VersionPoint], metric: str, mode: str):
     e = [p for p in scored if p.kind == "e"]
     x = [p for p in scored if p.kind == "exp"]
     fig = Figure(figsize=(WIDTH_IN, 6.0), dpi=DPI, layout="constrained")
+    share = 1.0 if not x else 0.0 if not e else \
+        min(max(len(x) / (len(e) + len(x)), 0.22), 0.45)  # exp panel: readable, not main
     if e and x:
-        gs = fig.add_gridspec(1, 2, width_ratios=[max(len(e), 2), max(len(x), 1.5)])
+        gs = fig.add_gridspec(1, 2, width_ratios=[1 - share, share])
         ax_e = fig.add_subplot(gs[0])
         ax_x = fig.add_subplot(gs[1], sharey=ax_e)
     else:
         ax_e = fig.add_subplot(1, 1, 1) if e else None
         ax_x = None if e else fig.add_subplot(1, 1, 1)
-    for ax, pts, title, style in ((ax_e, e, "e-tags (main line, version order)", "o-"),
-                                  (ax_x, x, "exp tags (worktree experiments)", "D")):
+    for ax, pts, title, style, width in (
+            (ax_e, e, "e-tags (main line, version order)", "o-", 1 - share),
+            (ax_x, x, "exp tags (worktree experiments)" if share > 0.3 else "exp tags", "D",
+             share)):
         if ax is None:
             continue
         xs = list(range(len(pts)))
@@ -196,10 +200,10 @@ def fig_versions(points: list[VersionPoint], metric: str, mode: str):
         if promo:
             ax.scatter([i for i, _ in promo], [p.value for _, p in promo], marker="*", s=320,
                        color="#d62728", zorder=5, label="promoted to production")
-        crowded = len(pts) > CROWDED
+        crowded = WIDTH_IN * DPI * 0.9 * width / len(pts) < MIN_SLOT_PX
         for i, p in enumerate(pts):
             if crowded and not (p.promoted or p.production):
-                continue  # 1200 px hold ~12 value labels; the table has every value
+                continue  # no room for every value label; the table has them
             note = _short(p.value) + ("\nproduction" if p.production else "")
             ax.annotate(note, (i, p.value), textcoords="offset points", xytext=(0, 12),
                         ha="center", fontsize=10, fontweight="bold" if p.production else None)
