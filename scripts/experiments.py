@@ -307,6 +307,11 @@ def _refuse_existing(out: Path, force: bool) -> None:
 def cmd_plot(repo, args):
     from _evlib import atomic, plots
 
+    if args.kind == "versions" and args.version:
+        raise EVError("--version is for --kind sweep or curves", code=USAGE,
+                      hint="the versions chart shows every version; drop --version")
+    if args.kind != "curves" and args.step:
+        raise EVError("--step is for --kind curves", code=USAGE, hint="drop --step")
     s, db_rel, metric, mode = _chart_args(repo, args)
     plots.require_matplotlib()
     out = cli.resolve_path(args.out)

@@ -123,8 +123,11 @@ def test_plot_sweep_cli(charts_hist, tmp_path):
         f"experiments.py: error: version e0.1.0 has 1 run(s) with a numeric f1_score: "
         f"{charts_hist['runs']['e0.1.0'][0]} f1_score=0.8; a sweep chart needs two; pick a "
         "version with several runs (experiments.py list shows runs=N), or pass --metric")
-    cp, _ = plot(charts_hist["repo"], "--kind", "sweep", out=tmp_path / "x.png")
-    assert cp.returncode == 2 and "--kind sweep needs --version" in cp.stderr
+    for args, err in ((["--kind", "sweep"], "--kind sweep needs --version"),
+                      (["--version", "e0.2.0"], "--version is for --kind sweep or curves"),
+                      (["--step", "epoch"], "--step is for --kind curves")):
+        cp, _ = plot(charts_hist["repo"], *args, out=tmp_path / "x.png")
+        assert cp.returncode == 2 and f"experiments.py: error: {err};" in cp.stderr, args
 
 
 # --- curves -------------------------------------------------------------------------------
