@@ -40,8 +40,9 @@ def build():
 
 
 class Demo:
-    def __init__(self, root: Path, quiet: bool):
+    def __init__(self, root: Path, quiet: bool, charts_dir: Path | None = None):
         self.root = root
+        self.charts_dir = charts_dir or root
         self.proj = root / "project"
         self.quiet = quiet
         self.summary: dict = {"merges": [], "tags": {}}
@@ -207,6 +208,23 @@ class Demo:
         self.summary["production"] = st
         self.say(self.py(SCRIPTS / "model_manager.py", "status").rstrip())
 
+    def charts(self) -> None:
+        """The history as a picture and as one HTML file, outside the project (clean tree)."""
+        import importlib.util
+
+        self.step("charts: the history as a PNG and a one-file HTML report")
+        if importlib.util.find_spec("matplotlib") is None:
+            self.summary["charts"] = None
+            self.say("charts skipped: matplotlib is not installed (pip install matplotlib)")
+            return
+        png, page = self.charts_dir / "versions.png", self.charts_dir / "report.html"
+        chart = self.tool("experiments.py", "plot", "--kind", "versions", "-o", str(png))
+        rep = self.tool("experiments.py", "report", "-o", str(page))
+        self.summary["charts"] = {"chart": chart["out"], "report": rep["out"],
+                                  "report_bytes": rep["bytes"], "report_charts": rep["charts"]}
+        self.say(f"chart:  {chart['out']}  ({chart['points']} versions; open it to compare)")
+        self.say(f"report: {rep['out']}  ({rep['bytes'] // 1024} KiB, open in a browser)")
+
     def run_all(self) -> dict:
         start = time.time()
         self.setup()
@@ -214,6 +232,7 @@ class Demo:
         self.sweep()
         self.worktrees()
         self.report()
+        self.charts()
         self.summary["seconds"] = round(time.time() - start, 1)
         self.summary["project"] = str(self.proj)
         return self.summary
@@ -228,8 +247,10 @@ def handler(args) -> int:
         root.mkdir(parents=True)
         summary = Demo(root, args.json).run_all()
     else:
+        # the charts outlive the throwaway project: their paths are printed at the end
+        charts = Path(tempfile.mkdtemp(prefix="ev-demo-charts-"))
         with tempfile.TemporaryDirectory(prefix="ev-demo-") as tmp:
-            summary = Demo(Path(tmp), args.json).run_all()
+            summary = Demo(Path(tmp), args.json, charts).run_all()
     cli.emit(args, summary, f"\ndemo finished in {summary['seconds']} s")
     return 0
 

@@ -8,6 +8,10 @@
                         working tree is not touched
   sql "QUERY"           DuckDB, offline, read-only: the results DB attached as `results`
                         (xetrack's table: results."default"), plus a view `runs` on it
+  plot -o chart.png     one PNG: --kind versions (metric per version), sweep (metric
+                        against each swept param of --version), curves (metric per epoch)
+  report -o report.html one self-contained HTML file: versions table, charts, compare any
+                        two versions, production ledger, lineage (needs matplotlib)
 
 A past version's runs come from the results DB committed (DVC-tracked) at its tag, so
 history stays right after the current DB changes. --db is relative to the repository root.
@@ -66,6 +70,8 @@ def build():
     sp.add_argument("query")
     sp.add_argument("--version", default=None,
                     help="query the results DB as committed at this tag (default: working tree)")
+    add_plot_parser(sub)
+    add_report_parser(sub)
     return p
 
 
@@ -224,8 +230,158 @@ def cmd_sql(repo, args):
     cli.emit(args, {"columns": cols, "rows": rows, "count": len(rows)}, text)
 
 
+# --- plot and report: charts (matplotlib, the `plots` extra) -------------------------------
+
+def _chart_common(sp):
+    cli.add_sub_common(sp, dry_run=True, dry_help="build it and say what it holds; write nothing")
+    sp.add_argument("--db", default=None,
+                    help="results DB path in the repo (default: ev.yaml's results_db)")
+    sp.add_argument("--metric", default=None,
+                    help="the column to chart (default: ev.yaml's metric, else f1_score; "
+                         "curves: loss)")
+    sp.add_argument("--mode", choices=("max", "min"), default=None,
+                    help="best run has the max or min metric (default: ev.yaml's mode, max)")
+    sp.add_argument("-o", "--out", required=True, help="file to write")
+    sp.add_argument("--force", action="store_true", help="replace OUT if it exists")
+
+
+def _chart_epilog(*examples: str) -> dict:
+    import argparse
+
+    from _evlib.errors import epilog_codes
+
+    lines = "\n  ".join(examples)
+    return {"epilog": f"examples:\n  {lines}\n\n{epilog_codes(REFUSED, NOT_FOUND)}",
+            "formatter_class": argparse.RawDescriptionHelpFormatter}
+
+
+def add_plot_parser(sub):
+    sp = sub.add_parser("plot", help="one PNG chart (versions, sweep or curves)",
+                        **_chart_epilog(
+                            "python scripts/experiments.py plot -o versions.png --json",
+                            "python scripts/experiments.py plot --kind sweep --version e0.2.0 "
+                            "-o sweep.png",
+                            "python scripts/experiments.py plot --kind curves --metric loss "
+                            "-o curves.png"),
+                        description="Write one PNG (1200 px wide). versions: the metric of "
+                        "each version's best run, production starred, exp tags apart. sweep: "
+                        "the metric of --version's runs against each param that varies. "
+                        "curves: the metric per epoch/step, one line per run (--version: its "
+                        "rows as tagged; omitted: every run in the working-tree DB). Fewer "
+                        "than two points: exit 5 with the one value, no chart.")
+    _chart_common(sp)
+    sp.add_argument("--kind", choices=("versions", "sweep", "curves"), default="versions",
+                    help="what to chart (default versions)")
+    sp.add_argument("--version", default=None,
+                    help="sweep: the tag (or a logged, untagged version); curves: a tag")
+    sp.add_argument("--step", default=None,
+                    help="curves: the step column (default: the first of "
+                         "epoch, step, global_step, iteration, iter)")
+
+
+def add_report_parser(sub):
+    sub.add_parser("report", help="one self-contained HTML report of the history",
+                   **_chart_epilog("python scripts/experiments.py report -o report.html "
+                                   "--json"),
+                   description="Write ONE HTML file (inline CSS, JS and PNG charts; no "
+                   "network): the versions table (click a header to sort), the charts, any "
+                   "two versions side by side, the production ledger, each version's "
+                   "lineage. Open it from disk or keep it as a CI artifact.")
+    _chart_common(sub.choices["report"])
+
+
+def _chart_args(repo, args):
+    from _evlib import settings
+
+    s = settings.load(repo)
+    db_rel = history.repo_rel(repo, str(history.db_path(repo, args.db or s.results_db)))
+    return s, db_rel, args.metric or s.metric, args.mode or s.mode
+
+
+def _refuse_existing(out: Path, force: bool) -> None:
+    if out.exists() and not force:
+        raise EVError(f"{out} already exists", code=REFUSED,
+                      hint="choose another -o, or pass --force to replace it")
+
+
+def cmd_plot(repo, args):
+    from _evlib import atomic, plots
+
+    if args.kind == "versions" and args.version:
+        raise EVError("--version is for --kind sweep or curves", code=USAGE,
+                      hint="the versions chart shows every version; drop --version")
+    if args.kind != "curves" and args.step:
+        raise EVError("--step is for --kind curves", code=USAGE, hint="drop --step")
+    s, db_rel, metric, mode = _chart_args(repo, args)
+    plots.require_matplotlib()
+    out = cli.resolve_path(args.out)
+    _refuse_existing(out, args.force)
+    warn = lambda m: cli.warn(PROG, m)  # noqa: E731
+    ledger = plots.read_ledger_safe(repo, warn)
+    info: dict = {"kind": args.kind}
+    if args.kind == "versions":
+        recs = plots.history_records(repo, db_rel, metric, mode, warn)
+        metric = recs[0]["metric"] if recs else (metric or "f1_score")
+        pts = plots.version_points(recs, ledger)
+        fig = plots.fig_versions(pts, metric, mode)
+        scored = [p for p in pts if p.value is not None]
+        info["points"] = len(scored)
+        info["series"] = {p.tag: {"value": p.value, "run": p.run, "promoted": p.promoted,
+                                  "production": p.production} for p in scored}
+    elif args.kind == "sweep":
+        if not args.version:
+            raise EVError("--kind sweep needs --version", code=USAGE,
+                          hint="e.g. plot --kind sweep --version e0.2.0 -o sweep.png")
+        d = plots.sweep_for(repo, db_rel, args.version, metric, mode, s.split, ledger, warn)
+        metric = d.metric
+        fig = plots.fig_sweep(d)
+        info.update(points=len(d.runs), params=list(d.params), marked_run=d.marked,
+                    marked_is_promoted=d.marked_is_promoted, version=d.version)
+    else:
+        if args.version:
+            history.require_tag(repo, args.version)
+        metric = metric or "loss"
+        c, title = plots.curves_for(repo, db_rel, args.version, metric, args.step)
+        fig = plots.fig_curves(c, title, mode if metric == s.metric else None)
+        info.update(step=c.step, lines=len(c.lines), runs=c.total_runs,
+                    points=sum(len(x) for x, _ in c.lines.values()))
+    data = plots.png_bytes(fig)
+    w, h = (round(v * plots.DPI) for v in fig.get_size_inches())
+    info.update(metric=metric, mode=mode, out=str(out), bytes=len(data), width_px=w,
+                height_px=h, dry_run=args.dry_run)
+    if not args.dry_run:
+        atomic.write_bytes(out, data)
+    verb = "would write" if args.dry_run else "wrote"
+    cli.emit(args, info, f"{verb} {out} ({args.kind}: {info['points']} points of {metric}, "
+                         f"{w}x{h} px, {len(data)} bytes)")
+
+
+def cmd_report(repo, args):
+    from _evlib import atomic, plots, report
+
+    s, db_rel, metric, mode = _chart_args(repo, args)
+    plots.require_matplotlib()
+    out = cli.resolve_path(args.out)
+    _refuse_existing(out, args.force)
+    res = report.build(repo, db_rel, metric, mode, s, lambda m: cli.warn(PROG, m))
+    html = res.pop("html")
+    data = html.encode("utf-8")
+    if not args.dry_run:
+        atomic.write_bytes(out, data)
+    res.update(out=str(out), bytes=len(data), dry_run=args.dry_run)
+    verb = "would write" if args.dry_run else "wrote"
+    cli.emit(args, res, f"{verb} {out} ({len(data) // 1024} KiB: {res['versions']} versions, "
+                        f"{len(res['charts'])} charts, {res['ledger_entries']} ledger entries)")
+
+
+CHART_COMMANDS = {"plot": cmd_plot, "report": cmd_report}
+
+
 def handler(args) -> int:
     repo = find_repo(args.repo)
+    if args.command in CHART_COMMANDS:  # their --db defaults to ev.yaml's results_db
+        CHART_COMMANDS[args.command](repo, args)
+        return 0
     args.db_rel = history.repo_rel(repo, str(history.db_path(repo, args.db)))
     {"list": cmd_list, "show": cmd_show, "compare": cmd_compare, "get": cmd_get,
      "sql": cmd_sql}[args.command](repo, args)

@@ -176,3 +176,7 @@ def s3_keys(endpoint: str, bucket: str) -> list[str]:
     s3 = boto3.client("s3", endpoint_url=endpoint)
     return [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
             for o in page.get("Contents", [])]
+
+
+# Session fixtures of other areas, shared by several test modules (built once per session).
+from charts_support import charts_hist  # noqa: E402, F401

@@ -54,6 +54,18 @@ def test_demo_runs_the_three_workflows_end_to_end(tmp_path):
     for obj in (proj / ".dvc" / "cache" / "files" / "md5").rglob("*"):
         if obj.is_file() and not obj.name.endswith(".dir"):
             assert obj.parent.name + obj.name == _md5(obj), obj
+    # The demo ends with a chart and the one-file report, next to (not in) the project.
+    charts = out["charts"]
+    assert charts["chart"] == str(keep / "versions.png")
+    assert charts["report"] == str(keep / "report.html")
+    png = (keep / "versions.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(png[16:20], "big") == 1200
+    page = (keep / "report.html").read_text()
+    assert len(page.encode()) == charts["report_bytes"] and "versions" in charts["report_charts"]
+    for tag in out["tags"]:
+        assert f'<tr data-tag="{tag}">' in page
+    assert run in page  # the production run, in the ledger section
+
     remote = keep / "dvc-remote" / "files" / "md5"
     for tag in ("e0.1.0", "e0.2.0", "e1.0.0"):
         text = sh(["git", "show", f"{tag}:models/production/model.bin.dvc"], cwd=proj).stdout

@@ -16,6 +16,8 @@ Modules:
   history - the read side of past versions (tags, outputs and runs at a revision)
   tagging - tag_suggest's write side (bump, message, lineage, create checks)
   merge, sweep, worktree, models - the logic behind each script
+  plots   - charts (matplotlib, optional): versions, sweep, curves; figures returned
+  report  - experiments.py report: the history as one self-contained HTML file
 """
 
 EVENTS_TABLE = "default"  # xetrack's events table (not "predictions")
