@@ -403,7 +403,7 @@ class Reader:
             self.tmp = tempfile.mkdtemp(prefix="ev-history-")
         dest = Path(self.tmp) / "experiments.db"
         try:
-            self.rf.write(rev, self.db_rel, dest)
+            self.rf.write(rev, self.db_rel, dest, scratch=True)
             return load_runs(dest, version)
         finally:
             dest.unlink(missing_ok=True)

@@ -24,7 +24,9 @@ missing from the cache. The remote is the repository's default remote as configu
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,6 +113,7 @@ class RevFiles:
         self._cache: Path | None = None
         self._dvc = None  # dvc.repo.Repo, made on first remote fetch
         self._verified: set[Path] = set()
+        self._local: Path | None | bool = False  # False: not looked up yet
         self.fetched: list[str] = []  # md5s brought from the remote (for reports/benches)
 
     # --- lifecycle ---
@@ -255,8 +258,75 @@ class RevFiles:
             self._dvc = Repo(str(self.repo))
         return self._dvc
 
+    def _local_remote(self) -> Path | None:
+        """The default remote's directory when it is a plain local directory configured in
+        the repository's own config files (.dvc/config, config.local); else None (DVC's
+        API then resolves it: S3, global config, options)."""
+        if self._local is not False:
+            return self._local
+        import configparser
+
+        name, urls, extra = self.remote, {}, set()
+        for fname in ("config", "config.local"):
+            cfg = self.repo / ".dvc" / fname
+            if not cfg.is_file():
+                continue
+            cp = configparser.ConfigParser(interpolation=None, strict=False)
+            try:
+                cp.read_string(cfg.read_text())
+            except (configparser.Error, OSError):
+                self._local = None
+                return None
+            if self.remote is None and cp.has_option("core", "remote"):
+                name = cp.get("core", "remote").strip().strip("'\"")
+            for raw in cp.sections():
+                sec = raw.strip("'")  # DVC writes ['remote "name"'] (configobj quoting)
+                if sec.startswith('remote "') and sec.endswith('"'):
+                    rname = sec[len('remote "'):-1]
+                    for k, v in cp.items(raw):
+                        if k == "url":
+                            v = v.strip().strip("'\"")
+                            urls[rname] = (v, cfg.parent)
+                        else:
+                            extra.add((rname, k))  # e.g. worktree/version_aware: DVC's API
+        self._local = None
+        if name and name in urls and not any(r == name for r, _k in extra):
+            url, base = urls[name]
+            if "://" not in url and not url.startswith(("remote:", "s3:", "gs:", "azure:")):
+                p = Path(os.path.expanduser(url))
+                self._local = (p if p.is_absolute() else base / p).resolve()
+        return self._local
+
+    def _pull_local(self, remote: Path, want: dict[str, bool]) -> None:
+        """Copy objects from a local-directory remote into the cache, md5-checked, as DVC
+        lays them out (read-only files)."""
+        import hashlib
+
+        for md5, legacy in sorted(want.items()):
+            src = object_path(remote, md5, legacy)
+            if not src.is_file():
+                continue
+            dest = object_path(self.cache, md5, legacy)
+            h = hashlib.md5()  # noqa: S324 - DVC names objects by md5
+            with atomic_path(dest, durable=False) as tmp:
+                with open(src, "rb") as fi, open(tmp, "wb") as fo:
+                    while chunk := fi.read(1 << 20):
+                        h.update(chunk)
+                        fo.write(chunk)
+                if h.hexdigest() != md5.replace(".dir", ""):
+                    raise EVError(f"the remote's object {src} is damaged (its md5 is "
+                                  f"{h.hexdigest()}); nothing was written to the cache",
+                                  hint="dvc push from a machine with a good copy, then retry")
+                os.chmod(tmp, 0o444)  # as DVC protects its cache objects
+            self._verified.add(dest)
+            self.fetched.append(md5)
+
     def _pull(self, want: dict[str, bool], listings_only: bool = False) -> None:
         """Fetch objects from the default remote into the cache (one batch per layout)."""
+        local = self._local_remote()
+        if local is not None:
+            self._pull_local(local, want)
+            return
         from dvc.config import NoRemoteError, RemoteConfigError
 
         repo = self._repo()
@@ -294,9 +364,9 @@ class RevFiles:
 
         if hashlib.md5(data).hexdigest() != md5.replace(".dir", ""):  # noqa: S324
             return
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(dest) as tmp:
+        with atomic_path(dest, durable=False) as tmp:
             tmp.write_bytes(data)
+            os.chmod(tmp, 0o444)
         self.fetched.append(md5)
 
     def object_path(self, md5: str, legacy: bool = False) -> Path:
@@ -312,9 +382,11 @@ class RevFiles:
                                                "check the remote (dvc remote list)")
         return p
 
-    def write_object(self, md5: str, dest: Path, legacy: bool = False) -> dict:
-        """Write object md5's bytes to dest atomically, hashing while copying (the object
-        is read once). {"md5", "source": cache|remote}."""
+    def write_object(self, md5: str, dest: Path, legacy: bool = False, *,
+                     scratch: bool = False) -> dict:
+        """Write object md5's bytes to dest, hashing while copying (the object is read
+        once): atomically, or with scratch=True as a new file in a private temp folder (no
+        fsync: it is read and deleted by this process). {"md5", "source": cache|remote}."""
         obj = self._present(md5, legacy)
         if obj is None:
             obj = self.object_path(md5, legacy)
@@ -323,7 +395,8 @@ class RevFiles:
         import hashlib
 
         h = hashlib.md5()  # noqa: S324 - DVC names objects by md5
-        with atomic_path(dest) as tmp:
+        ctx = _scratch(dest) if scratch else atomic_path(dest)
+        with ctx as tmp:
             with open(obj, "rb") as fi, open(tmp, "wb") as fo:
                 while chunk := fi.read(1 << 20):
                     h.update(chunk)
@@ -336,7 +409,7 @@ class RevFiles:
         self._verified.add(obj)
         return {"md5": md5, "source": source}
 
-    def write(self, rev: str, path: str, dest: Path) -> dict:
+    def write(self, rev: str, path: str, dest: Path, *, scratch: bool = False) -> dict:
         """Write path as of rev to dest atomically; the working tree is never touched.
 
         {"md5", "source": cache|remote|git}. NOT_FOUND when rev tracks no such file or its
@@ -351,7 +424,7 @@ class RevFiles:
                 raise EVError(f"{path} is not tracked (by DVC or git) at {rev}",
                               code=NOT_FOUND,
                               hint=f"see the tracked artifacts with experiments.py show {rev}")
-            with atomic_path(dest) as tmp:
+            with (_scratch(dest) if scratch else atomic_path(dest)) as tmp:
                 tmp.write_bytes(data)
             import hashlib
 
@@ -367,7 +440,18 @@ class RevFiles:
                               "neither the local cache nor the remote, or does not name it",
                               code=NOT_FOUND, hint="dvc push from the machine that made it, "
                                                    "or check the remote")
-        return self.write_object(loc.md5, dest, loc.out.legacy)
+        return self.write_object(loc.md5, dest, loc.out.legacy, scratch=scratch)
+
+
+@contextlib.contextmanager
+def _scratch(dest: Path):
+    """A new file at dest (which must not exist), removed if the block fails."""
+    dest = Path(dest)
+    try:
+        yield dest
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        raise
 
 
 def _inside_repo(path: str) -> bool:
