@@ -38,6 +38,9 @@ BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
        "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b",
        "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@b"}
+# Byte-compiled modules, as an installed skill has them (kept out of the tree): without
+# them every start-up recompiles the scripts and the cached list measures the compiler.
+ENV.pop("PYTHONDONTWRITEBYTECODE", None)
 DB = "results/experiments.db"
 COLS = ("track_id", "timestamp", "version", "model", "config_C", "f1_score", "precision")
 
@@ -135,6 +138,95 @@ def slope(xs, ys) -> float:
         sum((x - mx) ** 2 for x in xs)
 
 
+def measure(tmp: Path, n: int, runs: int, old_scripts: Path | None) -> dict:
+    work = tmp / f"n{n}"
+    work.mkdir()
+    t0 = time.perf_counter()
+    repo, remote = build(work, n, runs)
+    build_s = time.perf_counter() - t0
+    tags = [f"e0.{i + 1}.0" for i in range(n)]
+    clone = fresh_clone(repo, work / "clone")
+
+    def xp(scripts=ROOT / "scripts", env=None, cwd=clone):
+        cp = sh(sys.executable, str(scripts / "experiments.py"), "--json", "list",
+                cwd=cwd, env=env)
+        out = json.loads(cp.stdout)
+        assert len(out["versions"]) == n, out
+        return out
+
+    # baseline 1: a git show loop over the tags + the bytes of every tag's DB object
+    t_show = best_of(3, lambda: [sh("git", "show", f"{t}:{DB}.dvc", cwd=clone)
+                                 for t in tags])
+    objs = sorted({ln.split()[-1] for t in tags for ln in sh(
+        "git", "show", f"{t}:{DB}.dvc", cwd=repo).stdout.splitlines()
+        if ln.startswith("- md5:")})
+    paths = [remote / "files" / "md5" / h[:2] / h[2:] for h in objs]
+    nbytes = sum(p.stat().st_size for p in paths)
+    copy_dir = work / "copy"
+
+    def copy_bytes():
+        shutil.rmtree(copy_dir, ignore_errors=True)
+        copy_dir.mkdir()
+        for p in paths:
+            shutil.copyfile(p, copy_dir / p.name)
+    t_bytes = best_of(3, copy_bytes)
+    t_base_remote = t_show + t_bytes
+
+    # 1. list from the remote alone (fresh clone: empty cache, no summary cache)
+    env_count, calls = counting_git(work)
+
+    def reset():
+        shutil.rmtree(clone / ".dvc" / "cache", ignore_errors=True)
+        shutil.rmtree(clone / ".dvc" / "tmp", ignore_errors=True)
+    reset()
+    calls.unlink(missing_ok=True)
+    t = time.perf_counter()
+    first = xp(env=env_count)
+    t_remote = time.perf_counter() - t
+    git_calls = len(calls.read_text().splitlines())
+    in_cache = sum(1 for _ in (clone / ".dvc" / "cache").rglob("*") if _.is_file())
+    if n <= 50:  # a second sample where it is cheap
+        reset()
+        t = time.perf_counter()
+        xp()
+        t_remote = min(t_remote, time.perf_counter() - t)
+    # 2. the second list: the summary cache
+    calls.unlink(missing_ok=True)
+    second = xp(env=env_count)
+    git_calls_cached = len(calls.read_text().splitlines())
+    assert second == first, "the cached list differs from the first"
+    t_cached = best_of(10, xp)
+    t_tag = best_of(10, lambda: sh("git", "tag", "-n1", cwd=clone))
+    # 3. objects in the cache, no summary cache
+    shutil.rmtree(clone / ".dvc" / "tmp", ignore_errors=True)
+    t = time.perf_counter()
+    xp()
+    t_local = time.perf_counter() - t
+    row = {
+        "versions": n, "runs_per_version": runs, "build_s": round(build_s, 1),
+        "db_objects": len(objs), "db_bytes_all_tags": nbytes,
+        "git_show_loop_s": round(t_show, 3), "copy_bytes_s": round(t_bytes, 3),
+        "list_remote_s": round(t_remote, 3),
+        "list_remote_vs_show_loop_plus_bytes": round(t_remote / t_base_remote, 2),
+        "objects_fetched_into_cache": in_cache,
+        "git_processes_first_list": git_calls,
+        "git_processes_cached_list": git_calls_cached,
+        "git_tag_n1_s": round(t_tag, 4), "list_cached_s": round(t_cached, 3),
+        "list_cached_vs_git_tag_n1": round(t_cached / t_tag, 1),
+        "list_objects_local_s": round(t_local, 3),
+    }
+    if old_scripts is not None:
+        reset()
+        t = time.perf_counter()
+        xp(scripts=old_scripts)
+        row["before_list_remote_s"] = round(time.perf_counter() - t, 3)
+        t = time.perf_counter()
+        xp(scripts=old_scripts)
+        row["before_list_remote_again_s"] = round(time.perf_counter() - t, 3)
+    shutil.rmtree(work, ignore_errors=True)
+    return row
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--versions", default="5,20,50,200")
@@ -147,6 +239,7 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="ev-bench-history-") as tmp_s:
         tmp = Path(tmp_s)
+        ENV["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")
         old_scripts = None
         if a.before:
             old = tmp / "before"
@@ -156,93 +249,9 @@ def main() -> int:
             sh("tar", "-xf", str(tar), "-C", str(old), cwd=tmp)
             old_scripts = old / "scripts"
         for n in sizes:
-            work = tmp / f"n{n}"
-            work.mkdir()
-            t0 = time.perf_counter()
-            repo, remote = build(work, n, a.runs)
-            build_s = time.perf_counter() - t0
-            tags = [f"e0.{i + 1}.0" for i in range(n)]
-            clone = fresh_clone(repo, work / "clone")
-
-            def xp(scripts=ROOT / "scripts", env=None, cwd=clone):
-                cp = sh(sys.executable, str(scripts / "experiments.py"), "--json", "list",
-                        cwd=cwd, env=env)
-                out = json.loads(cp.stdout)
-                assert len(out["versions"]) == n, out
-                return out
-
-            # baseline 1: a git show loop over the tags + the bytes of every tag's DB object
-            t_show = best_of(3, lambda: [sh("git", "show", f"{t}:{DB}.dvc", cwd=clone)
-                                         for t in tags])
-            objs = sorted({ln.split()[-1] for t in tags for ln in sh(
-                "git", "show", f"{t}:{DB}.dvc", cwd=repo).stdout.splitlines()
-                if ln.startswith("- md5:")})
-            paths = [remote / "files" / "md5" / h[:2] / h[2:] for h in objs]
-            nbytes = sum(p.stat().st_size for p in paths)
-            copy_dir = work / "copy"
-
-            def copy_bytes():
-                shutil.rmtree(copy_dir, ignore_errors=True)
-                copy_dir.mkdir()
-                for p in paths:
-                    shutil.copyfile(p, copy_dir / p.name)
-            t_bytes = best_of(3, copy_bytes)
-            t_base_remote = t_show + t_bytes
-
-            # 1. list from the remote alone (fresh clone: empty cache, no summary cache)
-            env_count, calls = counting_git(work)
-
-            def reset():
-                shutil.rmtree(clone / ".dvc" / "cache", ignore_errors=True)
-                shutil.rmtree(clone / ".dvc" / "tmp", ignore_errors=True)
-            reset()
-            calls.unlink(missing_ok=True)
-            t = time.perf_counter()
-            first = xp(env=env_count)
-            t_remote = time.perf_counter() - t
-            git_calls = len(calls.read_text().splitlines())
-            in_cache = sum(1 for _ in (clone / ".dvc" / "cache").rglob("*") if _.is_file())
-            if n <= 50:  # a second sample where it is cheap
-                reset()
-                t = time.perf_counter()
-                xp()
-                t_remote = min(t_remote, time.perf_counter() - t)
-            # 2. the second list: the summary cache
-            calls.unlink(missing_ok=True)
-            second = xp(env=env_count)
-            git_calls_cached = len(calls.read_text().splitlines())
-            assert second == first, "the cached list differs from the first"
-            t_cached = best_of(5, xp)
-            t_tag = best_of(5, lambda: sh("git", "tag", "-n1", cwd=clone))
-            # 3. objects in the cache, no summary cache
-            shutil.rmtree(clone / ".dvc" / "tmp", ignore_errors=True)
-            t = time.perf_counter()
-            xp()
-            t_local = time.perf_counter() - t
-            row = {
-                "versions": n, "runs_per_version": a.runs, "build_s": round(build_s, 1),
-                "db_objects": len(objs), "db_bytes_all_tags": nbytes,
-                "git_show_loop_s": round(t_show, 3), "copy_bytes_s": round(t_bytes, 3),
-                "list_remote_s": round(t_remote, 3),
-                "list_remote_vs_show_loop_plus_bytes": round(t_remote / t_base_remote, 2),
-                "objects_fetched_into_cache": in_cache,
-                "git_processes_first_list": git_calls,
-                "git_processes_cached_list": git_calls_cached,
-                "git_tag_n1_s": round(t_tag, 4), "list_cached_s": round(t_cached, 3),
-                "list_cached_vs_git_tag_n1": round(t_cached / t_tag, 1),
-                "list_objects_local_s": round(t_local, 3),
-            }
-            if old_scripts is not None:
-                reset()
-                t = time.perf_counter()
-                xp(scripts=old_scripts)
-                row["before_list_remote_s"] = round(time.perf_counter() - t, 3)
-                t = time.perf_counter()
-                xp(scripts=old_scripts)
-                row["before_list_remote_again_s"] = round(time.perf_counter() - t, 3)
+            row = measure(tmp, n, a.runs, old_scripts)
             rows.append(row)
             print(json.dumps(row), file=sys.stderr)
-            shutil.rmtree(work, ignore_errors=True)
     summary = {"sizes": rows}
     if len(rows) > 1:
         xs = [r["versions"] for r in rows]

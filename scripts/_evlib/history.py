@@ -8,24 +8,26 @@ working tree, so history stays right after the current DB or data change.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .dvcmeta import Out, is_meta_file, parse_outs
 from .errors import NOT_FOUND, USAGE, EVError
 from .histcache import SummaryCache
 from .proc import git, git_ok
 from .revfile import RevFiles, file_at
-from .runs import Run, load_runs, rank
 from .settings import META_COLS, METRIC_RE
-from .sql import sqlite_connect
+
+if TYPE_CHECKING:
+    from .runs import Run
+
+# runs/sql (sqlite3), tempfile and shutil are imported where used: a `list` answered from
+# the summary cache never needs them, and its start-up is most of its cost.
 
 DEFAULT_DB = "results/experiments.db"
 E_TAG = re.compile(r"^e(\d+)\.(\d+)\.(\d+)$")
@@ -156,6 +158,8 @@ def data_short(outs: dict[str, Out]) -> str:
     if len(d) == 1:
         return next(iter(d.values())).short
     joined = "\n".join(f"{p} {o.md5}" for p, o in sorted(d.items()))
+    import hashlib
+
     return hashlib.md5(joined.encode()).hexdigest()[:6]  # noqa: S324 - a name, not security
 
 
@@ -240,6 +244,8 @@ def best_run(runs: list[Run], metric: str, mode: str, version: str) -> Run:
         present = sorted({k for r in runs for k in r.values if k not in META_COLS})
         raise EVError(f"no run of {version} has a numeric {metric!r}", code=USAGE,
                       hint=f"pass --metric one of: {', '.join(present) or '(no columns)'}")
+    from .runs import rank
+
     return rank(scored, metric, mode, value_of=lambda r: _num(r.values[metric]))[0]
 
 
@@ -268,6 +274,10 @@ class DBAt:
         self.tmp: str | None = None
 
     def __enter__(self) -> Path | None:
+        import tempfile
+
+        from .sql import sqlite_connect
+
         if self.rev is None:
             p = self.repo / self.db_rel
             if not p.is_file() or not self.snapshot:
@@ -301,6 +311,8 @@ class DBAt:
 
     def __exit__(self, *exc) -> None:
         if self.tmp:
+            import shutil
+
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -379,6 +391,8 @@ class Reader:
         self.rf.close()
         self.cache.save(self.live)
         if self.tmp:
+            import shutil
+
             shutil.rmtree(self.tmp, ignore_errors=True)
             self.tmp = None
 
@@ -399,7 +413,11 @@ class Reader:
         loc = self.rf.locate(rev, self.db_rel)
         if loc.out is None and self.rf.blob(rev, self.db_rel) is None:
             return None
+        from .runs import load_runs
+
         if self.tmp is None:
+            import tempfile
+
             self.tmp = tempfile.mkdtemp(prefix="ev-history-")
         dest = Path(self.tmp) / "experiments.db"
         try:
@@ -424,6 +442,8 @@ class Reader:
                 if self.warn:
                     self.warn(f"{exc.message}; reading {version}'s rows from the "
                               f"working-tree {self.db_rel}")
+        from .runs import load_runs
+
         cur = self.repo / self.db_rel
         return (load_runs(cur, version) if cur.is_file() else []), False
 

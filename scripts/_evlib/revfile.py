@@ -30,7 +30,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import atomic_path, md5_file
 from .dvcmeta import Out, cache_dir, find_object, is_meta_file, object_path, parse_outs
 from .errors import FAILED, NOT_FOUND, USAGE, EVError
 from .proc import git_popen
@@ -214,6 +213,8 @@ class RevFiles:
     def _cached(self, md5: str, legacy: bool = False) -> Path | None:
         """The cache object for md5 if present and its content matches md5 (hashed once
         per process). A damaged object raises: it is never silently used or replaced."""
+        from .atomic import md5_file
+
         p = self._present(md5, legacy)
         if p is None or p in self._verified:
             return p
@@ -452,6 +453,13 @@ def _scratch(dest: Path):
     except BaseException:
         dest.unlink(missing_ok=True)
         raise
+
+
+def atomic_path(dest, **kw):
+    """_evlib.atomic's, imported when first written (a cached `list` writes nothing)."""
+    from .atomic import atomic_path as _atomic_path
+
+    return _atomic_path(dest, **kw)
 
 
 def _inside_repo(path: str) -> bool:
