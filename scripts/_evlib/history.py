@@ -489,7 +489,11 @@ class Reader:
                     self.cache.key(loc.md5, version, metric, mode)) is None):
                 need.append((t.commit, self.db_rel))
         if need:
-            self.rf.prefetch(need)
+            try:
+                self.rf.prefetch(need)
+            except EVError as exc:  # no usable remote: each version then says so (warned)
+                if exc.code != NOT_FOUND:
+                    raise
         return [self.record(t, metric, mode) for t in tags]
 
 
