@@ -195,7 +195,8 @@ def cmd_compare(repo, args):
         out.append("production changes:" + ("" if res["production_changed"] else " none"))
         for p, entries in res["production_changed"].items():
             out += [f"  {p}: " + " ".join(f"{k}={history.fmt(e[k])}" for k in
-                                          ("action", "run_id", "version", "reason") if
+                                          ("action", "alias", "run_id", "version",
+                                           "reason") if
                                           e.get(k) is not None) for e in entries]
         out.append("code:" + ("\n" + res["diffstat"] if res["diffstat"] else " no changes"))
         return "\n".join(out)

@@ -67,6 +67,8 @@ class SummaryCache:
     # --- summaries by DB content ---
     @staticmethod
     def key(db_md5: str, version: str, metric: str | None, mode: str) -> str:
+        """Every input of history.summarize besides the DB's content. (A change to how a
+        summary is computed bumps FORMAT.)"""
         return json.dumps([db_md5, version, metric, mode])
 
     def get_summary(self, key: str) -> dict | None:

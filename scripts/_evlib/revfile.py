@@ -7,12 +7,18 @@
         res = rf.write_object(md5, dest)            # by md5 (a ledger entry names one)
         path = rf.object_path(md5)                  # the verified cache object, to read only
 
-    file_at(repo, rev, path, dest) / object_to(repo, md5, dest): one-shot forms.
+    file_at(repo, rev, path, dest) / object_to(repo, md5, dest) / cached_object(repo, md5):
+    one-shot forms (the last: the cache object's path and where it came from).
 
-Where the bytes come from, in order: the DVC cache ("cache"); else the DVC remote through
-DVC's own Python API, fetched INTO the cache (so the next read is a cache hit) in one
-batch for everything prefetch() was given ("remote"); a git-tracked file comes from git
-("git"). Every object is checked against its md5 before it is used.
+Where the bytes come from, in order: the DVC cache ("cache"); else the DVC remote, fetched
+INTO the cache (so the next read is a cache hit) in one batch for everything prefetch()
+was given ("remote"); a git-tracked file comes from git ("git"). Every object is checked
+against its md5 before it is used; a damaged cache object is refused, never replaced.
+The remote is read through DVC's own Python API (one Repo, one remote ODB, one transfer)
+unless it is a plain local directory configured in the repository's own config files
+with no options: then the objects are copied from its files/md5 layout directly (what
+DVC's local filesystem does, without its ~0.3 s import). Objects written into the cache
+are not fsynced, as DVC's own are not: they are copies of the remote, md5-checked on use.
 
 Git is read in a handful of processes whatever the number of revisions: one long-lived
 `git cat-file --batch` serves every tree and every .dvc / dvc.lock blob at every revision
@@ -63,14 +69,19 @@ class _CatFile:
         try:
             p.stdin.write(name.encode("utf-8", "surrogateescape") + b"\n")
             p.stdin.flush()
-            header = p.stdout.readline().decode("utf-8", "replace").split()
+            line = p.stdout.readline().decode("utf-8", "replace").rstrip("\n")
         except (BrokenPipeError, OSError) as exc:
             raise EVError(f"git cat-file stopped while reading {name}", code=FAILED,
                           hint="check the repository with `git fsck`, then retry") from exc
-        if len(header) != 3 or header[1] in ("missing", "ambiguous"):
-            if not header:
-                raise EVError(f"git cat-file stopped while reading {name}", code=FAILED,
-                              hint="check the repository with `git fsck`, then retry")
+        if not line:
+            raise EVError(f"git cat-file stopped while reading {name}", code=FAILED,
+                          hint="check the repository with `git fsck`, then retry")
+        # "<name> missing" / "<name> ambiguous" (the name may hold spaces), else
+        # "<id> <type> <size>"
+        if line.endswith((" missing", " ambiguous")):
+            return None
+        header = line.split()
+        if len(header) != 3 or not header[2].isdigit():
             return None
         size = int(header[2])
         data = p.stdout.read(size + 1)[:size]
@@ -472,6 +483,14 @@ def file_at(repo: Path, rev: str, path: str, dest: Path) -> dict:
     """One file as of rev to dest: {"md5", "source"} (see RevFiles.write)."""
     with RevFiles(repo) as rf:
         return rf.write(rev, path, dest)
+
+
+def cached_object(repo: Path, md5: str, legacy: bool = False) -> tuple[Path, str]:
+    """(the verified cache object for md5, "cache" or "remote"): fetched from the default
+    remote INTO the cache when missing. Read it, never write into it."""
+    with RevFiles(repo) as rf:
+        path = rf.object_path(md5, legacy)
+        return path, "remote" if md5 in rf.fetched else "cache"
 
 
 def object_to(repo: Path, md5: str, dest: Path, legacy: bool = False) -> dict:
