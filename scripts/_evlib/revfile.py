@@ -404,6 +404,13 @@ class RevFiles:
             obj = self.object_path(md5, legacy)
         # fetched by this process (by prefetch or just now): it came from the remote
         source = "remote" if md5 in self.fetched else "cache"
+        if scratch and obj in self._verified:
+            # hashed by this process already (just fetched, or read before): a plain copy
+            import shutil
+
+            with _scratch(dest) as tmp:
+                shutil.copyfile(obj, tmp)
+            return {"md5": md5, "source": source}
         import hashlib
 
         h = hashlib.md5()  # noqa: S324 - DVC names objects by md5
