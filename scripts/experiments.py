@@ -4,10 +4,11 @@
   list                  one line per e-tag: tag, date, model, metric, runs, data, description
   show VERSION          runs (params, metrics), tag message, tracked artifacts with md5s
   compare V1 V2         metric deltas, changed params, changed artifacts, code diffstat
-  get VERSION PATH -o OUT   a DVC-tracked file as of VERSION (cache, else remote); the
-                        working tree is not touched
+  get VERSION PATH -o OUT   a DVC- or git-tracked file (data, a model, the DB) as of
+                        VERSION (cache, else remote); the working tree is not touched
   sql "QUERY"           DuckDB, offline, read-only: the results DB attached as `results`
-                        (xetrack's table: results."default"), plus a view `runs` on it
+                        (xetrack's rows: results."default"), plus a view `runs`: one row
+                        per run (track_id), each column its last non-null value
   plot -o chart.png     one PNG: --kind versions (metric per version), sweep (metric
                         against each swept param of --version), curves (metric per epoch)
   report -o report.html one self-contained HTML file: versions table, charts, compare any
@@ -15,10 +16,13 @@
 
 A past version's runs come from the results DB committed (DVC-tracked) at its tag, so
 history stays right after the current DB changes. --db is relative to the repository root.
+Parsed summaries are cached by tag commit and DB md5 (.dvc/tmp/ev-history.json), so a
+second `list` reads nothing it read before.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from pathlib import Path
@@ -26,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _evlib import cli, history  # noqa: E402
-from _evlib.errors import NOT_FOUND, REFUSED, USAGE, EVError  # noqa: E402
+from _evlib.errors import NOT_FOUND, REFUSED, USAGE, EVError, epilog_codes  # noqa: E402
 from _evlib.repo import find_repo  # noqa: E402
 
 PROG = "experiments.py"
@@ -37,14 +41,19 @@ def build():
                    codes=(REFUSED, NOT_FOUND))
     sub = cli.subparsers(p)
 
-    def common(sp, dry=False):
+    def common(sp, dry=False, db=True, ranking=True):
         cli.add_sub_common(sp, dry_run=dry, dry_help="report what would be written and write nothing")
-        sp.add_argument("--db", default=history.DEFAULT_DB,
-                        help=f"results DB path in the repo (default {history.DEFAULT_DB})")
-        sp.add_argument("--metric", default=None,
-                        help="column that ranks runs (default f1_score if present)")
-        sp.add_argument("--mode", choices=("max", "min"), default="max",
-                        help="best run has the max (default) or min metric")
+        if db:
+            sp.add_argument("--db", default=None,
+                            help="results DB path in the repo (default: ev.yaml's results_db, "
+                                 f"else {history.DEFAULT_DB})")
+        if ranking:
+            sp.add_argument("--metric", default=None,
+                            help="column that ranks runs (default: ev.yaml's metric, else "
+                                 "f1_score if present)")
+            sp.add_argument("--mode", choices=("max", "min"), default=None,
+                            help="best run has the max or min metric (default: ev.yaml's "
+                                 "mode, else max)")
 
     sp = sub.add_parser("list", help="one line per e-tag version (--kind exp: worktree tags)")
     common(sp)
@@ -59,15 +68,35 @@ def build():
     common(sp)
     sp.add_argument("v1")
     sp.add_argument("v2")
-    sp = sub.add_parser("get", help="a tracked file as of a version, written to OUT")
-    common(sp, dry=True)
+    sp = sub.add_parser(
+        "get", help="a tracked file as of a version, written to OUT",
+        description="Write a DVC- or git-tracked file as of VERSION to OUT: the cache object\n"
+                    "(md5-checked), else the DVC remote (fetched into the cache, so the next\n"
+                    "get is a cache hit). The one way to get a past file, data or a model;\n"
+                    "the working tree is not touched.",
+        epilog="example:\n  python scripts/experiments.py get e0.1.0 "
+               "models/candidates/e0.1.0--run.pkl -o /tmp/old.pkl\n\n"
+               + epilog_codes(REFUSED, NOT_FOUND),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    common(sp, dry=True, db=False, ranking=False)
     sp.add_argument("version")
     sp.add_argument("path", help="repo-relative path of a DVC- (or git-) tracked file")
     sp.add_argument("-o", "--out", required=True, help="where to write it")
     sp.add_argument("--force", action="store_true", help="replace OUT if it exists")
-    sp = sub.add_parser("sql", help="DuckDB query over the results DB (read-only)")
-    common(sp)
-    sp.add_argument("query")
+    sp = sub.add_parser(
+        "sql", help="DuckDB query over the results DB (read-only)",
+        description="Run one DuckDB query, offline and read-only, over the results DB\n"
+                    "attached as `results`. Tables: results.\"default\" (xetrack's rows:\n"
+                    "several per run), results.assets, results.keys, results.counts.\n"
+                    "View `runs`: one row per run (track_id), every column its last non-null\n"
+                    "value (the rule every script ranks by): rank `runs`, not rows.",
+        epilog="example (the top 5 runs of a version):\n  python scripts/experiments.py sql "
+               "\"SELECT track_id, model, f1_score FROM runs WHERE version = 'e0.2.0' "
+               "ORDER BY f1_score DESC NULLS LAST LIMIT 5\"\n\n"
+               + epilog_codes(NOT_FOUND),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    common(sp, ranking=False)
+    sp.add_argument("query", help="one DuckDB SQL statement")
     sp.add_argument("--version", default=None,
                     help="query the results DB as committed at this tag (default: working tree)")
     add_plot_parser(sub)
@@ -75,21 +104,26 @@ def build():
     return p
 
 
+def _warn(msg):
+    cli.warn(PROG, msg)
+
+
 def _records(repo, args):
     tags = history.all_tags(repo)
-    kind = getattr(args, "kind", "e")
-    names = history.e_tags(tags, lambda m: cli.warn(PROG, m)) if kind != "exp" else []
-    if kind != "e":
+    names = history.e_tags(tags, _warn) if args.kind != "exp" else []
+    if args.kind != "e":
         names += history.exp_tags(tags)
-    return [history.version_record(repo, tags[n], args.db_rel, args.metric, args.mode,
-                                   lambda m: cli.warn(PROG, m)) for n in names]
+    with history.Reader(repo, args.db_rel, _warn) as rd:
+        rd.live = {t.commit for t in tags.values()}  # the cache keeps every tag's entries
+        return rd.records([tags[n] for n in names], args.metric, args.mode)
 
 
-def _record(repo, args, version):
-    history.require_tag(repo, version)
-    tags = history.all_tags(repo)
-    return history.version_record(repo, tags[version], args.db_rel, args.metric, args.mode,
-                                  lambda m: cli.warn(PROG, m))
+def _record(repo, args, version, tags=None):
+    tags = tags or history.all_tags(repo)
+    if version not in tags:
+        history.require_tag(repo, version)
+    with history.Reader(repo, args.db_rel, _warn) as rd:
+        return rd.record(tags[version], args.metric, args.mode, full=True)
 
 
 def cmd_list(repo, args):
@@ -120,9 +154,9 @@ def cmd_list(repo, args):
 
 
 def cmd_show(repo, args):
-    rec = _record(repo, args, args.version)
-    s = rec["_summary"]
     tags = history.all_tags(repo)
+    rec = _record(repo, args, args.version, tags)
+    s = rec["_summary"]
     runs = [{"track_id": r.track_id, "rows": r.rows, "best": r is s.best,
              "params": history.run_params(r, s.metric_cols),
              "metrics": history.run_metrics(r, s.metric_cols)}
@@ -149,7 +183,8 @@ def cmd_show(repo, args):
 
 
 def cmd_compare(repo, args):
-    a, b = _record(repo, args, args.v1), _record(repo, args, args.v2)
+    tags = history.all_tags(repo)
+    a, b = _record(repo, args, args.v1, tags), _record(repo, args, args.v2, tags)
     res = history.compare(a, b, repo)
 
     def text():
@@ -163,6 +198,12 @@ def cmd_compare(repo, args):
         out.append("artifacts changed:" + ("" if res["artifacts_changed"] else " none"))
         out += [f"  {k}: {(d['from'] or 'none')[:8]} -> {(d['to'] or 'none')[:8]}"
                 for k, d in res["artifacts_changed"].items()]
+        out.append("production changes:" + ("" if res["production_changed"] else " none"))
+        for p, entries in res["production_changed"].items():
+            out += [f"  {p}: " + " ".join(f"{k}={history.fmt(e[k])}" for k in
+                                          ("action", "alias", "run_id", "version",
+                                           "reason") if
+                                          e.get(k) is not None) for e in entries]
         out.append("code:" + ("\n" + res["diffstat"] if res["diffstat"] else " no changes"))
         return "\n".join(out)
 
@@ -179,9 +220,12 @@ def cmd_get(repo, args):
                       hint="choose another -o, or pass --force to replace it")
     rel = history.repo_rel(repo, args.path)
     if args.dry_run:
-        hit = history.find_out(history.outs_at(repo, args.version), rel)
+        from _evlib.revfile import RevFiles
+
+        with RevFiles(repo) as rf:
+            loc = rf.locate(args.version, rel)
         cli.emit(args, {"version": args.version, "path": rel, "out": str(out),
-                        "md5": hit[0].md5 if hit and not hit[1] else None, "dry_run": True},
+                        "md5": loc.md5, "dry_run": True},
                  f"dry run: would write {rel} as of {args.version} to {out}")
         return
     res = history.fetch(repo, args.version, rel, out)
@@ -206,7 +250,7 @@ def cmd_sql(repo, args):
                 "SELECT table_name FROM information_schema.tables WHERE table_catalog = "
                 "'results'").fetchall()]
             if "default" in tables:
-                con.execute('CREATE VIEW runs AS SELECT * FROM results."default"')
+                history.create_runs_view(con, "results")
             # No new files from here on: the query can read what is attached, nothing else.
             con.execute("SET enable_external_access = false")
             con.execute("SET lock_configuration = true")
@@ -382,7 +426,14 @@ def handler(args) -> int:
     if args.command in CHART_COMMANDS:  # their --db defaults to ev.yaml's results_db
         CHART_COMMANDS[args.command](repo, args)
         return 0
+    st = history.project_settings(repo)
+    if getattr(args, "db", None) is None:
+        args.db = st.results_db
     args.db_rel = history.repo_rel(repo, str(history.db_path(repo, args.db)))
+    if getattr(args, "metric", None) is None:
+        args.metric = st.metric
+    if getattr(args, "mode", None) is None:
+        args.mode = st.mode
     {"list": cmd_list, "show": cmd_show, "compare": cmd_compare, "get": cmd_get,
      "sql": cmd_sql}[args.command](repo, args)
     return 0

@@ -31,11 +31,15 @@ def fsync_file(path: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(dest: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+def atomic_path(dest: str | os.PathLike, suffix: str = "", *, durable: bool = True
+                ) -> Iterator[Path]:
     """Yield a temp path next to dest; on success fsync it and move it over dest.
 
     On any exception the temp file is removed and dest is untouched. The caller writes the
     complete file to the yielded path (and may validate it) inside the with block.
+    durable=False skips the fsyncs (still all-or-nothing against a kill): for copies of
+    content that lives elsewhere and is md5-checked on every use, e.g. a DVC cache object
+    fetched from the remote (DVC itself never fsyncs its cache).
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -44,9 +48,11 @@ def atomic_path(dest: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        fsync_file(tmp_path)
+        if durable:
+            fsync_file(tmp_path)
         os.replace(tmp_path, dest)
-        _fsync_dir(dest.parent)
+        if durable:
+            _fsync_dir(dest.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()

@@ -30,8 +30,8 @@ class Out:
 def load_yaml(text: str | None) -> dict:
     import yaml
 
-    try:
-        data = yaml.safe_load(text or "")
+    try:  # libyaml's loader when built with it: ~10x faster on many small .dvc files
+        data = yaml.load(text or "", Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 - a safe loader
     except yaml.YAMLError:
         return {}
     return data if isinstance(data, dict) else {}

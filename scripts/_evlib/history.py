@@ -8,23 +8,26 @@ working tree, so history stays right after the current DB or data change.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .atomic import atomic_path, md5_file
-from .dvcmeta import Out, cache_dir, find_object, is_meta_file, parse_outs
+from .dvcmeta import Out, is_meta_file, parse_outs
 from .errors import NOT_FOUND, USAGE, EVError
-from .proc import dvc_run, git, git_ok
-from .runs import Run, load_runs, rank
+from .histcache import SummaryCache
+from .proc import git, git_ok
+from .revfile import RevFiles, file_at
 from .settings import META_COLS, METRIC_RE
-from .sql import sqlite_connect
+
+if TYPE_CHECKING:
+    from .runs import Run
+
+# runs/sql (sqlite3), tempfile and shutil are imported where used: a `list` answered from
+# the summary cache never needs them, and its start-up is most of its cost.
 
 DEFAULT_DB = "results/experiments.db"
 E_TAG = re.compile(r"^e(\d+)\.(\d+)\.(\d+)$")
@@ -130,19 +133,16 @@ def require_tag(repo: Path, tag: str) -> None:
 
 def outs_at(repo: Path, rev: str | None) -> dict[str, Out]:
     """Tracked outputs recorded at rev (a tag or commit), or in the working tree if None."""
+    if rev is not None:
+        with RevFiles(repo) as rf:
+            return rf.outs_at(rev)
     result: dict[str, Out] = {}
-    if rev is None:
-        files = git(repo, "ls-files", "--cached", "--others", "--exclude-standard").splitlines()
-        for f in filter(is_meta_file, files):
-            p = repo / f
-            if p.is_file():
-                for o in parse_outs(p.read_text(), f):
-                    result[o.path] = o
-        return result
-    files = git(repo, "ls-tree", "-r", "--name-only", rev).splitlines()
+    files = git(repo, "ls-files", "--cached", "--others", "--exclude-standard").splitlines()
     for f in filter(is_meta_file, files):
-        for o in parse_outs(git(repo, "show", f"{rev}:{f}"), f):
-            result[o.path] = o
+        p = repo / f
+        if p.is_file():
+            for o in parse_outs(p.read_text(), f):
+                result[o.path] = o
     return result
 
 
@@ -158,14 +158,12 @@ def data_short(outs: dict[str, Out]) -> str:
     if len(d) == 1:
         return next(iter(d.values())).short
     joined = "\n".join(f"{p} {o.md5}" for p, o in sorted(d.items()))
+    import hashlib
+
     return hashlib.md5(joined.encode()).hexdigest()[:6]  # noqa: S324 - a name, not security
 
 
-# --- fetching a tracked file as of a revision ---------------------------------------------
-
-def cache_object(repo: Path, md5: str) -> Path | None:
-    return find_object(cache_dir(repo), md5)
-
+# --- a tracked file as of a revision (the one primitive: revfile) ------------------------
 
 def find_out(outs: dict[str, Out], path: str) -> tuple[Out, str] | None:
     """The out covering path, and path relative to it ('' if path is the out itself)."""
@@ -177,23 +175,6 @@ def find_out(outs: dict[str, Out], path: str) -> tuple[Out, str] | None:
     return None
 
 
-def _md5_in_cache(repo: Path, out: Out, rel: str) -> str | None:
-    """The md5 of path rel inside out, read from the cache (.dir listing), if available."""
-    if not rel:
-        return out.md5
-    listing = cache_object(repo, out.md5)
-    if listing is None:
-        return None
-    try:
-        entries = json.loads(listing.read_text())
-    except ValueError:
-        return None
-    for e in entries:
-        if e.get("relpath") == rel:
-            return e.get("md5")
-    return None
-
-
 def repo_rel(repo: Path, path: str) -> str:
     p = Path(path)
     if p.is_absolute():
@@ -202,62 +183,18 @@ def repo_rel(repo: Path, path: str) -> str:
         except ValueError as exc:
             raise EVError(f"{path} is outside the repository {repo}", code=USAGE,
                           hint="give a path inside the repository") from exc
-    return os.path.normpath(str(p)).replace(os.sep, "/")
+    rel = os.path.normpath(str(p)).replace(os.sep, "/")
+    if rel == ".." or rel.startswith("../"):
+        raise EVError(f"{path} is outside the repository {repo}", code=USAGE,
+                      hint="give a path inside the repository")
+    return rel
 
 
 def fetch(repo: Path, rev: str, path: str, dest: Path) -> dict:
-    """Write the file path as of rev to dest (atomically), from the cache, else the remote.
-
-    Never touches the working tree. Returns {"md5", "source"}. A git-tracked (non-DVC) file
-    comes from git. Raises NOT_FOUND when rev has no such file.
-    """
-    path = repo_rel(repo, path)
-    hit = find_out(outs_at(repo, rev), path)
-    if hit is None:
-        if git_ok(repo, "cat-file", "-e", f"{rev}:{path}"):
-            with atomic_path(dest) as tmp:
-                data = _git_blob(repo, rev, path)
-                tmp.write_bytes(data)
-            return {"md5": hashlib.md5(data).hexdigest(), "source": "git"}  # noqa: S324
-        raise EVError(f"{path} is not tracked (by DVC or git) at {rev}", code=NOT_FOUND,
-                      hint=f"see the tracked artifacts with experiments.py show {rev}")
-    out, rel = hit
-    md5 = _md5_in_cache(repo, out, rel)
-    obj = cache_object(repo, md5) if md5 and not md5.endswith(".dir") else None
-    if obj is not None:
-        with atomic_path(dest) as tmp:
-            shutil.copyfile(obj, tmp)  # a new file: the cache object is only read
-            if md5_file(tmp) != md5:
-                raise EVError(f"cache object for {path} at {rev} is corrupt (md5 mismatch)",
-                              hint="run `dvc fetch` / `dvc cache` checks, then retry")
-        return {"md5": md5, "source": "cache"}
-    # Not in the local cache: let dvc read it from the remote recorded at rev, into a temp
-    # file next to dest, then move it into place.
-    with atomic_path(dest) as tmp:
-        tmp.unlink()
-        cp = dvc_run(repo, "get", str(repo), path, "--rev", rev, "-o", str(tmp))
-        if cp.returncode != 0 or not tmp.is_file():
-            lines = [ln for ln in (cp.stderr or cp.stdout).splitlines() if ln.strip()]
-            msg = next((ln for ln in lines if ln.startswith("ERROR")), lines[-1] if lines else "")
-            raise EVError(f"{path} at {rev} is in neither the local cache nor the remote: "
-                          f"{msg.strip()}", code=NOT_FOUND,
-                          hint="dvc push from the machine that made it, or check the remote")
-        got = md5_file(tmp)
-    if md5 and got != md5:
-        raise EVError(f"{path} at {rev}: remote copy has md5 {got}, expected {md5}")
-    return {"md5": got, "source": "remote"}
-
-
-def _git_blob(repo: Path, rev: str, path: str) -> bytes:
-    """Bytes of a git-tracked file at rev (git archive to a file: stdout is text-decoded)."""
-    import tarfile
-
-    with tempfile.TemporaryDirectory(prefix="ev-blob-") as d:
-        tar = os.path.join(d, "blob.tar")
-        git(repo, "archive", "--format=tar", "-o", tar, rev, "--", path)
-        with tarfile.open(tar) as tf:
-            fh = tf.extractfile(path)
-            return fh.read() if fh else b""
+    """Write the file path as of rev to dest (atomically), from the cache, else the remote
+    (fetched into the cache), or from git. Never touches the working tree.
+    Returns {"md5", "source"}; NOT_FOUND when rev has no such file."""
+    return file_at(repo, rev, repo_rel(repo, path), dest)
 
 
 # --- results DB: runs ---------------------------------------------------------------------
@@ -307,6 +244,8 @@ def best_run(runs: list[Run], metric: str, mode: str, version: str) -> Run:
         present = sorted({k for r in runs for k in r.values if k not in META_COLS})
         raise EVError(f"no run of {version} has a numeric {metric!r}", code=USAGE,
                       hint=f"pass --metric one of: {', '.join(present) or '(no columns)'}")
+    from .runs import rank
+
     return rank(scored, metric, mode, value_of=lambda r: _num(r.values[metric]))[0]
 
 
@@ -324,14 +263,21 @@ class DBAt:
     """Context manager: a readable path of the results DB as of rev (None: working tree).
 
     At a tag the DB is the DVC-tracked object recorded there (copied to a temp file from
-    the cache or the remote); if the tag does not track it, None is yielded.
+    the cache, or the remote through the cache), or the git-tracked file; if the tag has
+    neither, None is yielded.
     """
 
-    def __init__(self, repo: Path, db_rel: str, rev: str | None, snapshot: bool = False):
+    def __init__(self, repo: Path, db_rel: str, rev: str | None, snapshot: bool = False,
+                 files: RevFiles | None = None):
         self.repo, self.db_rel, self.rev, self.snapshot = repo, db_rel, rev, snapshot
+        self.files = files
         self.tmp: str | None = None
 
     def __enter__(self) -> Path | None:
+        import tempfile
+
+        from .sql import sqlite_connect
+
         if self.rev is None:
             p = self.repo / self.db_rel
             if not p.is_file() or not self.snapshot:
@@ -350,16 +296,23 @@ class DBAt:
             finally:
                 src.close()
             return dest
-        if find_out(outs_at(self.repo, self.rev), self.db_rel) is None and not git_ok(
-                self.repo, "cat-file", "-e", f"{self.rev}:{self.db_rel}"):
-            return None
-        self.tmp = tempfile.mkdtemp(prefix="ev-history-")
-        dest = Path(self.tmp) / "experiments.db"
-        fetch(self.repo, self.rev, self.db_rel, dest)
-        return dest
+        rf = self.files or RevFiles(self.repo)
+        try:
+            if rf.locate(self.rev, self.db_rel).out is None and \
+                    rf.blob(self.rev, self.db_rel) is None:
+                return None
+            self.tmp = tempfile.mkdtemp(prefix="ev-history-")
+            dest = Path(self.tmp) / "experiments.db"
+            rf.write(self.rev, self.db_rel, dest)
+            return dest
+        finally:
+            if self.files is None:
+                rf.close()
 
     def __exit__(self, *exc) -> None:
         if self.tmp:
+            import shutil
+
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -397,22 +350,8 @@ def version_runs(repo: Path, db_rel: str, version: str, rev: str | None, warn=No
                  ) -> list[Run]:
     """Runs of version from the DB at rev; falls back to the working-tree DB if rev has none
     (or its DB object is neither in the cache nor on the remote: warned)."""
-    try:
-        with DBAt(repo, db_rel, rev) as db:
-            if db is not None:
-                runs = load_runs(db, version)
-                if runs:
-                    return runs
-    except EVError as exc:
-        if exc.code != NOT_FOUND:
-            raise
-        if warn:
-            warn(f"{exc.message}; reading {version}'s rows from the working-tree {db_rel}")
-    if rev is not None:
-        cur = repo / db_rel
-        if cur.is_file():
-            return load_runs(cur, version)
-    return []
+    with Reader(repo, db_rel, warn, use_cache=False) as rd:
+        return rd.runs_at(rev, version)
 
 
 def _changed(old: dict, new: dict) -> list[str]:
@@ -429,24 +368,175 @@ def db_path(repo: Path, db: str) -> Path:
 
 # --- experiments.py: the read side --------------------------------------------------------
 
+class Reader:
+    """One read of history: one `git cat-file --batch` for every tag's .dvc files, one DVC
+    remote batch for every results DB the cache lacks, and the summary cache (histcache)
+    so that a second `list` recomputes nothing."""
+
+    def __init__(self, repo: Path, db_rel: str, warn=None, use_cache: bool = True):
+        self.repo, self.db_rel, self.warn = repo, db_rel, warn
+        self.rf = RevFiles(repo)
+        self.cache = SummaryCache.load(repo, enabled=use_cache)
+        self.tmp: str | None = None
+        # every tag's commit, when known (list): the cache drops entries of other commits
+        self.live: set[str] | None = None
+
+    def __enter__(self) -> Reader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.rf.close()
+        self.cache.save(self.live)
+        if self.tmp:
+            import shutil
+
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp = None
+
+    def outs(self, rev: str, commit: str | None = None) -> dict[str, Out]:
+        """Outputs at rev; by commit id from the summary cache when known."""
+        if commit:
+            got = self.cache.get_outs(commit)
+            if got is not None:
+                self.rf._outs.setdefault(commit, got)
+                return got
+        outs = self.rf.outs_at(commit or rev)
+        if commit:
+            self.cache.put_outs(commit, outs)
+        return outs
+
+    def _db_from_tag(self, rev: str, version: str) -> list[Run] | None:
+        """Runs of version from the DB recorded at rev; None if rev records no DB."""
+        loc = self.rf.locate(rev, self.db_rel)
+        if loc.out is None and self.rf.blob(rev, self.db_rel) is None:
+            return None
+        from .runs import load_runs
+
+        if self.tmp is None:
+            import tempfile
+
+            self.tmp = tempfile.mkdtemp(prefix="ev-history-")
+        dest = Path(self.tmp) / "experiments.db"
+        try:
+            self.rf.write(rev, self.db_rel, dest, scratch=True)
+            return load_runs(dest, version)
+        finally:
+            dest.unlink(missing_ok=True)
+
+    def _runs(self, rev: str | None, version: str) -> tuple[list[Run], bool]:
+        """(runs of version as of rev, whether they came from rev's own DB object).
+
+        The working-tree DB stands in when rev records no DB, its DB is neither in the
+        cache nor on the remote (warned), or its DB has no rows of version."""
+        if rev is not None:
+            try:
+                runs = self._db_from_tag(rev, version)
+                if runs:
+                    return runs, True
+            except EVError as exc:
+                if exc.code != NOT_FOUND:
+                    raise
+                if self.warn:
+                    self.warn(f"{exc.message}; reading {version}'s rows from the "
+                              f"working-tree {self.db_rel}")
+        from .runs import load_runs
+
+        cur = self.repo / self.db_rel
+        return (load_runs(cur, version) if cur.is_file() else []), False
+
+    def runs_at(self, rev: str | None, version: str) -> list[Run]:
+        return self._runs(rev, version)[0]
+
+    def record(self, tag: TagInfo, metric: str | None, mode: str, *,
+               full: bool = False) -> dict:
+        """One version as read from its tag: best run, run count, data hash, description.
+
+        full: also the VersionSummary (every run) in "_summary", for show and compare;
+        without it the summary may come from the summary cache."""
+        outs = self.outs(tag.name, tag.commit)
+        # A tag made with --tag (main after merging a worktree's runs) names its rows'
+        # version in its lineage block; otherwise the tag is the version.
+        version = tag.lineage.get("version") or tag.name
+        md5 = self.rf.locate(tag.commit, self.db_rel).md5
+        key = self.cache.key(md5, version, metric, mode) if md5 else None
+        rec = self.cache.get_summary(key) if key and not full else None
+        s = None
+        if rec is None:
+            runs, own = self._runs(tag.commit, version)
+            s = summarize(runs, version, metric, mode)
+            rec = s.payload()
+            if own and key:  # computed from the tag's own DB object: content-addressed
+                self.cache.put_summary(key, rec)
+        rec = dict(rec)
+        rec.update({"tag": tag.name, "date": tag.date, "commit": tag.commit,
+                    "data": data_short(outs), "description": tag.description,
+                    "_outs": outs})
+        if s is not None:
+            rec["_summary"] = s
+        return rec
+
+    def records(self, tags: list[TagInfo], metric: str | None, mode: str) -> list[dict]:
+        """Every tag's record; the results DBs the cache lacks come in one remote batch."""
+        need = []
+        for t in tags:
+            self.outs(t.name, t.commit)
+            loc = self.rf.locate(t.commit, self.db_rel)
+            version = t.lineage.get("version") or t.name
+            if loc.out is not None and (loc.md5 is None or self.cache.get_summary(
+                    self.cache.key(loc.md5, version, metric, mode)) is None):
+                need.append((t.commit, self.db_rel))
+        if need:
+            try:
+                self.rf.prefetch(need)
+            except EVError as exc:  # no usable remote: each version then says so (warned)
+                if exc.code != NOT_FOUND:
+                    raise
+        return [self.record(t, metric, mode) for t in tags]
+
+
 def version_record(repo: Path, tag: TagInfo, db_rel: str, metric: str | None, mode: str,
                    warn=None) -> dict:
-    """One version as read from its tag: best run, run count, data hash, description."""
-    outs = outs_at(repo, tag.name)
-    # A tag made with --tag (main after merging a worktree's runs) names its rows' version
-    # in its lineage block; otherwise the tag is the version.
-    version = tag.lineage.get("version") or tag.name
-    runs = version_runs(repo, db_rel, version, tag.name, warn)
-    s = summarize(runs, version, metric, mode)
-    rec = s.payload()
-    rec.update({"tag": tag.name, "date": tag.date, "commit": tag.commit,
-                "data": data_short(outs), "description": tag.description,
-                "_summary": s, "_outs": outs})
-    return rec
+    """One version in full (every run in "_summary"), as read from its tag."""
+    with Reader(repo, db_rel, warn) as rd:
+        return rd.record(tag, metric, mode, full=True)
 
 
 def public(rec: dict) -> dict:
     return {k: v for k, v in rec.items() if not k.startswith("_")}
+
+
+LEDGER_NAME = "ledger.jsonl"  # model_manager's production (and alias) ledgers
+_NOT_CODE = (":(exclude)*.dvc", ":(exclude)dvc.lock", f":(exclude,glob)**/{LEDGER_NAME}")
+
+
+def _ledger_entries(text: bytes | None) -> list:
+    entries = []
+    for line in (text or b"").decode("utf-8", "replace").splitlines():
+        try:
+            entries.append(json.loads(line))
+        except ValueError:
+            if line.strip():
+                entries.append({"unparsed": line.strip()})
+    return entries
+
+
+def production_changes(repo: Path, rev_a: str, rev_b: str) -> dict[str, list]:
+    """Ledger entries added between two revisions, per ledger file: production changes
+    (promote, rollback), not code."""
+    names = git(repo, "diff", "--name-only", rev_a, rev_b, "--",
+                f":(glob)**/{LEDGER_NAME}").splitlines()
+    out: dict[str, list] = {}
+    with RevFiles(repo) as rf:
+        for path in names:
+            old = _ledger_entries(rf.blob(rev_a, path))
+            new = _ledger_entries(rf.blob(rev_b, path))
+            added = new[len(old):] if new[:len(old)] == old else \
+                [e for e in new if e not in old]
+            out[path] = added
+    return out
 
 
 def compare(a: dict, b: dict, repo: Path) -> dict:
@@ -463,8 +553,36 @@ def compare(a: dict, b: dict, repo: Path) -> dict:
     data = {p: {"from": oa[p].md5 if p in oa else None, "to": ob[p].md5 if p in ob else None}
             for p in sorted(set(oa) | set(ob))
             if (oa[p].md5 if p in oa else None) != (ob[p].md5 if p in ob else None)}
-    stat = git(repo, "diff", "--stat", a["tag"], b["tag"], "--", ".", ":(exclude)*.dvc",
-               ":(exclude)dvc.lock")
+    # code: what git tracks itself, minus the artifacts' pointers and the ledgers
+    stat = git(repo, "diff", "--stat", a["commit"], b["commit"], "--", ".", *_NOT_CODE)
     return {"from": a["tag"], "to": b["tag"], "metric": sa.metric or sb.metric,
             "metrics": deltas, "params_changed": params, "artifacts_changed": data,
+            "production_changed": production_changes(repo, a["commit"], b["commit"]),
             "diffstat": stat}
+
+
+def create_runs_view(con, schema: str = "results") -> None:
+    """DuckDB view `runs` over schema."default": one row per run (track_id), each column
+    its last non-null value, rows in timestamp order (rowid breaks ties): runs.RULE."""
+    from .sql import quote_ident
+
+    cols = [r[0] for r in con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_catalog = ? AND "
+        "table_name = 'default' ORDER BY ordinal_position", [schema]).fetchall()]
+    if "track_id" not in cols:
+        con.execute(f"CREATE VIEW runs AS SELECT * FROM {quote_ident(schema)}.\"default\"")
+        return
+    order = f"{quote_ident('timestamp')}, rowid" if "timestamp" in cols else "rowid"
+    sel = ", ".join(f"last({quote_ident(c)} ORDER BY {order}) FILTER (WHERE {quote_ident(c)} "
+                    f"IS NOT NULL) AS {quote_ident(c)}" for c in cols if c != "track_id")
+    first = f"min({quote_ident('timestamp')}), " if "timestamp" in cols else "min(rowid), "
+    con.execute(f"CREATE VIEW runs AS SELECT track_id{', ' + sel if sel else ''} FROM "
+                f"{quote_ident(schema)}.\"default\" WHERE track_id IS NOT NULL "
+                f"GROUP BY track_id ORDER BY {first}track_id")
+
+
+def project_settings(repo: Path):
+    """ev.yaml's settings (the defaults when there is none, without importing yaml)."""
+    from . import settings
+
+    return settings.load(repo) if settings.path(repo).exists() else settings.Settings()

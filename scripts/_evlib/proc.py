@@ -89,3 +89,15 @@ def dvc(repo: str | os.PathLike, *args: str, check: bool = True) -> str:
 def dvc_run(repo: str | os.PathLike, *args: str) -> subprocess.CompletedProcess:
     """Run dvc without raising, for callers that inspect the exit code themselves."""
     return run([*dvc_command(), *args], cwd=repo, check=False)
+
+
+def git_popen(repo: str | os.PathLike, *args: str) -> subprocess.Popen:
+    """A long-lived git process with binary pipes (for `cat-file --batch`): many objects,
+    one process."""
+    try:
+        return subprocess.Popen([*git_command(), *args], cwd=repo, env=_env(None),
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL)
+    except FileNotFoundError as exc:
+        raise EVError("git is not installed or not on PATH",
+                      hint="install git, then retry") from exc
