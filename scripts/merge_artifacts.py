@@ -148,7 +148,8 @@ def handler(args) -> int:
             path(args.output_db or args.base_db), strategy=args.strategy,
             on_conflict=args.on_conflict, tables=args.table, key_columns=args.key_columns,
             dry_run=args.dry_run, recoverable=recoverable,
-            check="full" if args.full_check else "quick", force=args.force))
+            check="full" if args.full_check else "quick", force=args.force,
+            new_base_dirs=args.new_base))
     if args.base_data:
         reports.append(merge.merge_data(
             path(args.base_data), [path(e) for e in args.exp_data],

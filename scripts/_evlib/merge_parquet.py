@@ -210,9 +210,9 @@ class _Conform:
             arr = arr.dictionary_decode()
         if plan == "int-float":
             limit = 2 ** _MANTISSA[f.type.bit_width]
-            big = pc.greater(arr, limit)
+            big = pc.greater(arr, pa.scalar(limit, arr.type))
             if T.is_signed_integer(arr.type):
-                big = pc.or_(big, pc.less(arr, -limit))
+                big = pc.or_(big, pc.less(arr, pa.scalar(-limit, arr.type)))
             if pc.any(big).as_py():
                 j = big.to_pylist().index(True)
                 self._refuse(f, arr[j].as_py(), arr.type, row0 + j, "beyond 2**"
@@ -348,7 +348,9 @@ def _select(files, schemas, conforms, out_schema, key, strategy, work: Path) -> 
     names = out_schema.names
     con = duckdb.connect(str(work / "select.duckdb"))
     try:
-        con.execute(f"SET temp_directory = '{work / 'spill'}'")
+        from .sql import quote_literal
+
+        con.execute(f"SET temp_directory = {quote_literal(str(work / 'spill'))}")
         con.execute("SET preserve_insertion_order = false")
         cols = [f"c{i}" for i in range(len(names))]
         created = False

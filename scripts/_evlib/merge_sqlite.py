@@ -139,7 +139,8 @@ def merge_dbs(base: Path, exps: list[Path], output: Path | None = None, *,
               strategy: str = "merge", on_conflict: str | None = None,
               tables: list[str] | None = None, key_columns: list[str] | None = None,
               dry_run: bool = False, backup_dir: Path | None = None,
-              recoverable=None, check: str = "quick", force: bool = False) -> dict:
+              recoverable=None, check: str = "quick", force: bool = False,
+              new_base_dirs: bool = False) -> dict:
     """Merge (union by key) or rebase (experiment rows replace base rows by key) results DBs.
 
     output defaults to base (merged in place: one transaction). check: "quick" (row counts +
@@ -147,7 +148,9 @@ def merge_dbs(base: Path, exps: list[Path], output: Path | None = None, *,
     A missing base with strategy 'merge' is an empty DB: the output is the union of the exps.
     recoverable(path) -> bool says whether a rebase's old output can be restored from DVC;
     when it says no (or is None), ONE backup <output>.bak is kept (replaced by the next).
-    An existing output that is not the base is refused (REFUSED) unless force.
+    An existing output that is not the base is refused (REFUSED) unless force. A missing
+    output directory is an error, unless new_base_dirs and the base (= output) is missing:
+    then it is made (the CLI's --new-base: a DVC stage's first run has no results/ yet).
     Raises EVError (CONFLICT when keys disagree and on_conflict is None). Returns the report.
     """
     base, output = Path(base), Path(output or base)
@@ -160,6 +163,9 @@ def merge_dbs(base: Path, exps: list[Path], output: Path | None = None, *,
     if not exps:
         raise EVError("no --exp-db given", code=USAGE, hint="pass one or more --exp-db files")
     check_output_not_input(output, exps, "db")
+    if (new_base_dirs and not base.exists() and same_file(output, base)
+            and not output.parent.exists()):
+        output.parent.mkdir(parents=True)
     check_output(output, base, "db", force)
     base_missing = not base.exists()
     if base_missing and strategy == "rebase":
@@ -193,30 +199,42 @@ def merge_dbs(base: Path, exps: list[Path], output: Path | None = None, *,
         report["note"] = f"base {base} did not exist: output is the union of the experiment DBs"
     job = _Job(base, exps, exp_schemas, want, keys, strategy, on_conflict, report, check)
     with dir_lock(output.parent):
-        sweep_stale_temps(output)
         if base_missing and base.exists():  # a parallel merge made it meanwhile
-            return merge_dbs(base, exps, output, strategy=strategy, on_conflict=on_conflict,
-                             tables=tables, key_columns=key_columns, dry_run=dry_run,
-                             backup_dir=backup_dir, recoverable=recoverable, check=check,
-                             force=force)
-        with contextlib.ExitStack() as stack:
-            if len(exps) > MAX_ATTACHED:
-                # SQLite attaches at most 10 DBs: combine the inputs in a scratch DB first
-                # (groups of 10), then merge that one file into the output.
-                combined = stack.enter_context(_temp_db(output, dry_run=True))
-                _combine(job, combined)
-                job = _Job(base, [combined], [_db_tables(combined, "--exp-db")], want, keys,
-                           strategy, on_conflict, {"inputs": []}, check)
-            backup = _run(job, output, in_place, dry_run, strategy, recoverable, backup_dir)
-            if job.report is not report:  # combined: per-input counts are against earlier inputs
-                report["combined"] = {"inputs": len(exps), "tables": job.report["inputs"][0][
-                    "tables"]}
-                for k in ("_rows_out", "rows_added", "check", "live_processes", "conflicts"):
-                    if k in job.report:
-                        report[k] = job.report[k]
+            again = True
+        else:
+            again = False
+            backup, report = _locked(job, report, base, exps, want, keys, strategy,
+                                     on_conflict, check, output, in_place, dry_run,
+                                     recoverable, backup_dir)
+    if again:  # outside the lock (an flock is per open file: ours would wait for itself)
+        return merge_dbs(base, exps, output, strategy=strategy, on_conflict=on_conflict,
+                         tables=tables, key_columns=key_columns, dry_run=dry_run,
+                         backup_dir=backup_dir, recoverable=recoverable, check=check,
+                         force=force)
     backup_report(report, backup, output)
     report["rows_out"] = report.pop("_rows_out")
     return report
+
+
+def _locked(job, report, base, exps, want, keys, strategy, on_conflict, check, output,
+        in_place, dry_run, recoverable, backup_dir):
+    sweep_stale_temps(output)
+    with contextlib.ExitStack() as stack:
+        if len(exps) > MAX_ATTACHED:
+            # SQLite attaches at most 10 DBs: combine the inputs in a scratch DB first
+            # (groups of 10), then merge that one file into the output.
+            combined = stack.enter_context(_temp_db(output, dry_run=True))
+            _combine(job, combined)
+            job = _Job(base, [combined], [_db_tables(combined, "--exp-db")], want, keys,
+                       strategy, on_conflict, {"inputs": []}, check)
+        backup = _run(job, output, in_place, dry_run, strategy, recoverable, backup_dir)
+        if job.report is not report:  # combined: per-input counts are against earlier inputs
+            report["combined"] = {"inputs": len(exps), "tables": job.report["inputs"][0][
+                "tables"]}
+            for k in ("_rows_out", "rows_added", "check", "live_processes", "conflicts"):
+                if k in job.report:
+                    report[k] = job.report[k]
+    return backup, report
 
 
 def _combine(job: _Job, combined: Path) -> None:
