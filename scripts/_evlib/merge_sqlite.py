@@ -108,7 +108,24 @@ def _open_db_input(path: Path, flag: str) -> dict:
     if not is_sqlite_file(path):
         raise EVError(f"{flag} {path} is not a SQLite database", code=USAGE,
                       hint="pass a results DB written by xetrack (a .db file)")
+    if flag == "--base-db" and Path(f"{path}-journal").exists() and not is_linked(path):
+        _roll_back_hot_journal(path)
     return _db_tables(path, flag)
+
+
+def _roll_back_hot_journal(path: Path) -> None:
+    """A -journal left by a writer that died (e.g. a killed in-place merge): any read-write
+    open makes SQLite roll it back, restoring the last committed state. A live writer's
+    journal is not hot: the read just waits for its lock."""
+    con = sqlite3.connect(str(path), timeout=LOCK_TIMEOUT_S)
+    try:
+        con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise EVError(f"--base-db {path}: its hot journal cannot be rolled back ({exc})",
+                      code=REFUSED, hint=f"check it with: sqlite3 {path} 'PRAGMA "
+                                         "integrity_check'") from exc
+    finally:
+        con.close()
 
 
 def precheck_db(base: Path, exps: list[Path], strategy: str) -> None:
