@@ -599,26 +599,37 @@ def _merge_table(con, alias: str, exp: Path, t: str, exp_cols, key: list[str], s
         stats["replaced"] += extra
         stats["removed"] += extra
     else:
-        if has_unique:
-            cur = con.execute(f"INSERT OR IGNORE INTO main.{qt} ({qcols}) SELECT {qcols} "
-                              f"FROM {qa}.{qt}")
+        # Columns added just now are NULL in the base's rows: not a difference (filled
+        # in below), or an experiment that adds a metric to old rows could never merge.
+        non_key = [c for c in cols if c not in key and c not in added_cols]
+        diff = " OR ".join(f"b.{quote_ident(c)} IS NOT x.{quote_ident(c)}"
+                           for c in non_key) or "0"
+        pre = None
+        if has_unique and not added_cols and stats["read"] > 1000:
+            # A re-merge (most rows present) is one join that counts present rows and
+            # conflicts; the INSERT pass is skipped when nothing is new.
+            sample = con.execute(f"SELECT count(*) FROM (SELECT * FROM {qa}.{qt} LIMIT 256) "
+                                 f"AS x WHERE EXISTS (SELECT 1 FROM main.{qt} AS b WHERE {on})"
+                                 ).fetchone()[0]
+            if sample > 128:
+                pre = con.execute(f"SELECT count(*), count(*) FILTER (WHERE {diff}) FROM "
+                                  f"{qa}.{qt} AS x JOIN main.{qt} AS b ON {on}").fetchone()
+        if pre and pre[0] == stats["read"]:
+            stats["added"] = 0
+        elif has_unique:
+            stats["added"] = con.execute(f"INSERT OR IGNORE INTO main.{qt} ({qcols}) SELECT "
+                                         f"{qcols} FROM {qa}.{qt}").rowcount
         else:
-            cur = con.execute(f"INSERT INTO main.{qt} ({qcols}) SELECT {xcols} FROM {qa}.{qt} "
-                              f"AS x WHERE NOT EXISTS (SELECT 1 FROM main.{qt} AS b "
-                              f"WHERE {on})")
-        stats["added"] = cur.rowcount
+            stats["added"] = con.execute(
+                f"INSERT INTO main.{qt} ({qcols}) SELECT {xcols} FROM {qa}.{qt} AS x WHERE NOT "
+                f"EXISTS (SELECT 1 FROM main.{qt} AS b WHERE {on})").rowcount
         if stats["added"] < stats["read"]:
             # Some keys were already there: those rows must be identical, else conflict.
-            # Columns added just now are NULL in the base's rows: not a difference (filled
-            # in below), or an experiment that adds a metric to old rows could never merge.
-            non_key = [c for c in cols if c not in key and c not in added_cols]
             if non_key:
-                diff = " OR ".join(f"b.{quote_ident(c)} IS NOT x.{quote_ident(c)}"
-                                   for c in non_key)
                 kx = ", ".join(f"x.{quote_ident(k)}" for k in key)
                 q = (f"SELECT {kx} FROM {qa}.{qt} AS x JOIN main.{qt} AS b ON {on} "
                      f"WHERE {diff}")
-                n = con.execute(f"SELECT count(*) FROM ({q})").fetchone()[0]
+                n = pre[1] if pre else con.execute(f"SELECT count(*) FROM ({q})").fetchone()[0]
                 stats["conflicts"] = n
                 if n:
                     first = [list(r) if len(r) > 1 else r[0]
