@@ -400,3 +400,59 @@ def test_json_report_says_mode_and_backup(git_repo):
     rep = json.loads(cp.stdout)["db"]
     assert rep["mode"] == "in-place transaction"
     assert rep["backup"] == str(git_repo / "base.db.bak")
+
+
+_DIE_MID_TRANSACTION = textwrap.dedent("""
+    import os, sqlite3, sys
+    con = sqlite3.connect(sys.argv[1], isolation_level=None)
+    con.execute("PRAGMA cache_size=1")  # spill to the file: the journal holds old pages
+    con.execute("BEGIN")
+    con.execute('DELETE FROM "default"')
+    con.execute('INSERT INTO "default" SELECT 99, hex(randomblob(500)), "t" FROM '
+                '(WITH RECURSIVE c(i) AS (SELECT 0 UNION ALL SELECT i+1 FROM c WHERE i<300) '
+                'SELECT i FROM c)')
+    os._exit(0)  # no COMMIT, no ROLLBACK: a hot journal
+""")
+
+
+def test_hot_journal_base_is_rolled_back_input_is_refused(tmp_path):
+    base = db(tmp_path / "base.db", "INTEGER", (1, "r1", "t"))
+    exp = db(tmp_path / "exp.db", "INTEGER", (2, "r2", "t"))
+    for p in (base, exp):
+        subprocess.run([sys.executable, "-c", _DIE_MID_TRANSACTION, str(p)], check=True)
+        assert Path(f"{p}-journal").stat().st_size > 0
+    with pytest.raises(EVError) as exc:
+        merge_dbs(base, [exp], base)
+    assert exc.value.code == 4 and exc.value.message == (
+        f"--exp-db {exp} has a hot journal ({exp}-journal: a writer died mid-transaction)")
+    assert not Path(f"{base}-journal").exists()  # the base's was rolled back meanwhile
+    assert typed(base) == [("integer", 1, "r1")]
+    sqlite3.connect(exp).execute("SELECT count(*) FROM sqlite_master").fetchall()  # the hint
+    merge_dbs(base, [exp], base)
+    assert typed(base) == [("integer", 1, "r1"), ("integer", 2, "r2")]
+
+
+def test_a_big_in_place_merge_beside_an_open_connection_is_refused_naming_it(tmp_path,
+                                                                            monkeypatch):
+    from _evlib import merge_sqlite
+
+    monkeypatch.setattr(merge_sqlite, "LIVE_WRITER_MAX_ROWS", 0)  # as if the input were big
+    base = db(tmp_path / "base.db", "INTEGER", (1, "r1", "t"))
+    exp = db(tmp_path / "exp.db", "INTEGER", (2, "r2", "t"))
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1]); "
+                               "c.execute('SELECT 1 FROM \"default\"').fetchall(); "
+                               "print('open', flush=True); time.sleep(60)", str(base)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "open\n"
+        with pytest.raises(EVError) as exc:
+            merge_dbs(base, [exp], base)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert exc.value.code == 4
+    assert exc.value.message.startswith(f"{base} is open in another process (pid {holder.pid}: ")
+    assert exc.value.message.endswith("and merging 1 rows would hold its write lock longer "
+                                      "than a writer waits")
+    assert typed(base) == [("integer", 1, "r1")]
