@@ -242,9 +242,9 @@ def test_sigkill_mid_parquet_rebase_leaves_old_or_new_file(git_repo):
 
     base, exp = git_repo / "base.parquet", git_repo / "exp.parquet"
     con = duckdb.connect()
-    con.execute(f"COPY (SELECT i AS id, md5(i::VARCHAR) AS s FROM range(3000000) t(i)) "
+    con.execute(f"COPY (SELECT i AS id, md5(i::VARCHAR) AS s FROM range(300000) t(i)) "
                 f"TO '{base}' (FORMAT parquet)")
-    con.execute(f"COPY (SELECT i * 3 AS id, 'x' AS s FROM range(500000) t(i)) TO '{exp}' "
+    con.execute(f"COPY (SELECT i * 3 AS id, 'x' AS s FROM range(50000) t(i)) TO '{exp}' "
                 f"(FORMAT parquet)")
     con.close()
     old, exp_before = base.read_bytes(), exp.read_bytes()
@@ -260,9 +260,9 @@ def test_sigkill_mid_parquet_rebase_leaves_old_or_new_file(git_repo):
     proc.wait()
     assert exp.read_bytes() == exp_before
     if base.read_bytes() != old:  # killed after the replace: the complete new file
-        assert pq.read_metadata(base).num_rows == 3_000_000
+        assert pq.read_metadata(base).num_rows == 300_000
     # The next run removes the dead run's temp; no litter is left.
     ok(merge(git_repo, "--strategy", "rebase", "--base-data", "base.parquet", "--exp-data",
              "exp.parquet", "--key-columns", "id", "--output-data", "base.parquet"))
-    assert pq.read_metadata(base).num_rows == 3_000_000
+    assert pq.read_metadata(base).num_rows == 300_000
     assert not [p.name for p in git_repo.iterdir() if ".tmp" in p.name]
