@@ -346,30 +346,41 @@ def _select(files, schemas, conforms, out_schema, key, strategy, work: Path) -> 
         return [np.arange(schemas[0][1], dtype=np.int64)] + [np.empty(0, np.int64)] * (
             len(files) - 1)
     names = out_schema.names
-    con = duckdb.connect(str(work / "select.duckdb"))
+    con = duckdb.connect(str(work / "select.duckdb"))  # on disk: bounded memory
     try:
         from .sql import quote_literal
 
         con.execute(f"SET temp_directory = {quote_literal(str(work / 'spill'))}")
         con.execute("SET preserve_insertion_order = false")
         cols = [f"c{i}" for i in range(len(names))]
-        created = False
-        for fi, (p, conform) in enumerate(zip(files, conforms, strict=True)):
-            for row0, b in _batches(p):
-                b = conform(b, row0)
-                arrays = [pa.array(np.full(b.num_rows, fi, np.int32)),
-                          pa.array(np.arange(row0, row0 + b.num_rows, dtype=np.int64))]
-                arrays += [_canon(b.column(i)) for i in range(len(names))]
-                tbl = pa.table(arrays, names=["f", "r", *cols])
-                con.register("evbatch", tbl)
-                if not created:
-                    con.execute("CREATE TABLE rows AS SELECT * FROM evbatch")
-                    created = True
-                else:
-                    con.execute("INSERT INTO rows SELECT * FROM evbatch")
-                con.unregister("evbatch")
-        if not created:
-            return [np.empty(0, np.int64) for _f in files]
+        schema = pa.schema([("f", pa.int32()), ("r", pa.int64())]
+                           + [(c, _canon(pa.array([], type=f.type)).type)
+                              for c, f in zip(cols, out_schema, strict=True)])
+
+        failed: list[EVError] = []
+
+        def canon_batches():
+            for fi, (p, conform) in enumerate(zip(files, conforms, strict=True)):
+                for row0, b in _batches(p):
+                    try:
+                        b = conform(b, row0)
+                    except EVError as exc:  # DuckDB would wrap it: keep ours, end the scan
+                        failed.append(exc)
+                        return
+                    arrays = [pa.array(np.full(b.num_rows, fi, np.int32)),
+                              pa.array(np.arange(row0, row0 + b.num_rows, dtype=np.int64))]
+                    arrays += [_canon(b.column(i)) for i in range(len(names))]
+                    yield pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+        # One streaming scan of every file into DuckDB (one statement, not one per batch).
+        reader = pa.RecordBatchReader.from_batches(schema, canon_batches())
+        con.register("evrows", reader)
+        try:
+            con.execute("CREATE TABLE rows AS SELECT * FROM evrows")
+        finally:
+            if failed:
+                raise failed[0]
+        con.unregister("evrows")
         kc = [f"c{names.index(k)}" for k in key]
         part = ", ".join(kc or cols)
         if key:
