@@ -456,3 +456,22 @@ def test_a_big_in_place_merge_beside_an_open_connection_is_refused_naming_it(tmp
     assert exc.value.message.endswith("and merging 1 rows would hold its write lock longer "
                                       "than a writer waits")
     assert typed(base) == [("integer", 1, "r1")]
+
+
+def test_a_pandas_range_index_kept_in_metadata_survives_and_extends(tmp_path):
+    import pandas as pd
+
+    base = tmp_path / "base.parquet"
+    pd.DataFrame({"a": [1, 2]}, index=pd.RangeIndex(0, 4, 2, name="step")).to_parquet(base)
+    assert pq.read_schema(base).names == ["a"]  # the index lives only in the pandas metadata
+    exp = tmp_path / "exp.parquet"
+    pd.DataFrame({"a": [2, 3]}).to_parquet(exp)
+    merge_data(base, [exp], tmp_path / "sub.parquet")
+    back = pd.read_parquet(tmp_path / "sub.parquet")
+    assert list(back["a"]) == [1, 2, 3]
+    assert isinstance(back.index, pd.RangeIndex) and back.index.name == "step"
+    assert list(back.index) == [0, 2, 4]
+    only_old = tmp_path / "old.parquet"
+    pd.DataFrame({"a": [1]}).to_parquet(only_old)
+    merge_data(base, [only_old], tmp_path / "same.parquet")
+    assert pd.read_parquet(tmp_path / "same.parquet").index.equals(pd.read_parquet(base).index)
