@@ -10,9 +10,9 @@ Public API: merge_dbs(), merge_data(); both return a report dict and raise EVErr
 
 from __future__ import annotations
 
-from .merge_common import dvc_recoverable, file_state, sweep_stale_temps
+from .merge_common import dvc_recoverable, sweep_stale_temps
 from .merge_parquet import merge_data, precheck_data
 from .merge_sqlite import affinity, merge_dbs, precheck_db
 
-__all__ = ["affinity", "dvc_recoverable", "file_state", "merge_data", "merge_dbs",
+__all__ = ["affinity", "dvc_recoverable", "merge_data", "merge_dbs",
            "precheck_data", "precheck_db", "sweep_stale_temps"]

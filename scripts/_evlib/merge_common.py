@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from .atomic import atomic_path, held_lock
-from .errors import FAILED, REFUSED, USAGE, EVError
+from .errors import REFUSED, USAGE, EVError
 
 TMP_TAG = ".evmerge"
 LOCK_WAIT_S = 600
@@ -79,25 +79,6 @@ def scratch_dir(output: Path):
         yield d
     finally:
         shutil.rmtree(d, ignore_errors=True)
-
-
-def file_state(path: Path) -> tuple:
-    """What changes when another process writes path (SQLite: also its -wal/-journal)."""
-    out = []
-    for p in (path, Path(f"{path}-wal"), Path(f"{path}-journal")):
-        try:
-            st = p.stat()
-            out.append((st.st_ino, st.st_size, st.st_mtime_ns))
-        except FileNotFoundError:
-            out.append(None)
-    return tuple(out)
-
-
-def unchanged(paths: list[Path], before: list[tuple]) -> None:
-    for p, st in zip(paths, before, strict=True):
-        if file_state(p) != st:
-            raise EVError(f"{p} changed while merging (another process wrote to it)",
-                          code=FAILED, hint="nothing written; re-run when its writers are done")
 
 
 # --- checks ---------------------------------------------------------------------------------
