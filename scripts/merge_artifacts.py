@@ -9,7 +9,15 @@ rebase DBs: base rows whose --key-columns values appear in an experiment DB are 
 merge  data: append the experiment rows the base lacks (by --key-columns, else row by row
        counting duplicates). rebase data: every experiment row plus the base rows whose key no
        experiment has; with several experiment files the later file wins.
-The output (default: the base) is built in a temp file beside it, checked, then replaced.
+Exact or refused: a value the base's column type would change (SQLite affinity, an Arrow
+type without an exact conversion), a NULL key, or duplicate keys with different values in one
+input stop the merge (exit 2 or 3) with one line naming the file, column and value.
+Output: a DB merged into the base is one SQLite transaction on it (a live writer waits for
+it; above 200,000 input rows with a writer attached, exit 4 names the process). A new output
+is built in a temp file beside it, checked, then moved into place. Parquet is written by
+pyarrow with the base's Arrow schema. An existing output that is not the base: exit 4 unless
+--force; its directory must exist. A rebase keeps ONE backup per output (<output>.bak)
+unless DVC can restore the old version.
 """
 
 from __future__ import annotations
@@ -55,6 +63,8 @@ def build():
                    help="--base-db may not exist yet: start it from the experiment DBs "
                         "(without this flag a missing base is an error: a typo must not "
                         "create a new DB)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing --output-db/--output-data that is not the base")
     p.add_argument("--full-check", action="store_true",
                    help="check the merged DB with PRAGMA integrity_check (default: row counts "
                         "+ PRAGMA quick_check, half the cost on large DBs)")
@@ -80,7 +90,15 @@ def _text(reports: list[dict]) -> str:
                                f"conflicts {s['conflicts']}"
                                + (f", columns added: {cols}" if cols else "")
                                + (f", filled in {s['filled']} row(s)" if s.get("filled") else ""))
-            out.append("  rows out: " + ", ".join(f"{t}={n}" for t, n in r["rows_out"].items()))
+            if r.get("combined"):
+                out.append(f"  {r['combined']['inputs']} inputs combined first (counts above are "
+                           "against earlier inputs)")
+            if r["rows_out"] is not None:
+                out.append("  rows out: " + ", ".join(f"{t}={n}"
+                                                      for t, n in r["rows_out"].items()))
+            else:
+                out.append("  rows added: " + ", ".join(f"{t}={n}"
+                                                        for t, n in r["rows_added"].items()))
         else:
             for inp in r["inputs"]:
                 extra = "".join(f", {k} {inp[k]}" for k in ("added", "skipped") if k in inp)
@@ -130,12 +148,14 @@ def handler(args) -> int:
             path(args.output_db or args.base_db), strategy=args.strategy,
             on_conflict=args.on_conflict, tables=args.table, key_columns=args.key_columns,
             dry_run=args.dry_run, recoverable=recoverable,
-            check="full" if args.full_check else "quick"))
+            check="full" if args.full_check else "quick", force=args.force,
+            new_base_dirs=args.new_base))
     if args.base_data:
         reports.append(merge.merge_data(
             path(args.base_data), [path(e) for e in args.exp_data],
             path(args.output_data or args.base_data), strategy=data_strategy,
-            key_columns=args.key_columns, dry_run=args.dry_run, recoverable=recoverable))
+            key_columns=args.key_columns, dry_run=args.dry_run, recoverable=recoverable,
+            force=args.force))
     payload = {"status": "ok", "dry_run": args.dry_run}
     for r in reports:
         payload[r["kind"]] = r

@@ -25,18 +25,41 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it (os.umask sets it: racy with threads)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode_for(dest: str | os.PathLike) -> int:
+    """The mode a file the bundle writes at dest gets: a new file 0666 & ~umask; a replaced
+    file keeps its mode, made writable by its owner (DVC leaves tracked files read-only)."""
+    try:
+        st = os.stat(dest)
+    except FileNotFoundError:
+        return 0o666 & ~current_umask()
+    return (st.st_mode & 0o7777 & ~0o6000) | 0o200  # never carry setuid/setgid over
+
+
 def fsync_file(path: str | os.PathLike) -> None:
     with open(path, "rb+") as fh:
         os.fsync(fh.fileno())
 
 
 @contextlib.contextmanager
-def atomic_path(dest: str | os.PathLike, suffix: str = "", *, durable: bool = True
-                ) -> Iterator[Path]:
+def atomic_path(dest: str | os.PathLike, suffix: str = "", *, durable: bool = True,
+                mode: int | None = None) -> Iterator[Path]:
     """Yield a temp path next to dest; on success fsync it and move it over dest.
 
     On any exception the temp file is removed and dest is untouched. The caller writes the
-    complete file to the yielded path (and may validate it) inside the with block.
+    complete file to the yielded path (and may validate it) inside the with block. The new
+    file's mode is `mode`, else file_mode_for(dest) (mkstemp's 0600 never survives).
     durable=False skips the fsyncs (still all-or-nothing against a kill): for copies of
     content that lives elsewhere and is md5-checked on every use, e.g. a DVC cache object
     fetched from the remote (DVC itself never fsyncs its cache).
@@ -48,6 +71,7 @@ def atomic_path(dest: str | os.PathLike, suffix: str = "", *, durable: bool = Tr
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, file_mode_for(dest) if mode is None else mode)
         if durable:
             fsync_file(tmp_path)
         os.replace(tmp_path, dest)

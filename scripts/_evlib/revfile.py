@@ -320,7 +320,8 @@ class RevFiles:
                 continue
             dest = object_path(self.cache, md5, legacy)
             h = hashlib.md5()  # noqa: S324 - DVC names objects by md5
-            with atomic_path(dest, durable=False) as tmp:
+            # read-only, as DVC protects its cache objects
+            with atomic_path(dest, durable=False, mode=0o444) as tmp:
                 with open(src, "rb") as fi, open(tmp, "wb") as fo:
                     while chunk := fi.read(1 << 20):
                         h.update(chunk)
@@ -329,7 +330,6 @@ class RevFiles:
                     raise EVError(f"the remote's object {src} is damaged (its md5 is "
                                   f"{h.hexdigest()}); nothing was written to the cache",
                                   hint="dvc push from a machine with a good copy, then retry")
-                os.chmod(tmp, 0o444)  # as DVC protects its cache objects
             self._verified.add(dest)
             self.fetched.append(md5)
 
@@ -376,9 +376,8 @@ class RevFiles:
 
         if hashlib.md5(data).hexdigest() != md5.replace(".dir", ""):  # noqa: S324
             return
-        with atomic_path(dest, durable=False) as tmp:
+        with atomic_path(dest, durable=False, mode=0o444) as tmp:
             tmp.write_bytes(data)
-            os.chmod(tmp, 0o444)
         self.fetched.append(md5)
 
     def object_path(self, md5: str, legacy: bool = False) -> Path:

@@ -1,0 +1,225 @@
+"""What the SQLite and the parquet merge share: output checks, temp files that a killed run's
+successor removes, the directory lock, the one backup per output, live-writer lookup, and
+the DVC way back.
+
+Temp files and directories are named `.<output>.<random>.tmp.evmerge<pid>` (plus SQLite's
+`-journal`/`-wal`/`-shm` of a temp DB): the next merge into the same directory removes every
+one whose pid is dead. A dry run builds nothing beside the output: it only reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shlex
+import shutil
+from pathlib import Path
+
+from .atomic import atomic_path, held_lock
+from .errors import REFUSED, USAGE, EVError
+
+TMP_TAG = ".evmerge"
+LOCK_WAIT_S = 600
+BACKUP_SUFFIX = ".bak"  # one backup per output: <output>.bak, replaced by the next one
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale_temps(output: Path) -> list[str]:
+    """Remove temp files/dirs a killed merge left beside output (their writer pid is dead)."""
+    removed: list[str] = []
+    pat = re.compile(re.escape(f".{output.name}.") + r".*\.tmp" + re.escape(TMP_TAG)
+                     + r"(\d+)(?:-journal|-wal|-shm)?$")
+    if not output.parent.is_dir():
+        return removed
+    for p in output.parent.iterdir():
+        m = pat.match(p.name)
+        if m and not _pid_alive(int(m.group(1))):
+            with contextlib.suppress(FileNotFoundError):
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
+                removed.append(p.name)
+    return sorted(removed)
+
+
+def dir_lock(directory: Path):
+    """Serialise merges into one directory (flock on the directory: no lock file to leave)."""
+    return held_lock(directory, wait_s=LOCK_WAIT_S,
+                     message=f"another merge into {directory} has run for over {LOCK_WAIT_S} s",
+                     hint="wait for it to finish, then re-run")
+
+
+@contextlib.contextmanager
+def output_temp(output: Path):
+    """A temp file beside output, moved over it on success (atomic.atomic_path: fsync, mode)."""
+    with atomic_path(output, suffix=f"{TMP_TAG}{os.getpid()}") as tmp:
+        yield tmp
+
+
+@contextlib.contextmanager
+def scratch_dir(output: Path):
+    """A private work directory beside output (DuckDB spill files), removed on exit; a killed
+    run's is removed by the next merge's sweep_stale_temps."""
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=f".tmp{TMP_TAG}{os.getpid()}",
+                              dir=output.parent))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+# --- checks ---------------------------------------------------------------------------------
+
+def same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_output_not_input(output: Path, exps: list[Path], flag: str) -> None:
+    for e in exps:
+        if same_file(output, e):
+            raise EVError(f"--output-{flag} {output} is also an experiment input ({e})",
+                          code=REFUSED,
+                          hint=f"write to the base or a new path, never over an --exp-{flag} file")
+
+
+def check_output(output: Path, base: Path, flag: str, force: bool) -> None:
+    """The output is the base, or a new file in an existing directory (or --force)."""
+    if not output.parent.is_dir():
+        raise EVError(f"--output-{flag} {output}: directory {output.parent} does not exist",
+                      code=USAGE, hint="create it first, or pass a path in an existing directory")
+    if output.is_dir():
+        raise EVError(f"--output-{flag} {output} is a directory", code=USAGE,
+                      hint="pass a file path")
+    if (output.exists() or output.is_symlink()) and not same_file(output, base) and not force:
+        raise EVError(f"--output-{flag} {output} exists and is not the base", code=REFUSED,
+                      hint="pass a new path or the base; --force replaces it")
+
+
+def require_file(path: Path, flag: str) -> None:
+    if not path.exists():
+        raise EVError(f"{flag} {path}: no such file", code=USAGE,
+                      hint="check the path (relative paths are from the current directory)")
+    if not path.is_file():
+        raise EVError(f"{flag} {path} is not a file", code=USAGE, hint="pass a file path")
+
+
+def is_linked(path: Path) -> bool:
+    """A symlink or a file with other hard links (a DVC cache link): never write into it."""
+    try:
+        return path.is_symlink() or path.stat().st_nlink > 1
+    except FileNotFoundError:
+        return False
+
+
+def open_by(path: Path) -> list[dict]:
+    """Other processes with path (or its -wal/-journal) open: [{pid, cmd}] via /proc/*/fd."""
+    targets = set()
+    for p in (path, Path(f"{path}-wal"), Path(f"{path}-journal")):
+        with contextlib.suppress(OSError):
+            targets.add(str(p.resolve()))
+    found = []
+    me = os.getpid()
+    try:
+        pids = [int(d) for d in os.listdir("/proc") if d.isdigit()]
+    except OSError:
+        return []
+    for pid in pids:
+        if pid == me:
+            continue
+        fd_dir = f"/proc/{pid}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"{fd_dir}/{fd}") in targets:
+                    break
+            except OSError:
+                continue
+        else:
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                cmd = " ".join(a.decode(errors="replace") for a in fh.read().split(b"\0") if a)
+        except OSError:
+            cmd = "?"
+        found.append({"pid": pid, "cmd": cmd})
+    return found
+
+
+def describe_procs(procs: list[dict]) -> str:
+    return "; ".join(f"pid {p['pid']}: {p['cmd'][:120]}" for p in procs[:3])
+
+
+# --- backups --------------------------------------------------------------------------------
+
+def backup_path(output: Path, backup_dir: Path | None) -> Path:
+    return (backup_dir or output.parent) / f"{output.name}{BACKUP_SUFFIX}"
+
+
+def shq(p) -> str:
+    return shlex.quote(str(p))
+
+
+def backup_report(report: dict, backup: Path | None, output: Path) -> None:
+    if backup:
+        report["backup"] = str(backup)
+        report["restore"] = f"cp {shq(backup)} {shq(output)}"
+
+
+def dvc_recoverable(repo: Path, path: Path) -> bool:
+    """True when path's current bytes are the version DVC tracks in a committed .dvc file or
+    dvc.lock (so `git checkout` + `dvc checkout`/`dvc pull` brings them back)."""
+    from .atomic import md5_file
+    from .dvcmeta import parse_outs
+    from .proc import git_ok
+
+    path = path.resolve()
+    try:
+        rel = path.relative_to(repo).as_posix()
+    except ValueError:
+        return False
+    metas = [path.with_name(path.name + ".dvc")]
+    d = path.parent
+    while True:
+        metas.append(d / "dvc.lock")
+        if d == repo or d == d.parent:
+            break
+        d = d.parent
+    md5 = None
+    for meta in metas:
+        if not meta.exists():
+            continue
+        rel_meta = meta.relative_to(repo).as_posix()
+        if not (git_ok(repo, "ls-files", "--error-unmatch", "--", rel_meta)
+                and git_ok(repo, "diff", "--quiet", "HEAD", "--", rel_meta)):
+            continue
+        try:
+            outs = parse_outs(meta.read_text(), rel_meta)
+        except OSError:
+            continue
+        for out in outs:
+            if out.path == rel:
+                md5 = md5 or md5_file(path)
+                if out.md5 == md5:
+                    return True
+    return False

@@ -1,0 +1,477 @@
+"""Merges that never change a value: SQLite affinity and Arrow types, NULL and duplicate keys,
+outputs that are not the base, stale WAL files, a live xetrack writer, file modes."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from decimal import Decimal
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import SCRIPTS, count_rows, make_xetrack_db, run_script
+
+sys.path.insert(0, str(SCRIPTS))
+
+from _evlib.errors import EVError  # noqa: E402
+from _evlib.merge import merge_data, merge_dbs  # noqa: E402
+
+PK = "track_id TEXT, timestamp TEXT, PRIMARY KEY (track_id, timestamp)"
+
+
+def db(path: Path, decl: str, *rows) -> Path:
+    con = sqlite3.connect(path)
+    con.execute(f'CREATE TABLE "default" (v {decl}, {PK})')
+    con.executemany('INSERT INTO "default" VALUES (?, ?, ?)', rows)
+    con.commit()
+    con.close()
+    return path
+
+
+def typed(path: Path) -> list[tuple]:
+    con = sqlite3.connect(path)
+    try:
+        return con.execute('SELECT typeof(v), v, track_id FROM "default" ORDER BY rowid').fetchall()
+    finally:
+        con.close()
+
+
+# --- SQLite: affinity would change a value -> refused, else kept exactly ----------------------
+
+@pytest.mark.parametrize("base_decl, exp_decl, value, stored", [
+    ("REAL", "INTEGER", 2**62 + 1, "real"),      # rounded
+    ("INTEGER", "TEXT", "007", "integer"),       # '007' -> 7
+    ("TEXT", "REAL", 0.1, "text"),               # 0.1 -> '0.1'
+    ("INTEGER", "REAL", 3.0, "integer"),         # 3.0 -> 3: the type changes
+    ("NUMERIC", "TEXT", "1e3", "integer"),       # '1e3' -> 1000
+    ("REAL", "TEXT", "2.50", "real"),            # '2.50' -> 2.5
+])
+def test_a_value_the_base_affinity_would_convert_is_refused(tmp_path, base_decl, exp_decl,
+                                                              value, stored):
+    base = db(tmp_path / "base.db", base_decl, (1, "r0", "t0"))
+    exp = db(tmp_path / "exp.db", exp_decl, (value, "r1", "t1"))
+    before = base.read_bytes()
+    with pytest.raises(EVError) as exc:
+        merge_dbs(base, [exp], base)
+    assert exc.value.code == 2
+    src_type = {int: "integer", float: "real", str: "text"}[type(value)]
+    assert exc.value.message.startswith(f"{exp} table 'default' column 'v': {src_type} "
+                                        f"{value!r} would be stored as {stored} ")
+    assert base.read_bytes() == before
+
+
+@pytest.mark.parametrize("base_decl, exp_decl, value", [
+    ("INTEGER", "REAL", 0.5),        # not integral: stays real
+    ("TEXT", "INTEGER", "abc"),      # text under TEXT affinity
+    ("BLOB", "TEXT", "x"),           # no affinity: kept
+    ("", "INTEGER", 2**62 + 1),      # untyped column keeps everything
+    ("INTEGER", "NUMERIC", 2**63 - 1),
+    ("REAL", "TEXT", "not a number"),
+    ("TEXT", "BLOB", b"\x00\xff"),   # a blob is never converted
+])
+def test_values_affinity_leaves_alone_are_merged_with_type_and_bits(tmp_path, base_decl,
+                                                                    exp_decl, value):
+    base = db(tmp_path / "base.db", base_decl, (None, "r0", "t0"))
+    exp = db(tmp_path / "exp.db", exp_decl, (value, "r1", "t1"))
+    want = typed(exp)
+    merge_dbs(base, [exp], base)
+    assert typed(base)[1:] == want
+    assert merge_dbs(base, [exp], base)["rows_added"]["default"] == 0  # idempotent
+
+
+def test_null_and_duplicate_keys_in_one_input_are_refused(tmp_path):
+    base = db(tmp_path / "base.db", "INTEGER", (1, "r0", "t0"))
+    exp = db(tmp_path / "exp.db", "INTEGER", (2, "r1", None))  # SQLite allows NULL in a PK
+    with pytest.raises(EVError) as exc:
+        merge_dbs(base, [exp], base)
+    assert exc.value.code == 2 and exc.value.message == (
+        f"{exp} table 'default': key column 'timestamp' is NULL (row 1: "
+        "{'track_id': 'r1', 'timestamp': None})")
+    dup = tmp_path / "dup.db"
+    con = sqlite3.connect(dup)  # no primary key: nothing stops two rows per key
+    con.execute('CREATE TABLE "default" (v INTEGER, track_id TEXT, timestamp TEXT)')
+    con.executemany('INSERT INTO "default" VALUES (?, ?, ?)', [(1, "r", "t"), (2, "r", "t")])
+    con.commit()
+    con.close()
+    with pytest.raises(EVError) as exc:
+        merge_dbs(base, [dup], base)
+    assert exc.value.code == 3 and exc.value.message == (
+        f"{dup} table 'default': key {{'track_id': 'r', 'timestamp': 't'}} has rows with "
+        "different values")
+    assert typed(base) == [("integer", 1, "r0")]
+
+
+def test_an_existing_output_that_is_not_the_base_is_refused_unless_force(git_repo):
+    make_xetrack_db(git_repo / "base.db", [{"f1_score": 0.5}])
+    make_xetrack_db(git_repo / "exp.db", [{"f1_score": 0.6}])
+    (git_repo / "notes.py").write_text("print('mine')\n")
+    cp = run_script("merge_artifacts.py", "--base-db", "base.db", "--exp-db", "exp.db",
+                    "--output-db", "notes.py", cwd=git_repo)
+    assert cp.returncode == 4
+    assert cp.stderr == (f"merge_artifacts.py: error: --output-db {git_repo}/notes.py exists "
+                         "and is not the base; pass a new path or the base; --force replaces "
+                         "it\n")
+    assert (git_repo / "notes.py").read_text() == "print('mine')\n"
+    pq.write_table(pa.table({"a": [1]}), git_repo / "b.parquet")
+    pq.write_table(pa.table({"a": [2]}), git_repo / "e.parquet")
+    cp = run_script("merge_artifacts.py", "--base-data", "b.parquet", "--exp-data", "e.parquet",
+                    "--output-data", "notes.py", cwd=git_repo)
+    assert cp.returncode == 4 and (git_repo / "notes.py").read_text() == "print('mine')\n"
+    cp = run_script("merge_artifacts.py", "--base-db", "base.db", "--exp-db", "exp.db",
+                    "--output-db", "notes.py", "--force", cwd=git_repo)
+    assert cp.returncode == 0 and count_rows(git_repo / "notes.py") == 2
+
+
+def test_more_inputs_than_sqlite_attaches_are_combined_then_merged(tmp_path):
+    base = db(tmp_path / "base.db", "INTEGER", (0, "r0", "t0"))
+    exps = [db(tmp_path / f"e{i}.db", "INTEGER", (i, f"r{i}", "t"), (0, "r0", "t0"))
+            for i in range(1, 15)]
+    rep = merge_dbs(base, exps, base)
+    assert rep["combined"]["inputs"] == 14 and rep["rows_added"]["default"] == 14
+    assert typed(base) == [("integer", i, f"r{i}") for i in range(15)]  # each file's order
+    assert merge_dbs(base, exps, base)["rows_added"]["default"] == 0
+
+
+# --- SQLite files as SQLite treats them ---------------------------------------------------------
+
+_DIE_WITH_WAL = textwrap.dedent("""
+    import os, sqlite3, sys
+    con = sqlite3.connect(sys.argv[1])
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("PRAGMA wal_autocheckpoint=0")
+    con.execute('INSERT INTO "default" VALUES (?, ?, ?)', (int(sys.argv[2]), sys.argv[3], "t"))
+    con.commit()
+    os._exit(0)  # dies before any checkpoint: the row lives only in the -wal
+""")
+
+
+@pytest.mark.parametrize("output", ["in place", "new file"])
+def test_a_stale_wal_beside_base_and_input_counts_its_committed_rows(tmp_path, output):
+    base = db(tmp_path / "base.db", "INTEGER", (1, "r1", "t"))
+    exp = db(tmp_path / "exp.db", "INTEGER", (3, "r3", "t"))
+    for path, v in ((base, 2), (exp, 4)):
+        subprocess.run([sys.executable, "-c", _DIE_WITH_WAL, str(path), str(v), f"r{v}"],
+                       check=True)
+        assert Path(f"{path}-wal").stat().st_size > 0
+    out = base if output == "in place" else tmp_path / "out.db"
+    merge_dbs(base, [exp], out)
+    con = sqlite3.connect(out)
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    con.close()
+    assert typed(out) == [("integer", v, f"r{v}") for v in (1, 2, 3, 4)]
+
+
+_WRITER = textwrap.dedent("""
+    import sys, time
+    from xetrack import Tracker
+    t = Tracker(sys.argv[1], params={"who": "trainer"})
+    print("ready", flush=True)
+    for i in range(int(sys.argv[2])):
+        t.log({"step": i, "loss": 1.0 / (i + 1)})
+        time.sleep(0.01)
+    print("done", flush=True)
+""")
+
+
+def test_a_live_xetrack_writer_keeps_every_row_while_merges_run_in_place(tmp_path):
+    base = tmp_path / "results.db"
+    make_xetrack_db(base, [{"step": -1, "loss": 9.0}])
+    n = 150
+    writer = subprocess.Popen([sys.executable, "-c", _WRITER, str(base), str(n)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline() == "ready\n"
+        merged = 0
+        for i in range(6):
+            exp = tmp_path / f"exp{i}.db"
+            make_xetrack_db(exp, [{"step": 1000 + i, "loss": 0.5}] * 20)
+            rep = merge_dbs(base, [exp], base)
+            assert rep["mode"] == "in-place transaction"
+            merged += rep["rows_added"]["default"]
+        out, err = writer.communicate(timeout=120)
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait()
+    assert writer.returncode == 0 and out == "done\n", err
+    con = sqlite3.connect(base)
+    steps = [r[0] for r in con.execute(
+        'SELECT step FROM "default" WHERE who = \'trainer\' ORDER BY rowid')]
+    con.close()
+    assert steps == list(range(n))  # the writer lost no row and did not crash
+    assert merged == 120 and count_rows(base) == 1 + n + 120
+
+
+def test_replacing_a_file_another_process_has_open_is_refused_naming_it(tmp_path):
+    base = db(tmp_path / "base.db", "INTEGER", (1, "r1", "t"))
+    exp = db(tmp_path / "exp.db", "INTEGER", (2, "r2", "t"))
+    out = db(tmp_path / "out.db", "INTEGER", (0, "r0", "t"))
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1]); "
+                               "c.execute('SELECT 1 FROM \"default\"').fetchall(); "
+                               "print('open', flush=True); time.sleep(60)", str(out)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "open\n"
+        with pytest.raises(EVError) as exc:
+            merge_dbs(base, [exp], out, force=True)
+        assert exc.value.code == 4
+        assert exc.value.message.startswith(f"{out} is open in another process (pid "
+                                            f"{holder.pid}: {sys.executable} -c import sqlite3")
+        assert exc.value.message.endswith(": replacing the file would break its writer")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert typed(out) == [("integer", 0, "r0")]
+
+
+# --- parquet: the base's Arrow schema, exactly ---------------------------------------------------
+
+def pqw(path: Path, table: pa.Table) -> Path:
+    pq.write_table(table, path)
+    return path
+
+
+def test_a_subset_of_the_base_merges_to_the_same_table_and_schema(tmp_path):
+    import pandas as pd
+
+    df = pd.DataFrame({
+        "i": pd.array([1, None, 3], dtype="Int64"),
+        "cat": pd.Categorical(["a", "b", "a"]),
+        "ts": pd.to_datetime(["2026-01-01", "2026-01-02", "2026-01-03"]).tz_localize(
+            "Europe/Paris"),
+        "dur": pd.to_timedelta([1, 2, 3], unit="ms"),
+    }, index=pd.Index([10, 20, 30], name="run"))
+    tbl = pa.Table.from_pandas(df)
+    extra = {
+        "dec": pa.array([Decimal("1.000000000000000000000000000000000000001")] * 3,
+                        pa.decimal256(40, 39)),
+        "half": pa.array([1.5, -0.0, float("nan")], pa.float16()),
+        "big": pa.array([2**63 - 1, 0, -1], pa.int64()),
+        "u": pa.array([2**64 - 1, 0, 1], pa.uint64()),
+        "ls": pa.array(["x", "y", "z"], pa.large_string()),
+        "fsb": pa.array([b"ab", b"cd", b"ef"], pa.binary(2)),
+        "t": pa.array([1000, 2000, 3000], pa.time64("ns")),
+        "lst": pa.array([[1.0], [], None], pa.list_(pa.float32())),
+        "req": pa.array([1, 2, 3], pa.int8()),
+    }
+    for name, arr in extra.items():
+        nullable = name != "req"
+        tbl = tbl.append_column(pa.field(name, arr.type, nullable=nullable,
+                                         metadata={b"unit": b"x"}), arr)
+    base = pqw(tmp_path / "base.parquet", tbl)
+    exp = pqw(tmp_path / "exp.parquet", tbl.slice(1, 2))
+    rep = merge_data(base, [exp], tmp_path / "out.parquet")
+    assert rep["inputs"][0]["added"] == 0 and rep["rows_out"] == 3
+    got = pq.read_table(tmp_path / "out.parquet")
+    want = pq.read_table(base)
+    assert got.schema.equals(want.schema, check_metadata=True)
+    for name in want.column_names:  # float16 NaN: compare bits (NaN != NaN)
+        g, w = got.column(name).combine_chunks(), want.column(name).combine_chunks()
+        if name == "half":
+            g, w = g.view(pa.int16()), w.view(pa.int16())
+        assert g.equals(w), name
+    back = got.to_pandas()
+    assert back.index.name == "run" and str(back["i"].dtype) == "Int64"
+    assert str(back["cat"].dtype) == "category" and str(back["ts"].dt.tz) == "Europe/Paris"
+    # In place: nothing to add leaves the file untouched.
+    st = base.stat()
+    assert merge_data(base, [exp], base)["unchanged"] is True
+    assert base.stat().st_mtime_ns == st.st_mtime_ns
+
+
+@pytest.mark.parametrize("base_arr, exp_arr, bad", [
+    (pa.array([0.5]), pa.array([2**53 + 1]), 2**53 + 1),                  # int64 -> double
+    (pa.array([1], pa.int32()), pa.array([2**40]), 2**40),                 # overflow
+    (pa.array([1.0]), pa.array([2**64 - 1], pa.uint64()), 2**64 - 1),      # uint64 -> double
+    (pa.array([1], pa.int64()), pa.array([1.5]), None),                    # float -> int
+    (pa.array([Decimal("1.5")], pa.decimal128(3, 1)),
+     pa.array([Decimal("1.25")], pa.decimal128(4, 2)), Decimal("1.25")),  # scale lost
+    (pa.array([0], pa.timestamp("ms")), pa.array([1500], pa.timestamp("us")), None),
+    (pa.array([0], pa.timestamp("us", "UTC")), pa.array([0], pa.timestamp("us", "Asia/Tokyo")),
+     None),                                                                 # a time zone
+    (pa.array([1.0], pa.float32()), pa.array([0.1], pa.float64()), None),  # narrowing
+    (pa.array([True]), pa.array([1]), None),
+])
+def test_lossy_arrow_conversions_are_refused_naming_the_value(tmp_path, base_arr, exp_arr, bad):
+    base = pqw(tmp_path / "base.parquet", pa.table({"c": base_arr}))
+    exp = pqw(tmp_path / "exp.parquet", pa.table({"c": exp_arr}))
+    before = base.read_bytes()
+    with pytest.raises(EVError) as exc:
+        merge_data(base, [exp], base)
+    assert exc.value.code == 2
+    assert exc.value.message.startswith(f"{exp} column 'c'")
+    if bad is not None:
+        assert f"value {bad!r}" in exc.value.message
+    assert base.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["base.parquet", "exp.parquet"]
+
+
+def test_exact_arrow_conversions_keep_values(tmp_path):
+    base = pqw(tmp_path / "base.parquet", pa.table({
+        "i": pa.array([1], pa.int64()), "f": pa.array([0.5], pa.float64()),
+        "s": pa.array(["a"]).dictionary_encode(), "big": pa.array([1.0]),
+        "ts": pa.array([0], pa.timestamp("ns", "UTC"))}))
+    exp = pqw(tmp_path / "exp.parquet", pa.table({
+        "i": pa.array([-(2**31)], pa.int32()), "f": pa.array([-0.0], pa.float16()),
+        "s": pa.array(["b"]), "big": pa.array([2**53], pa.int64()),
+        "ts": pa.array([7], pa.timestamp("s", "UTC"))}))
+    merge_data(base, [exp], base)
+    t = pq.read_table(base)
+    assert t.schema.equals(pq.read_schema(tmp_path / "base.parquet"))
+    assert t.to_pydict()["i"] == [1, -(2**31)] and t.column("big").to_pylist() == [1.0, 2.0**53]
+    assert str(t.column("f")[1]) == "-0.0" and t.schema.field("s").type.value_type == pa.string()
+    assert t.column("ts").cast(pa.int64()).to_pylist() == [0, 7 * 10**9]
+
+
+def test_case_only_name_clash_null_and_duplicate_keys_are_refused(tmp_path):
+    base = pqw(tmp_path / "base.parquet", pa.table({"id": [1], "Score": [0.5]}))
+    clash = pqw(tmp_path / "clash.parquet", pa.table({"id": [2], "score": [0.7]}))
+    with pytest.raises(EVError) as exc:
+        merge_data(base, [clash], base)
+    assert exc.value.code == 2 and exc.value.message == (
+        f"columns 'Score' (in {base}) and 'score' (in {clash}) differ only in case")
+    nul = pqw(tmp_path / "nul.parquet", pa.table({"id": [2, None], "Score": [0.1, 0.2]}))
+    with pytest.raises(EVError) as exc:
+        merge_data(base, [nul], base, key_columns=["id"])
+    assert exc.value.code == 2 and exc.value.message == (
+        f"{nul}: a key column (id) is NULL in row 1")
+    dup = pqw(tmp_path / "dup.parquet", pa.table({"id": [5, 5], "Score": [0.1, 0.2]}))
+    with pytest.raises(EVError) as exc:
+        merge_data(base, [dup], base, key_columns=["id"])
+    assert exc.value.code == 3 and exc.value.message == (
+        f"{dup}: rows 0 and 1 have the same key (id) but different values")
+    assert pq.read_table(base).to_pydict() == {"id": [1], "Score": [0.5]}
+
+
+def test_keyless_merge_of_many_files_keeps_order_and_counts_copies(tmp_path):
+    base = pqw(tmp_path / "base.parquet", pa.table({"x": [1, 1, 2]}))
+    exps = [pqw(tmp_path / f"e{i}.parquet", pa.table({"x": [9 - i, 1, 1, 1, 2, 3]}))
+            for i in range(12)]
+    rep = merge_data(base, exps, base)
+    x = pq.read_table(base).column("x").to_pylist()
+    # Each value's copies: the most any one file has; new copies in each file's own order.
+    assert x == [1, 1, 2, 9, 1, 3] + [9 - i for i in range(1, 12)]
+    assert [i["added"] for i in rep["inputs"]] == [3] + [1] * 11
+    assert merge_data(base, exps, base)["unchanged"] is True
+
+
+# --- file modes ---------------------------------------------------------------------------------
+
+def test_new_files_get_umask_mode_and_replaced_files_keep_theirs(tmp_path):
+    from _evlib import atomic
+
+    old = os.umask(0o027)
+    try:
+        atomic.write_text(tmp_path / "new.txt", "x")
+        assert (tmp_path / "new.txt").stat().st_mode & 0o7777 == 0o640
+        p = tmp_path / "ro.txt"
+        p.write_text("old")
+        p.chmod(0o444)  # DVC's read-only tracked file
+        atomic.write_text(p, "new")
+        assert p.stat().st_mode & 0o7777 == 0o644 and p.read_text() == "new"
+        os.chmod(p, 0o604)
+        atomic.copy_file(tmp_path / "new.txt", p)
+        assert p.stat().st_mode & 0o7777 == 0o604
+        base = db(tmp_path / "b.db", "INTEGER", (1, "r1", "t"))
+        exp = db(tmp_path / "e.db", "INTEGER", (2, "r2", "t"))
+        merge_dbs(base, [exp], tmp_path / "merged.db")
+        assert (tmp_path / "merged.db").stat().st_mode & 0o7777 == 0o640
+        pqw(tmp_path / "b.parquet", pa.table({"a": [1]}))
+        pqw(tmp_path / "e.parquet", pa.table({"a": [2]}))
+        os.chmod(tmp_path / "b.parquet", 0o444)
+        merge_data(tmp_path / "b.parquet", [tmp_path / "e.parquet"], tmp_path / "b.parquet")
+        assert (tmp_path / "b.parquet").stat().st_mode & 0o7777 == 0o644
+    finally:
+        os.umask(old)
+
+
+def test_json_report_says_mode_and_backup(git_repo):
+    make_xetrack_db(git_repo / "base.db", [{"f1_score": 0.5}], {"version": "v"})
+    make_xetrack_db(git_repo / "exp.db", [{"f1_score": 0.9}], {"version": "v"})
+    cp = run_script("merge_artifacts.py", "--json", "--strategy", "rebase", "--base-db",
+                    "base.db", "--exp-db", "exp.db", "--key-columns", "version", cwd=git_repo)
+    rep = json.loads(cp.stdout)["db"]
+    assert rep["mode"] == "in-place transaction"
+    assert rep["backup"] == str(git_repo / "base.db.bak")
+
+
+_DIE_MID_TRANSACTION = textwrap.dedent("""
+    import os, sqlite3, sys
+    con = sqlite3.connect(sys.argv[1], isolation_level=None)
+    con.execute("PRAGMA cache_size=1")  # spill to the file: the journal holds old pages
+    con.execute("BEGIN")
+    con.execute('DELETE FROM "default"')
+    con.execute('INSERT INTO "default" SELECT 99, hex(randomblob(500)), "t" FROM '
+                '(WITH RECURSIVE c(i) AS (SELECT 0 UNION ALL SELECT i+1 FROM c WHERE i<300) '
+                'SELECT i FROM c)')
+    os._exit(0)  # no COMMIT, no ROLLBACK: a hot journal
+""")
+
+
+def test_hot_journal_base_is_rolled_back_input_is_refused(tmp_path):
+    base = db(tmp_path / "base.db", "INTEGER", (1, "r1", "t"))
+    exp = db(tmp_path / "exp.db", "INTEGER", (2, "r2", "t"))
+    for p in (base, exp):
+        subprocess.run([sys.executable, "-c", _DIE_MID_TRANSACTION, str(p)], check=True)
+        assert Path(f"{p}-journal").stat().st_size > 0
+    with pytest.raises(EVError) as exc:
+        merge_dbs(base, [exp], base)
+    assert exc.value.code == 4 and exc.value.message == (
+        f"--exp-db {exp} has a hot journal ({exp}-journal: a writer died mid-transaction)")
+    assert not Path(f"{base}-journal").exists()  # the base's was rolled back meanwhile
+    assert typed(base) == [("integer", 1, "r1")]
+    sqlite3.connect(exp).execute("SELECT count(*) FROM sqlite_master").fetchall()  # the hint
+    merge_dbs(base, [exp], base)
+    assert typed(base) == [("integer", 1, "r1"), ("integer", 2, "r2")]
+
+
+def test_a_big_in_place_merge_beside_an_open_connection_is_refused_naming_it(tmp_path,
+                                                                            monkeypatch):
+    from _evlib import merge_sqlite
+
+    monkeypatch.setattr(merge_sqlite, "LIVE_WRITER_MAX_ROWS", 0)  # as if the input were big
+    base = db(tmp_path / "base.db", "INTEGER", (1, "r1", "t"))
+    exp = db(tmp_path / "exp.db", "INTEGER", (2, "r2", "t"))
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1]); "
+                               "c.execute('SELECT 1 FROM \"default\"').fetchall(); "
+                               "print('open', flush=True); time.sleep(60)", str(base)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "open\n"
+        with pytest.raises(EVError) as exc:
+            merge_dbs(base, [exp], base)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert exc.value.code == 4
+    assert exc.value.message.startswith(f"{base} is open in another process (pid {holder.pid}: ")
+    assert exc.value.message.endswith("and merging 1 rows would hold its write lock longer "
+                                      "than a writer waits")
+    assert typed(base) == [("integer", 1, "r1")]
+
+
+def test_a_pandas_range_index_kept_in_metadata_survives_and_extends(tmp_path):
+    import pandas as pd
+
+    base = tmp_path / "base.parquet"
+    pd.DataFrame({"a": [1, 2]}, index=pd.RangeIndex(0, 4, 2, name="step")).to_parquet(base)
+    assert pq.read_schema(base).names == ["a"]  # the index lives only in the pandas metadata
+    exp = tmp_path / "exp.parquet"
+    pd.DataFrame({"a": [2, 3]}).to_parquet(exp)
+    merge_data(base, [exp], tmp_path / "sub.parquet")
+    back = pd.read_parquet(tmp_path / "sub.parquet")
+    assert list(back["a"]) == [1, 2, 3]
+    assert isinstance(back.index, pd.RangeIndex) and back.index.name == "step"
+    assert list(back.index) == [0, 2, 4]
+    only_old = tmp_path / "old.parquet"
+    pd.DataFrame({"a": [1]}).to_parquet(only_old)
+    merge_data(base, [only_old], tmp_path / "same.parquet")
+    assert pd.read_parquet(tmp_path / "same.parquet").index.equals(pd.read_parquet(base).index)
