@@ -227,7 +227,8 @@ def teardown_check(repo: Path, name: str, main_db: str | None = None) -> dict:
                      "already gone")
     else:
         for p in dirty_paths(path):
-            items.append(f"uncommitted change: {p}")
+            if not _is_known_cache(p):  # an untracked __pycache__ is rebuilt, not lost
+                items.append(f"uncommitted change: {p}")
         for p in ignored_files(path, dbs):
             items.append(f"ignored file, not a DVC output (teardown would delete it): {p}")
         try:
