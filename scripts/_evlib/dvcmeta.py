@@ -11,7 +11,6 @@ repository raises EVError with exit code 2, so nothing outside is ever read, cop
 from __future__ import annotations
 
 import configparser
-import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -206,6 +205,17 @@ def find_object(cache: Path, md5: str) -> Path | None:
     return None
 
 
+def _object_stat(cache: str, md5: str) -> os.stat_result | None:
+    """stat of the cache object md5 (either layout), None if absent: strings, not pathlib,
+    since this runs once per file of a 10,000-file output."""
+    for p in (f"{cache}/files/md5/{md5[:2]}/{md5[2:]}", f"{cache}/{md5[:2]}/{md5[2:]}"):
+        try:
+            return os.stat(p)
+        except OSError:
+            continue
+    return None
+
+
 def output_changes(root: Path, cache: Path, outs: list[Out],
                    hash_limit: int = 64 << 20) -> list[str] | None:
     """'path (modified|new)' for each output file whose workspace bytes differ from what its
@@ -218,11 +228,13 @@ def output_changes(root: Path, cache: Path, outs: list[Out],
     """
     from .atomic import md5_file
 
+    cache_s = str(cache)
     changed, to_hash, total = [], [], 0
+    files: list[tuple[str, str, str]] = []  # (path, md5, label)
     for o in outs:
         if o.legacy:
             return None
-        p = root / o.path
+        p = os.path.join(str(root), o.path)
         if o.is_dir:
             man = find_object(cache, o.md5)
             if man is None:
@@ -231,39 +243,34 @@ def output_changes(root: Path, cache: Path, outs: list[Out],
                 entries = {str(e["relpath"]): str(e["md5"]) for e in json.loads(man.read_text())}
             except (OSError, ValueError, KeyError, TypeError):
                 return None
-            if not p.is_dir():
+            if not os.path.isdir(p):
                 continue
+            top = len(p) + 1  # os.walk yields paths under p: slice, not relpath (10k files)
             for dirpath, _dirs, names in os.walk(p):
                 for n in names:
-                    f = Path(dirpath) / n
-                    rel = f.relative_to(p).as_posix()
+                    f = os.path.join(dirpath, n)
+                    rel = f[top:].replace(os.sep, "/")
                     if rel not in entries:
                         changed.append(f"{o.path}/{rel} (new)")
                     else:
-                        to_hash.append((f, entries[rel], f"{o.path}/{rel}"))
-        elif p.exists():
-            to_hash.append((p, o.md5, o.path))
-    for f, md5, label in to_hash:
-        obj = find_object(cache, md5)
+                        files.append((f, entries[rel], f"{o.path}/{rel}"))
+        elif os.path.exists(p):
+            files.append((p, o.md5, o.path))
+    for f, md5, label in files:
+        try:
+            st = os.stat(f)
+        except OSError:
+            continue
+        obj = _object_stat(cache_s, md5)
         if obj is not None:
-            try:
-                if os.path.samefile(f, obj):
-                    continue
-                if f.stat().st_size != obj.stat().st_size:
-                    changed.append(f"{label} (modified)")
-                    continue
-            except OSError:
-                pass
-        total += f.stat().st_size
+            if (st.st_dev, st.st_ino) == (obj.st_dev, obj.st_ino):
+                continue  # the cache object itself (hardlink, or a symlink's target)
+            if st.st_size != obj.st_size:
+                changed.append(f"{label} (modified)")
+                continue
+        total += st.st_size
         if total > hash_limit:
             return None
-    for f, md5, label in to_hash:
-        obj = find_object(cache, md5)
-        with contextlib.suppress(OSError):
-            if obj is not None and os.path.samefile(f, obj):
-                continue
-        if f"{label} (modified)" in changed:
-            continue
-        if md5_file(f) != md5:
-            changed.append(f"{label} (modified)")
+        to_hash.append((f, md5, label))
+    changed += [f"{label} (modified)" for f, md5, label in to_hash if md5_file(f) != md5]
     return sorted(changed)

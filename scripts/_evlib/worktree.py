@@ -168,8 +168,9 @@ def output_files(wt: Path) -> list[str]:
     for rel in tracked_outputs(wt):
         p = wt / rel
         if p.is_dir() and not p.is_symlink():
+            top = len(str(wt)) + 1  # os.walk yields paths under str(wt): slice, not relpath
             for root, _dirs, names in os.walk(p):
-                files += [os.path.relpath(os.path.join(root, n), wt) for n in names]
+                files += [os.path.join(root, n)[top:] for n in names]
         elif p.exists() or p.is_symlink():
             files.append(rel)
     return sorted(files)
@@ -266,13 +267,14 @@ def _private_first(wt: Path, cache: Path, patterns: list[str]) -> list[str]:
                 entries = json.loads(man.read_text())
             except (OSError, ValueError):
                 continue
-            items = [(dvcmeta.safe_out_path(str(e.get("relpath", "")), o.path, o.source, wt),
+            items = [(dvcmeta.safe_out_path(str(e.get("relpath", "")), o.path, o.source),
                       str(e.get("md5", ""))) for e in entries if isinstance(e, dict)]
         else:
             items = [(o.path, o.md5)]
         for rel, md5 in items:
             if not is_private(rel, patterns):
                 continue
+            dvcmeta.safe_out_path(rel, "", o.source, wt)  # through no symlink out of wt
             p = wt / rel
             if p.exists() and not p.is_symlink() and p.stat().st_nlink == 1:
                 continue  # already private (a finished step of an interrupted create)
