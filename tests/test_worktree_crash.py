@@ -180,3 +180,26 @@ def test_half_made_worktree_is_listed_and_privatize_finishes_it(dvc_repo, tmp_pa
     rows = json.loads(run_script("worktree.py", "list", "--json", cwd=repo).stdout)["worktrees"]
     assert [r["kind"] for r in rows if r["path"] == str(wt)] == ["experiment"]
     assert_cache_intact(repo / ".dvc" / "cache")
+
+
+def test_explore_killed_after_checkout_is_redone(dvc_repo, tmp_path):
+    from killpoints import call_log, killed, wrappers
+
+    repo = tracked_project(dvc_repo)
+    sh("git tag e1", cwd=repo)
+    env, counter = wrappers(tmp_path / "w0")
+    assert run_script("worktree.py", "explore", "e1", cwd=repo, env=env).returncode == 0
+    n = next(int(ln.split()[0]) for ln in call_log(counter) if " dvc checkout" in ln)
+    assert run_script("worktree.py", "explore-cleanup", "e1", cwd=repo).returncode == 0
+    env, _ = wrappers(tmp_path / "w1", kill_at=n)
+    assert killed(run_script("worktree.py", "explore", "e1", cwd=repo, env=env))
+    ex = repo.parent / "explore-e1"
+    rows = json.loads(run_script("worktree.py", "list", "--json", cwd=repo).stdout)["worktrees"]
+    assert [(r["kind"], r["next"]) for r in rows if r["path"] == str(ex)] == [
+        ("half-made", "worktree.py explore e1 (removes it and makes it again)")]
+    cp = run_script("worktree.py", "explore", "e1", "--json", cwd=repo)
+    assert cp.returncode == 0, cp.stderr
+    assert json.loads(cp.stdout)["recovered"].startswith("redone: ")
+    rows = json.loads(run_script("worktree.py", "list", "--json", cwd=repo).stdout)["worktrees"]
+    assert [r["kind"] for r in rows if r["path"] == str(ex)] == ["explore"]
+    assert_cache_intact(repo / ".dvc" / "cache")

@@ -372,7 +372,8 @@ def plan_create(repo_arg, name: str, base: str | None, private: list[str] | None
 def half_made(main: Path, path: Path) -> dict:
     """The pending record of an interrupted create of path ({} if none or it finished)."""
     rec = read_pending(main, path)
-    if rec and path.is_dir() and read_marker(path).get("base_commit") == rec.get("base_commit"):
+    key = "commit" if rec.get("kind") == "explore" else "base_commit"
+    if rec and rec.get(key) and path.is_dir() and read_marker(path).get(key) == rec[key]:
         return {**rec, "finished": True}  # killed after the marker: only the record is left
     return rec
 
