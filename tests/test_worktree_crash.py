@@ -203,3 +203,34 @@ def test_explore_killed_after_checkout_is_redone(dvc_repo, tmp_path):
     rows = json.loads(run_script("worktree.py", "list", "--json", cwd=repo).stdout)["worktrees"]
     assert [r["kind"] for r in rows if r["path"] == str(ex)] == ["explore"]
     assert_cache_intact(repo / ".dvc" / "cache")
+
+
+def test_half_made_tree_with_work_in_it_is_never_removed_by_a_rerun(dvc_repo, tmp_path):
+    from killpoints import call_log, killed, wrappers
+
+    repo = tracked_project(dvc_repo)
+    env, counter = wrappers(tmp_path / "w0")
+    cp = run_script("worktree.py", "create", "used", "--dry-run", cwd=repo, env=env)
+    assert cp.returncode == 0
+    # create makes the dry run's calls, then rev-parse --git-common-dir, then worktree add
+    n = len(call_log(counter)) + 2
+    env, counter = wrappers(tmp_path / "w1", kill_at=n)
+    assert killed(run_script("worktree.py", "create", "used", cwd=repo, env=env))
+    assert " worktree add " in call_log(counter)[n - 1]
+    wt = repo.parent / "exp-used"
+    (wt / "notes.txt").write_text("work\n")
+    sh("git add notes.txt && git commit -qm work", cwd=wt)
+    tip = sh(["git", "rev-parse", "HEAD"], cwd=wt).stdout.strip()
+    cp = run_script("worktree.py", "create", "used", cwd=repo)
+    assert (cp.returncode, cp.stderr.strip()) == (
+        4, f"{E}{wt} is a half-made worktree (create was interrupted) and exp/used has commits "
+           f"of its own ({tip[:12]}); keep the work (commit and tag it), then remove the tree "
+           "with: worktree.py teardown used (--force if needed), and create again")
+    assert (wt / "notes.txt").is_file()
+    cp = run_script("worktree.py", "teardown", "used", "--force", "--json", cwd=repo)
+    assert cp.returncode == 0, cp.stderr
+    assert json.loads(cp.stdout)["backup_tag"] == "backup/exp/used"
+    rows = json.loads(run_script("worktree.py", "list", "--json", cwd=repo).stdout)["worktrees"]
+    assert [r["kind"] for r in rows] == ["main"]
+    cp = run_script("worktree.py", "create", "used", "--json", cwd=repo)
+    assert cp.returncode == 0 and "recovered" not in json.loads(cp.stdout), cp.stderr

@@ -15,7 +15,7 @@ Modules:
   runs    - results rows aggregated per run (track_id) and the one ranking rule
   history - the read side of past versions (tags, outputs and runs at a revision)
   tagging - tag_suggest's write side (bump, message, lineage, create checks)
-  merge, sweep, worktree, models - the logic behind each script
+  merge, sweep, worktree, teardown, models - the logic behind each script
 """
 
 EVENTS_TABLE = "default"  # xetrack's events table (not "predictions")

@@ -318,6 +318,7 @@ def teardown(check: dict) -> dict:
                                "tags": check["tags"], "backup": backup}, "teardown")
     git(main, "worktree", "remove", "--force", str(path))
     git(main, "branch", "-D", branch)
+    drop_pending(main, path)  # an interrupted create's record, if this tree was half-made
     drop_pending(main, path, "teardown")
     return _result(path, branch, tip, check["tags"], backup)
 

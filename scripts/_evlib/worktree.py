@@ -467,14 +467,17 @@ def create(plan: dict) -> dict:
                 "seconds": round(time.monotonic() - t0, 3)}
     old_term = signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, _interrupt)  # a kill (not -9) still rolls back
+    made_now = False  # roll back only what this run made: a tree being finished stays
     try:
         if rec and _resumable(main, plan):
             recovered = "finished: the half-made worktree of an interrupted create was completed"
         else:
             if rec:
+                _refuse_if_used(main, path, branch, rec)
                 recovered = ("redone: the half-made worktree of an interrupted create was "
                              "removed and created again")
                 _remove_worktree(main, path, branch, branch_at=rec.get("base_commit"))
+            made_now = True
             write_pending(main, path, {"kind": "experiment", "path": str(path),
                                        "branch": branch, "base": plan["base"],
                                        "base_commit": plan["base_commit"],
@@ -488,8 +491,9 @@ def create(plan: dict) -> dict:
         atomic.write_text(git_dir(path) / MARKER, json.dumps(marker, indent=1) + "\n")
         drop_pending(main, path)
     except BaseException:
-        _remove_worktree(main, path, branch, branch_at=plan["base_commit"])
-        drop_pending(main, path)
+        if made_now:
+            _remove_worktree(main, path, branch, branch_at=plan["base_commit"])
+            drop_pending(main, path)
         raise
     finally:
         signal.signal(signal.SIGTERM, old_term)
@@ -500,6 +504,25 @@ def create(plan: dict) -> dict:
     if recovered:
         out["recovered"] = recovered
     return out
+
+
+def _refuse_if_used(main: Path, path: Path, branch: str, rec: dict) -> None:
+    """A half-made tree someone worked in (commits on its branch, changed files) is never
+    removed by a re-run of create: exit 4, say how to keep or drop the work."""
+    tip = resolve_commit(main, f"refs/heads/{branch}")
+    why = None
+    if tip is not None and tip != rec.get("base_commit"):
+        why = f"{branch} has commits of its own ({tip[:12]})"
+    elif path.is_dir() and (path / ".git").exists():
+        with contextlib.suppress(EVError):
+            dirty = dirty_paths(path)
+            if dirty:
+                why = f"it has {len(dirty)} changed file(s) (first: {dirty[0]})"
+    if why:
+        raise EVError(f"{path} is a half-made worktree (create was interrupted) and {why}",
+                      code=REFUSED, hint=f"keep the work (commit and tag it), then remove the "
+                                         f"tree with: worktree.py teardown {path.name[4:]} "
+                                         "(--force if needed), and create again")
 
 
 def finish_half_made(wt: Path) -> str | None:
