@@ -4,11 +4,17 @@ explore a tag read-only, clean up, list.
 
 create NAME   ../exp-NAME on branch exp/NAME (from --base, default HEAD); DVC cache = main's
               cache (--local config only), cheapest link type, written files private copies
+              (made before dvc checkout: never a writable link into the cache). Killed, the
+              next create NAME finishes the half-made worktree or removes and redoes it, and
+              says which ("recovered" in --json).
 teardown NAME removes ../exp-NAME and branch exp/NAME only if nothing would be lost: clean
-              tree, DVC outputs committed and on the default remote, a tag at the tip, results
-              rows in main's results/experiments.db; --force removes anyway (a backup tag
-              keeps the commits). Never runs dvc gc.
-privatize     re-make private copies in the current experiment worktree (after dvc add)
+              tree, no ignored files other than DVC outputs and caches (__pycache__ ...),
+              DVC outputs committed and on the default remote, a tag at the tip, results
+              rows in main's results/experiments.db (working copy and as committed at HEAD);
+              --force removes anyway (a backup tag keeps the commits). Never runs dvc gc.
+              Killed, the next teardown NAME finishes it.
+privatize     re-make private copies in the current experiment worktree (after dvc add);
+              in a half-made worktree (create was interrupted) it finishes the create
 explore TAG   detached read-only worktree ../explore-TAG with the tag's DVC data
 explore-cleanup [TAG]  removes only worktrees made by explore
 list          every worktree with its kind (main, experiment, explore, other)
@@ -25,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _evlib import cli  # noqa: E402
+from _evlib import teardown as tdlib  # noqa: E402
 from _evlib import worktree as wtlib  # noqa: E402
 from _evlib.errors import NOT_FOUND, REFUSED, USAGE, EVError  # noqa: E402
 from _evlib.repo import find_repo, main_worktree  # noqa: E402
@@ -87,6 +94,8 @@ def _create(args) -> int:
                             f"(cache {out['cache_dir']})")
         return 0
     r = wtlib.create(plan)
+    if r.get("recovered"):
+        cli.warn(PROG, r["recovered"])
     text = (f"created {r['path']}\n  branch:    {r['branch']} (from {r['base']} "
             f"{r['base_commit'][:12]})\n  cache dir: {r['cache_dir']}\n"
             f"  link type: {r['link_type']}\n  private:   {', '.join(r['private']) or '-'}\n"
@@ -110,7 +119,16 @@ def _refuse(args, check: dict) -> int:
 
 def _teardown(args) -> int:
     repo = find_repo(args.repo)
-    check = wtlib.teardown_check(repo, args.name, args.main_db)
+    done = tdlib.resume(repo, args.name, args.dry_run)
+    if done:
+        cli.warn(PROG, done["recovered"])
+        if args.dry_run:
+            cli.emit(args, {"dry_run": True, **done}, f"would finish: {done['recovered']}")
+            return 0
+        cli.emit(args, {**done, "forced": False, "lost": []},
+                 f"removed {done['removed']} and branch {done['branch_deleted']}")
+        return 0
+    check = tdlib.teardown_check(repo, args.name, args.main_db)
     items = check["items"]
     if items and not args.force:
         return _refuse(args, check)
@@ -120,7 +138,7 @@ def _teardown(args) -> int:
         return 0
     for it in items:
         cli.warn(PROG, f"--force: removing anyway, this is lost: {it}")
-    r = wtlib.teardown(check)
+    r = tdlib.teardown(check)
     r["forced"] = bool(items)
     r["lost"] = items
     text = (f"removed {r['removed']} and branch {r['branch_deleted']}\n"
@@ -141,14 +159,20 @@ def _privatize(args) -> int:
         out = wtlib.exposed_private(repo, patterns)
         cli.emit(args, {"dry_run": True, "would_privatize": out}, "\n".join(out) or "nothing")
         return 0
+    finished = wtlib.finish_half_made(repo)
+    if finished:
+        cli.warn(PROG, finished)
     r = wtlib.privatize(repo, patterns)
-    cli.emit(args, {"private": r["private"], "readonly": len(r["readonly"])},
+    cli.emit(args, {"private": r["private"], "readonly": len(r["readonly"]),
+                    **({"recovered": finished} if finished else {})},
              f"private copies made: {', '.join(r['private']) or 'none needed'}")
     return 0
 
 
 def _explore(args) -> int:
     r = wtlib.explore(args.repo, args.tag, args.dry_run)
+    if r.get("recovered"):
+        cli.warn(PROG, r["recovered"])
     verb = "would create" if args.dry_run else ("exists" if r["existing"] else "created")
     cli.emit(args, {**r, "dry_run": args.dry_run},
              f"{verb}: {r['path']} (tag {r['tag']}, read-only, "
@@ -157,7 +181,7 @@ def _explore(args) -> int:
 
 
 def _explore_cleanup(args) -> int:
-    r = wtlib.explore_cleanup(args.repo, args.tag, args.force, args.dry_run)
+    r = tdlib.explore_cleanup(args.repo, args.tag, args.force, args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     cli.emit(args, r, "\n".join(f"{verb} {x['path']}" for x in r["removed"])
              or "no explore worktrees")

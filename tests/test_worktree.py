@@ -180,15 +180,17 @@ def test_create_refusals_are_one_line_and_leave_nothing(dvc_repo, tmp_path):
     assert cp.returncode == 0, cp.stderr
     cp = run_script("worktree.py", "create", "ok", "--base", "main", cwd=repo)
     assert (cp.returncode, cp.stderr.strip()) == (
-        2, f"{E}name 'ok' is already used by the worktree {repo.parent / 'exp-ok'}; pick another "
-           "name, or tear that one down first")
+        2, f"{E}name 'ok' is already used by the worktree {repo.parent / 'exp-ok'} (it is a "
+           "finished experiment worktree); pick another name, or tear that one down first "
+           "(worktree.py teardown ok)")
     assert worktree_list(repo) == [str(repo), str(repo.parent / "exp-ok")]
     branches = sh(["git", "branch", "--format=%(refname:short)"], cwd=repo).stdout.split()
     assert sorted(branches) == ["exp/ok", "exp/taken", "main"]
 
 
 def test_failure_after_worktree_add_rolls_back(dvc_repo):
-    """Data in neither the cache nor the remote: dvc pull fails, nothing is left behind."""
+    """Data in neither the cache nor the remote: dvc checkout fails after dvc fetch, with
+    DVC's own error line and what to do; nothing is left behind."""
     repo = tracked_project(dvc_repo)
     h = md5(repo / "data" / "train.bin")
     obj = repo / ".dvc" / "cache" / "files" / "md5" / h[:2] / h[2:]
@@ -197,7 +199,10 @@ def test_failure_after_worktree_add_rolls_back(dvc_repo):
     cp = run_script("worktree.py", "create", "doomed", "--json", cwd=repo)
     assert cp.returncode == 1, cp.stderr
     assert len(cp.stderr.strip().splitlines()) == 1
-    assert cp.stderr.startswith(f"{E}dvc pull failed: ")
+    assert cp.stderr.strip() == (
+        f"{E}dvc checkout failed: ERROR: Checkout failed for following targets: data/train.bin; "
+        "the data is neither in the DVC cache nor on the remote: push it from where it was made "
+        "(dvc push -T), or pull from the remote that has it (dvc pull -r NAME)")
     assert json.loads(cp.stdout)["status"] == "error"
     assert worktree_list(repo) == [str(repo)]
     assert not (repo.parent / "exp-doomed").exists()

@@ -77,7 +77,14 @@ def test_teardown_refuses_listing_what_would_be_lost_then_removes(dvc_repo):
     copy_file(wt / "results" / "experiments.db", repo / "results" / "experiments.db")  # merged
     cp = run_script("worktree.py", "teardown", "tr", cwd=repo)
     assert cp.returncode == 4
-    assert cp.stderr.strip().splitlines()[1:] == [L + expected[4]]
+    # Merged into main's working DB but not committed there: a `git reset --hard` in main
+    # would lose the rows, so the committed DB at main's HEAD is checked too.
+    assert cp.stderr.strip().splitlines()[1:] == [
+        L + expected[4],
+        f"{L}2 results row(s) of run {t.track_id} in results/experiments.db are not in main's "
+        "results/experiments.db as committed at HEAD (commit it in main: dvc add "
+        "results/experiments.db && git commit)"]
+    sh("dvc add -q results/experiments.db && git commit -qam 'merge tr'", cwd=repo)
 
     sh(["dvc", "push", "-q", "-T"], cwd=wt)
     cp = run_script("worktree.py", "teardown", "tr", "--dry-run", cwd=repo)
@@ -169,15 +176,29 @@ def test_explore_tag_read_only_from_cache_or_remote_and_cleanup_removes_only_its
     cp = run_script("worktree.py", "explore-cleanup", "e9", cwd=repo)
     assert (cp.returncode, cp.stderr.strip()) == (
         5, f"{E}no explore worktree of tag 'e9'; list them with: worktree.py list")
+    # Results changed in the exploration (an ignored DVC output, invisible to git status).
+    import sqlite3
+
+    con = sqlite3.connect(ex / "results" / "experiments.db")
+    con.execute("DELETE FROM \"default\" WHERE rowid = (SELECT min(rowid) FROM \"default\")")
+    con.commit()
+    con.close()
+    cp = run_script("worktree.py", "explore-cleanup", cwd=repo)
+    assert (cp.returncode, cp.stderr.strip()) == (
+        4, f"{E}explore worktree {ex} has 1 local change(s) (first: DVC output "
+           "results/experiments.db (modified)); copy them elsewhere, or pass --force to "
+           "discard them")
     (ex / "notes.txt").write_text("looked at it\n")
     cp = run_script("worktree.py", "explore-cleanup", cwd=repo)
     assert (cp.returncode, cp.stderr.strip()) == (
-        4, f"{E}explore worktree {ex} has 1 local change(s) (first: notes.txt); copy them "
+        4, f"{E}explore worktree {ex} has 2 local change(s) (first: notes.txt); copy them "
            "elsewhere, or pass --force to discard them")
     assert ex.exists()
     cp = run_script("worktree.py", "explore-cleanup", "--force", "--json", cwd=repo)
     assert cp.returncode == 0, cp.stderr
-    assert json.loads(cp.stdout)["removed"] == [{"path": str(ex), "tag": "e0.1.0"}]
+    assert json.loads(cp.stdout)["removed"] == [
+        {"path": str(ex), "tag": "e0.1.0",
+         "discarded": ["notes.txt", "DVC output results/experiments.db (modified)"]}]
     assert not ex.exists()
     assert sorted(Path(p).name for p in worktree_list(repo)) == [
         "exp-keep", "explore-manual", "proj"]
@@ -225,7 +246,7 @@ def test_teardown_of_a_worktree_whose_directory_was_deleted(dvc_repo):
 
 def test_remote_check_through_dvc_status_c(dvc_repo):
     """The check used for remotes that are not a local directory (S3...), run on a local one."""
-    from _evlib.worktree import missing_by_dvc_status
+    from _evlib.teardown import missing_by_dvc_status
 
     repo = tracked_project(dvc_repo)
     sh(["dvc", "push", "-q", "data/train.bin"], cwd=repo)

@@ -15,7 +15,7 @@ Modules:
   runs    - results rows aggregated per run (track_id) and the one ranking rule
   history - the read side of past versions (tags, outputs and runs at a revision)
   tagging - tag_suggest's write side (bump, message, lineage, create checks)
-  merge, sweep, worktree, models - the logic behind each script (merge is the API over
+  merge, sweep, worktree, teardown, models - the logic behind each script (merge is the API over
           merge_sqlite, merge_parquet and their shared merge_common)
   plots   - charts (matplotlib, optional): versions, sweep, curves; figures returned
   report  - experiments.py report: the history as one self-contained HTML file

@@ -1,14 +1,22 @@
-"""The one place that reads DVC's own files: `.dvc` files, `dvc.lock`, the cache's location
-(from .dvc/config and config.local) and the object layout. Reading them directly costs
-microseconds where a `dvc` call costs ~0.4 s, and works at any git revision.
+"""The one place that reads DVC's own files: `.dvc` files, `dvc.lock`, DVC's config (system,
+global, .dvc/config, .dvc/config.local: the cache's location, the default remote) and the
+object layout. Reading them directly costs microseconds where a `dvc` call costs ~0.4 s, and
+works at any git revision.
+
+Every output path is checked to stay inside the repository (DVC itself refuses the others):
+a crafted `path: ../victim.txt`, an absolute path or a path through a symlink that leaves the
+repository raises EVError with exit code 2, so nothing outside is ever read, copied or chmod-ed.
 """
 
 from __future__ import annotations
 
 import configparser
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from .errors import USAGE, EVError
 
 
 @dataclass
@@ -43,19 +51,50 @@ def is_meta_file(path: str) -> bool:
         os.path.basename(path) == "dvc.lock"
 
 
-def parse_outs(text: str | None, source: str) -> list[Out]:
-    """Outputs recorded in a .dvc file or dvc.lock; paths made relative to the repo root."""
+def _outside(raw: str, source: str) -> EVError:
+    return EVError(f"{source} records the output path {raw!r}, which resolves outside the "
+                   "repository (DVC refuses such paths too); nothing was read or changed",
+                   code=USAGE, hint=f"fix or remove {source} (git checkout -- {source}, or "
+                                    "git rm it if it is not yours)")
+
+
+def safe_out_path(raw: str, base: str, source: str, root: Path | None = None) -> str:
+    """A .dvc/dvc.lock output path made repository-relative ('/'-separated), or EVError 2.
+
+    Lexically: no absolute path, no '..' climbing above the root. With root (a checked-out
+    tree): the output's parent directory, symlinks resolved, must be inside root as well (the
+    output itself may be a symlink into a DVC cache outside the tree).
+    """
+    if not raw or os.path.isabs(raw) or raw.startswith("~") or "\0" in raw:
+        raise _outside(raw, source)
+    p = os.path.normpath(os.path.join(base, raw)).replace(os.sep, "/")
+    if p == ".." or p.startswith("../") or p in (".", ""):
+        raise _outside(raw, source)
+    if root is not None:
+        top = Path(root).resolve()
+        parent = (top / p).parent.resolve()
+        if parent != top and top not in parent.parents:
+            raise _outside(raw, source)
+    return p
+
+
+def parse_outs(text: str | None, source: str, root: Path | None = None) -> list[Out]:
+    """Outputs recorded in a .dvc file or dvc.lock; paths made relative to the repo root and
+    checked to stay inside it (see safe_out_path; pass root for a checked-out tree)."""
     doc = load_yaml(text)
+    base = os.path.dirname(source)
     if os.path.basename(source) == "dvc.lock":
-        entries = [o for st in (doc.get("stages") or {}).values() for o in
-                   ((st or {}).get("outs") or [])]
+        entries = [o for st in (doc.get("stages") or {}).values() if isinstance(st, dict)
+                   for o in (st.get("outs") or [])]
     else:
         entries = doc.get("outs") or []
-    base = os.path.dirname(source)
+        if doc.get("wdir"):  # old .dvc files: paths relative to wdir
+            base = safe_out_path(str(doc["wdir"]), base, source) if str(doc["wdir"]) != "." \
+                else base
     outs = []
-    for o in entries:
+    for o in entries if isinstance(entries, list) else []:
         if isinstance(o, dict) and o.get("path") and o.get("md5"):
-            p = os.path.normpath(os.path.join(base, str(o["path"]))).replace(os.sep, "/")
+            p = safe_out_path(str(o["path"]), base, source, root)
             outs.append(Out(p, str(o["md5"]), source, legacy=o.get("hash") != "md5"))
     return outs
 
@@ -66,26 +105,89 @@ def first_md5(text: str | None) -> str | None:
     return outs[0].get("md5") if outs and isinstance(outs[0], dict) else None
 
 
-def cache_dir(repo: Path) -> Path:
-    """`[cache] dir` from .dvc/config, overridden by .dvc/config.local; default .dvc/cache.
+def config_files(repo: Path) -> list[Path]:
+    """DVC's config files in the order DVC applies them (later wins): system, global, repo,
+    local. The first two honour DVC_SYSTEM_CONFIG_DIR / DVC_GLOBAL_CONFIG_DIR like DVC."""
+    system = os.environ.get("DVC_SYSTEM_CONFIG_DIR") or "/etc/xdg/dvc"
+    xdg = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+    glob = os.environ.get("DVC_GLOBAL_CONFIG_DIR") or os.path.join(xdg, "dvc")
+    return [Path(system) / "config", Path(glob) / "config", repo / ".dvc" / "config",
+            repo / ".dvc" / "config.local"]
 
-    Relative dirs are relative to .dvc/ (where the config lives), as DVC reads them. Global and
-    system configs are not read: set the cache with `dvc cache dir --local` (worktree.py does).
-    """
-    found = repo / ".dvc" / "cache"
-    for name in ("config", "config.local"):
-        cfg = repo / ".dvc" / name
-        if not cfg.is_file():
-            continue
-        cp = configparser.ConfigParser(interpolation=None, strict=False)
-        try:
-            cp.read_string(cfg.read_text())
-        except (configparser.Error, OSError):
-            continue
-        if cp.has_option("cache", "dir"):
-            d = Path(os.path.expanduser(cp.get("cache", "dir").strip().strip("'\"")))
-            found = d if d.is_absolute() else repo / ".dvc" / d
-    return found.resolve()
+
+def _unquote(v: str) -> str:
+    v = v.strip()
+    return v[1:-1] if len(v) >= 2 and v[0] == v[-1] and v[0] in "'\"" else v
+
+
+def read_config_file(path: Path) -> dict[str, dict[str, str]]:
+    """One DVC config file as {section: {key: value}}; sections as DVC names them
+    ('cache', 'core', 'remote "storage"'). A missing or unreadable file is empty."""
+    cp = configparser.ConfigParser(interpolation=None, strict=False)
+    try:
+        cp.read_string(path.read_text())
+    except (configparser.Error, OSError, UnicodeDecodeError):
+        return {}
+    return {_unquote(sec): {k: _unquote(v) for k, v in cp.items(sec)} for sec in cp.sections()}
+
+
+def read_config(repo: Path) -> dict[str, dict[str, tuple[str, Path]]]:
+    """DVC's merged config: {section: {key: (value, the config file that set it)}}."""
+    merged: dict[str, dict[str, tuple[str, Path]]] = {}
+    for f in config_files(repo):
+        for sec, kv in read_config_file(f).items():
+            for k, v in kv.items():
+                merged.setdefault(sec, {})[k] = (v, f)
+    return merged
+
+
+def _local_path(value: str, origin: Path) -> Path:
+    """A path in a config file: relative ones are relative to that file's directory."""
+    p = Path(os.path.expanduser(value))
+    return (p if p.is_absolute() else origin.parent / p).resolve()
+
+
+def cache_dir(repo: Path) -> Path:
+    """The cache directory DVC uses in repo (`dvc cache dir`): `[cache] dir` from the config
+    levels (later wins), relative to the file that sets it; default .dvc/cache."""
+    cfg = read_config(repo).get("cache", {})
+    if "dir" in cfg:
+        return _local_path(*cfg["dir"])
+    return (repo / ".dvc" / "cache").resolve()
+
+
+def default_remote(repo: Path) -> tuple[str | None, str | None]:
+    """(default remote's name, its URL: a local path made absolute); (None, None) if unset."""
+    cfg = read_config(repo)
+    name = cfg.get("core", {}).get("remote", (None, None))[0]
+    if not name:
+        return None, None
+    found = cfg.get(f'remote "{name}"', {}).get("url")
+    if not found:
+        return name, None
+    url, origin = found
+    if "://" not in url:
+        url = str(_local_path(url, origin))
+    return name, url
+
+
+def write_worktree_config(src_local: Path, dest_local: Path, cache: Path, cache_type: str,
+                          write) -> None:
+    """dest's .dvc/config.local = main's config.local (remotes, credentials; local paths made
+    absolute, as they were relative to main's .dvc/) + `[cache] dir` and `type`: what
+    `dvc cache dir --local` and `dvc config --local cache.type` write, without two DVC runs.
+    write(path, text) writes the file (atomically)."""
+    secs = read_config_file(src_local) if src_local.is_file() else {}
+    for sec, kv in secs.items():
+        if sec.startswith("remote ") and "url" in kv and "://" not in kv["url"]:
+            kv["url"] = str(_local_path(kv["url"], src_local))
+    secs.setdefault("cache", {}).update(dir=str(cache), type=cache_type)
+    lines = []
+    for sec, kv in secs.items():
+        lines.append(f"['{sec}']" if " " in sec else f"[{sec}]")
+        lines += [f'    {k} = "{v}"' if "," in v or " " in v else f"    {k} = {v}"
+                  for k, v in kv.items()]
+    write(dest_local, "\n".join(lines) + "\n")
 
 
 def object_path(root: Path, md5: str, legacy: bool = False) -> Path:
@@ -101,3 +203,74 @@ def find_object(cache: Path, md5: str) -> Path | None:
         if p.is_file():
             return p
     return None
+
+
+def _object_stat(cache: str, md5: str) -> os.stat_result | None:
+    """stat of the cache object md5 (either layout), None if absent: strings, not pathlib,
+    since this runs once per file of a 10,000-file output."""
+    for p in (f"{cache}/files/md5/{md5[:2]}/{md5[2:]}", f"{cache}/{md5[:2]}/{md5[2:]}"):
+        try:
+            return os.stat(p)
+        except OSError:
+            continue
+    return None
+
+
+def output_changes(root: Path, cache: Path, outs: list[Out],
+                   hash_limit: int = 64 << 20) -> list[str] | None:
+    """'path (modified|new)' for each output file whose workspace bytes differ from what its
+    .dvc/dvc.lock records, found in-process (what `dvc status` says, without a DVC start-up).
+
+    A file that is the cache object itself (hardlink, symlink) is unchanged without reading
+    it; others are hashed. None when this cannot tell exactly: a legacy (DVC 2) md5, a
+    directory whose manifest is not in the cache, or more than hash_limit bytes to hash; the
+    caller then asks `dvc status`. A missing output is not a change (its bytes are cached).
+    """
+    from .atomic import md5_file
+
+    cache_s = str(cache)
+    changed, to_hash, total = [], [], 0
+    files: list[tuple[str, str, str]] = []  # (path, md5, label)
+    for o in outs:
+        if o.legacy:
+            return None
+        p = os.path.join(str(root), o.path)
+        if o.is_dir:
+            man = find_object(cache, o.md5)
+            if man is None:
+                return None
+            try:
+                entries = {str(e["relpath"]): str(e["md5"]) for e in json.loads(man.read_text())}
+            except (OSError, ValueError, KeyError, TypeError):
+                return None
+            if not os.path.isdir(p):
+                continue
+            top = len(p) + 1  # os.walk yields paths under p: slice, not relpath (10k files)
+            for dirpath, _dirs, names in os.walk(p):
+                for n in names:
+                    f = os.path.join(dirpath, n)
+                    rel = f[top:].replace(os.sep, "/")
+                    if rel not in entries:
+                        changed.append(f"{o.path}/{rel} (new)")
+                    else:
+                        files.append((f, entries[rel], f"{o.path}/{rel}"))
+        elif os.path.exists(p):
+            files.append((p, o.md5, o.path))
+    for f, md5, label in files:
+        try:
+            st = os.stat(f)
+        except OSError:
+            continue
+        obj = _object_stat(cache_s, md5)
+        if obj is not None:
+            if (st.st_dev, st.st_ino) == (obj.st_dev, obj.st_ino):
+                continue  # the cache object itself (hardlink, or a symlink's target)
+            if st.st_size != obj.st_size:
+                changed.append(f"{label} (modified)")
+                continue
+        total += st.st_size
+        if total > hash_limit:
+            return None
+        to_hash.append((f, md5, label))
+    changed += [f"{label} (modified)" for f, md5, label in to_hash if md5_file(f) != md5]
+    return sorted(changed)

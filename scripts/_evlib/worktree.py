@@ -5,6 +5,12 @@
   the files an experiment writes (results DBs, models) become private copies, the rest stay
   read-only links. Everything is validated first; a failure after ``git worktree add`` rolls
   back the worktree and the branch.
+- crash safety: a pending record (``<git common dir>/ev-pending/exp-NAME.json``) is written
+  before ``git worktree add``; private outputs are copied out of the cache *before*
+  ``dvc checkout`` (which then leaves them alone), so a writable link never exists; the marker
+  is written last and the record removed after it. A re-run of create (or privatize inside the
+  tree) finishes a half-made worktree whose checkout is at its base commit, or removes it and
+  starts again otherwise; list shows it as ``half-made``. Killed anywhere, SIGKILL included.
 - teardown: removes an experiment worktree only when nothing would be lost (clean tree, DVC
   outputs committed and on the default remote, a tag at the tip, results rows in main's DB).
 - explore: a detached, read-only worktree of a tag; explore-cleanup removes only those.
@@ -25,16 +31,16 @@ import stat
 import time
 from pathlib import Path
 
-from . import atomic
-from .dvcmeta import Out, is_meta_file, object_path, parse_outs
-from .errors import FAILED, NOT_FOUND, REFUSED, USAGE, EVError
-from .proc import dvc, dvc_run, git, git_ok, run
-from .repo import dirty_paths, find_repo, main_worktree, require_dvc, resolve_commit
-from .sql import is_sqlite_file, quote_ident, sqlite_connect, sqlite_tables
+from . import atomic, dvcmeta
+from .dvcmeta import find_object, parse_outs
+from .errors import NOT_FOUND, REFUSED, USAGE, EVError
+from .proc import dvc, dvc_failure, dvc_run, git, git_ok
+from .repo import common_dir, dirty_paths, find_repo, main_worktree, require_dvc, resolve_commit
 
 DEFAULT_PRIVATE = ("results/*.db", "models/")
 LINK_ORDER = "reflink,hardlink,symlink,copy"
 MARKER = "ev-worktree.json"  # in the worktree's own git dir: git prunes it with the worktree
+PENDING = "ev-pending"  # in the common git dir: one record per create/teardown under way
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 FICLONE = 0x40049409  # Linux ioctl: reflink one file onto another
 
@@ -76,9 +82,34 @@ def read_marker(wt: Path) -> dict:
 
 
 def main_cache_dir(main: Path) -> Path:
-    """The cache directory main really uses (its config, config.local and defaults applied)."""
+    """The cache directory main really uses (`dvc cache dir`, read from DVC's config files:
+    no DVC start-up)."""
     require_dvc(main)
-    return Path(dvc(main, "cache", "dir").strip()).resolve()
+    return dvcmeta.cache_dir(main)
+
+
+def pending_path(repo: Path, path: Path, what: str = "create") -> Path:
+    suffix = "" if what == "create" else f".{what}"
+    return common_dir(repo) / PENDING / f"{path.name}{suffix}.json"
+
+
+def read_pending(repo: Path, path: Path, what: str = "create") -> dict:
+    with contextlib.suppress(OSError, ValueError):
+        rec = json.loads(pending_path(repo, path, what).read_text())
+        if isinstance(rec, dict) and rec.get("path") == str(path):
+            return rec
+    return {}
+
+
+def write_pending(repo: Path, path: Path, rec: dict, what: str = "create") -> None:
+    f = pending_path(repo, path, what)
+    f.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(f, json.dumps(rec, indent=1) + "\n")
+
+
+def drop_pending(repo: Path, path: Path, what: str = "create") -> None:
+    with contextlib.suppress(FileNotFoundError):
+        pending_path(repo, path, what).unlink()
 
 
 def probe_link(cache_dir: Path, dest_dir: Path) -> str:
@@ -116,13 +147,19 @@ def dvc_files(wt: Path) -> list[str]:
                    if p.endswith(".dvc") or os.path.basename(p) == "dvc.lock"})
 
 
-def tracked_outputs(wt: Path) -> list[str]:
-    """Worktree-relative paths of every DVC output (files or directories)."""
-    paths = []
+def outs_of(wt: Path) -> list[dvcmeta.Out]:
+    """Every output the working tree's .dvc files and dvc.lock record (paths checked to stay
+    inside wt, symlinks included: EVError exit 2 otherwise)."""
+    outs = []
     for f in dvc_files(wt):
         with contextlib.suppress(OSError):
-            paths += [o.path for o in parse_outs((wt / f).read_text(), f)]
-    return sorted(set(paths))
+            outs += parse_outs((wt / f).read_text(), f, root=wt)
+    return outs
+
+
+def tracked_outputs(wt: Path) -> list[str]:
+    """Worktree-relative paths of every DVC output (files or directories)."""
+    return sorted({o.path for o in outs_of(wt)})
 
 
 def output_files(wt: Path) -> list[str]:
@@ -131,8 +168,9 @@ def output_files(wt: Path) -> list[str]:
     for rel in tracked_outputs(wt):
         p = wt / rel
         if p.is_dir() and not p.is_symlink():
+            top = len(str(wt)) + 1  # os.walk yields paths under str(wt): slice, not relpath
             for root, _dirs, names in os.walk(p):
-                files += [os.path.relpath(os.path.join(root, n), wt) for n in names]
+                files += [os.path.join(root, n)[top:] for n in names]
         elif p.exists() or p.is_symlink():
             files.append(rel)
     return sorted(files)
@@ -185,13 +223,15 @@ def privatize(wt: Path, patterns: list[str]) -> dict:
             if p.is_symlink() or p.stat().st_nlink > 1:
                 atomic.copy_file(p, p)  # reads through the link, replaces the directory entry
                 private.append(rel)
-            os.chmod(p, 0o644)
+            os.chmod(p, 0o644, follow_symlinks=False)
         else:
-            if p.exists():
-                mode = p.stat().st_mode
-                if mode & 0o222:
-                    os.chmod(p, stat.S_IMODE(mode) & ~0o222)
+            if p.is_symlink():  # a link into the cache: DVC keeps the object read-only
                 readonly.append(rel)
+                continue
+            mode = p.stat().st_mode
+            if mode & 0o222:
+                os.chmod(p, stat.S_IMODE(mode) & ~0o222)
+            readonly.append(rel)
     return {"private": private, "readonly": readonly}
 
 
@@ -206,34 +246,76 @@ def exposed_private(wt: Path, patterns: list[str]) -> list[str]:
     return out
 
 
-def _copy_local_config(main: Path, wt: Path) -> None:
-    """Main's untracked .dvc/config.local (remotes, credentials) applies to the new tree too."""
-    src = main / ".dvc" / "config.local"
-    if src.is_file():
-        atomic.copy_file(src, wt / ".dvc" / "config.local")
-
-
 def _share_cache(main: Path, wt: Path, cache: Path) -> None:
-    _copy_local_config(main, wt)
-    dvc(wt, "cache", "dir", "--local", str(cache))
-    dvc(wt, "config", "--local", "cache.type", LINK_ORDER)
+    """Main's untracked .dvc/config.local (remotes, credentials) plus the shared cache dir and
+    link order, written as `dvc cache dir --local` / `dvc config --local` would."""
+    dvcmeta.write_worktree_config(main / ".dvc" / "config.local", wt / ".dvc" / "config.local",
+                                  cache, LINK_ORDER, atomic.write_text)
 
 
-def _checkout(wt: Path) -> str:
-    """dvc checkout from the shared cache; pull from the remote what the cache lacks."""
-    if dvc_run(wt, "checkout", "-q").returncode == 0:
-        return "cache"
-    dvc(wt, "pull", "-q")
-    return "remote"
+def _private_first(wt: Path, cache: Path, patterns: list[str]) -> list[str]:
+    """Private copies of the private outputs straight from the cache, before `dvc checkout`
+    (which leaves a file that already matches alone): no writable link ever exists. Outputs
+    whose object is not in the cache yet are left to checkout + privatize."""
+    done = []
+    for o in outs_of(wt):
+        if o.is_dir:
+            man = find_object(cache, o.md5)
+            if man is None:
+                continue
+            try:
+                entries = json.loads(man.read_text())
+            except (OSError, ValueError):
+                continue
+            items = [(dvcmeta.safe_out_path(str(e.get("relpath", "")), o.path, o.source),
+                      str(e.get("md5", ""))) for e in entries if isinstance(e, dict)]
+        else:
+            items = [(o.path, o.md5)]
+        for rel, md5 in items:
+            if not is_private(rel, patterns):
+                continue
+            dvcmeta.safe_out_path(rel, "", o.source, wt)  # through no symlink out of wt
+            p = wt / rel
+            if p.exists() and not p.is_symlink() and p.stat().st_nlink == 1:
+                continue  # already private (a finished step of an interrupted create)
+            obj = find_object(cache, md5)
+            if obj is None:
+                continue
+            p.parent.mkdir(parents=True, exist_ok=True)
+            atomic.copy_file(obj, p)
+            os.chmod(p, 0o644)
+            done.append(rel)
+    return done
 
 
-def _remove_worktree(main: Path, path: Path, branch: str | None) -> None:
-    git_ok(main, "worktree", "remove", "--force", str(path))
+def _checkout(wt: Path, cache: Path, patterns: list[str]) -> tuple[str, list[str]]:
+    """dvc checkout from the shared cache; fetch from the remote what the cache lacks first
+    (then copy the private outputs out of the cache before checkout links anything).
+    Returns (where the data came from, the private copies made)."""
+    made = _private_first(wt, cache, patterns)
+    cp = dvc_run(wt, "checkout")
+    if cp.returncode == 0:
+        return "cache", made
+    fetched = dvc_run(wt, "fetch")
+    if fetched.returncode != 0:
+        raise dvc_failure(fetched, wt, "dvc fetch (the cache lacks objects of this commit)")
+    made += _private_first(wt, cache, patterns)
+    dvc(wt, "checkout")
+    return "remote", made
+
+
+def _remove_worktree(main: Path, path: Path, branch: str | None,
+                     branch_at: str | None = None) -> None:
+    """Remove a (half-made) worktree and its branch; with branch_at, the branch only while it
+    still points there (an interrupted create's branch has no commits of its own)."""
+    git_ok(main, "worktree", "remove", "--force", "--force", str(path))
     if path.exists():
         shutil.rmtree(path, ignore_errors=True)
     git_ok(main, "worktree", "prune")
     if branch:
-        git_ok(main, "branch", "-D", branch)
+        tip = resolve_commit(main, f"refs/heads/{branch}")
+        if tip is not None and (branch_at is None or tip == branch_at):
+            git_ok(main, "branch", "-D", branch)
 
 
 # --- create -------------------------------------------------------------------------------
@@ -246,10 +328,18 @@ def plan_create(repo_arg, name: str, base: str | None, private: list[str] | None
     main = main_worktree(repo)
     path = main.parent / f"exp-{name}"
     branch = f"exp/{name}"
+    half = half_made(main, path)
     for wt in worktrees(repo):
+        if half and wt["path"] == str(path):
+            continue  # an interrupted create: create() finishes or redoes it
         if wt["path"] == str(path) or wt["branch"] == branch:
-            raise EVError(f"name {name!r} is already used by the worktree {wt['path']}",
-                          code=USAGE, hint="pick another name, or tear that one down first")
+            how = ("it was not made by worktree.py create" if not read_marker(Path(wt["path"]))
+                   else "it is a finished experiment worktree")
+            raise EVError(f"name {name!r} is already used by the worktree {wt['path']} ({how})",
+                          code=USAGE, hint="pick another name, or tear that one down first "
+                                           f"(worktree.py teardown {name})")
+    if half:
+        return _plan_from(half, repo, main, base, patterns)
     if git_ok(repo, "rev-parse", "--verify", "-q", f"refs/heads/{branch}"):
         raise EVError(f"branch {branch} already exists", code=USAGE,
                       hint="pick another name, or delete the branch after tagging it")
@@ -268,7 +358,7 @@ def plan_create(repo_arg, name: str, base: str | None, private: list[str] | None
                           "that would not be in the new worktree", code=REFUSED,
                           hint="commit them (git add -A && git commit) or stash them, "
                                "or pass --base REF")
-        changed = _dvc_changes(repo)
+        changed = dvc_changes(repo, main_cache_dir(main))
         if changed:
             raise EVError(f"{repo} has {len(changed)} DVC-tracked change(s) not recorded "
                           f"with dvc add (first: {changed[0]}) that would not be in the new "
@@ -276,15 +366,54 @@ def plan_create(repo_arg, name: str, base: str | None, private: list[str] | None
                           hint="run dvc add on them and commit, or pass --base REF")
     cache = main_cache_dir(main)
     return {"repo": repo, "main": main, "path": path, "branch": branch, "base": base_ref,
-            "base_commit": base_commit, "cache": cache, "private": patterns}
+            "base_commit": base_commit, "cache": cache, "private": patterns, "half_made": None}
+
+
+def half_made(main: Path, path: Path) -> dict:
+    """The pending record of an interrupted create of path ({} if none or it finished)."""
+    rec = read_pending(main, path)
+    key = "commit" if rec.get("kind") == "explore" else "base_commit"
+    if rec and rec.get(key) and path.is_dir() and read_marker(path).get(key) == rec[key]:
+        return {**rec, "finished": True}  # killed after the marker: only the record is left
+    return rec
+
+
+def _plan_from(rec: dict, repo: Path, main: Path, base: str | None, patterns: list[str]) -> dict:
+    """Plan for a re-run of an interrupted create: same base, same private paths."""
+    base_commit = resolve_commit(repo, base) if base else rec["base_commit"]
+    if base_commit is None:
+        raise EVError(f"--base {base} is not a commit in {repo}", code=USAGE,
+                      hint="pass a branch, tag or commit that exists (git log --oneline)")
+    return {"repo": repo, "main": main, "path": Path(rec["path"]), "branch": rec["branch"],
+            "base": base or rec["base"], "base_commit": base_commit,
+            "cache": main_cache_dir(main), "private": patterns, "half_made": rec}
+
+
+def _resumable(main: Path, plan: dict) -> bool:
+    """An interrupted create can be finished in place: its worktree is registered on the
+    branch, checked out at the planned base commit, with no commit of its own."""
+    rec = plan["half_made"]
+    if rec.get("base_commit") != plan["base_commit"] or not plan["path"].is_dir():
+        return False
+    for wt in worktrees(main):
+        if wt["path"] == str(plan["path"]):
+            return wt["branch"] == plan["branch"] and wt["head"] == plan["base_commit"] \
+                and (plan["path"] / ".git").exists() and (plan["path"] / ".dvc").is_dir()
+    return False
+
+
+def dvc_changes(wt: Path, cache: Path) -> list[str]:
+    """DVC outputs whose workspace copy differs from what the .dvc files record: in-process
+    when that is exact and cheap (dvcmeta.output_changes), else `dvc status`."""
+    found = dvcmeta.output_changes(wt, cache, outs_of(wt))
+    return found if found is not None else _dvc_changes(wt)
 
 
 def _dvc_changes(wt: Path) -> list[str]:
     """Outputs whose workspace copy differs from what the .dvc files record."""
     cp = dvc_run(wt, "status", "--json")
     if cp.returncode != 0:
-        raise EVError(f"dvc status failed in {wt}: "
-                      f"{(cp.stderr.strip().splitlines() or ['?'])[-1]}", code=FAILED)
+        raise dvc_failure(cp, wt, f"dvc status in {wt}")
     try:
         data = json.loads(cp.stdout or "{}")
     except ValueError:
@@ -309,228 +438,124 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def _build(main: Path, path: Path, cache: Path, patterns: list[str]) -> tuple[str, dict, str]:
+    """Shared cache, private copies, checkout, read-only links: every step re-runnable."""
+    _share_cache(main, path, cache)
+    source, made = _checkout(path, cache, patterns)
+    probed = probe_link(cache, path)
+    done = privatize(path, patterns)
+    done["private"] = sorted(set(made) | set(done["private"]))
+    link = probed
+    if done["readonly"]:
+        link = link_kind(path / done["readonly"][0], cache, probed)
+    return source, done, link
+
+
 def create(plan: dict) -> dict:
     main, path, branch, cache = plan["main"], plan["path"], plan["branch"], plan["cache"]
     t0 = time.monotonic()
+    rec = plan.get("half_made") or {}
+    recovered = None
+    if rec.get("finished"):  # killed after its marker: it is complete
+        drop_pending(main, path)
+        m = read_marker(path)
+        return {"path": str(path), "branch": branch, "base": m.get("base"),
+                "base_commit": m.get("base_commit"), "cache_dir": m.get("cache_dir"),
+                "link_type": m.get("link_type"), "data_from": "cache", "private": [],
+                "private_patterns": m.get("private"), "readonly": None,
+                "recovered": "completed: an interrupted create had finished all but its record",
+                "seconds": round(time.monotonic() - t0, 3)}
     old_term = signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, _interrupt)  # a kill (not -9) still rolls back
+    made_now = False  # roll back only what this run made: a tree being finished stays
     try:
-        git(plan["repo"], "worktree", "add", "-q", "-b", branch, str(path),
-            plan["base_commit"])
-    except BaseException as exc:
-        if isinstance(exc, KeyboardInterrupt):  # killed mid-add: git may have made part of it
-            _remove_worktree(main, path, branch)
-        signal.signal(signal.SIGTERM, old_term)
-        raise
-    try:
-        _share_cache(main, path, cache)
-        source = _checkout(path)
-        probed = probe_link(cache, path)
-        done = privatize(path, plan["private"])
-        link = probed
-        if done["readonly"]:
-            link = link_kind(path / done["readonly"][0], cache, probed)
+        if rec and _resumable(main, plan):
+            recovered = "finished: the half-made worktree of an interrupted create was completed"
+        else:
+            if rec:
+                _refuse_if_used(main, path, branch, rec)
+                recovered = ("redone: the half-made worktree of an interrupted create was "
+                             "removed and created again")
+                _remove_worktree(main, path, branch, branch_at=rec.get("base_commit"))
+            made_now = True
+            write_pending(main, path, {"kind": "experiment", "path": str(path),
+                                       "branch": branch, "base": plan["base"],
+                                       "base_commit": plan["base_commit"],
+                                       "private": plan["private"]})
+            git(plan["repo"], "worktree", "add", "-q", "-b", branch, str(path),
+                plan["base_commit"])
+        source, done, link = _build(main, path, cache, plan["private"])
         marker = {"kind": "experiment", "name": path.name[4:], "branch": branch,
                   "base": plan["base"], "base_commit": plan["base_commit"],
                   "cache_dir": str(cache), "link_type": link, "private": plan["private"]}
         atomic.write_text(git_dir(path) / MARKER, json.dumps(marker, indent=1) + "\n")
+        drop_pending(main, path)
     except BaseException:
-        _remove_worktree(main, path, branch)
+        if made_now:
+            _remove_worktree(main, path, branch, branch_at=plan["base_commit"])
+            drop_pending(main, path)
         raise
     finally:
         signal.signal(signal.SIGTERM, old_term)
-    return {"path": str(path), "branch": branch, "base": plan["base"],
-            "base_commit": plan["base_commit"], "cache_dir": str(cache), "link_type": link,
-            "data_from": source, "private": done["private"], "private_patterns": plan["private"],
-            "readonly": len(done["readonly"]), "seconds": round(time.monotonic() - t0, 3)}
+    out = {"path": str(path), "branch": branch, "base": plan["base"],
+           "base_commit": plan["base_commit"], "cache_dir": str(cache), "link_type": link,
+           "data_from": source, "private": done["private"], "private_patterns": plan["private"],
+           "readonly": len(done["readonly"]), "seconds": round(time.monotonic() - t0, 3)}
+    if recovered:
+        out["recovered"] = recovered
+    return out
 
 
-# --- teardown -----------------------------------------------------------------------------
-
-def find_experiment(repo: Path, name: str) -> tuple[Path, dict]:
-    validate_name(name)
-    main = main_worktree(repo)
-    path = main.parent / f"exp-{name}"
-    for wt in worktrees(repo):
-        if wt["path"] == str(path):
-            if wt["branch"] != f"exp/{name}":
-                raise EVError(f"{path} is on {wt['branch'] or 'a detached HEAD'}, not exp/{name}",
-                              code=REFUSED, hint="teardown only removes experiment worktrees")
-            return path, wt
-    raise EVError(f"no experiment worktree {path}", code=NOT_FOUND,
-                  hint="list them with: worktree.py list")
-
-
-def remote_info(wt: Path) -> tuple[str | None, str | None]:
-    """(default remote name, its URL with a local path made absolute)."""
-    cp = dvc_run(wt, "config", "--list", "--show-origin")
-    name, urls = None, {}
-    for line in cp.stdout.splitlines():
-        origin, _, kv = line.partition("\t")
-        key, _, value = kv.partition("=")
-        if key == "core.remote":
-            name = value
-        m = re.match(r"remote\.(.+)\.url$", key)
-        if m:
-            urls[m.group(1)] = (origin, value)
-    if not name or name not in urls:
-        return name, None
-    origin, url = urls[name]
-    if "://" not in url and not os.path.isabs(url):
-        base = Path(origin) if os.path.isabs(origin) else wt / origin.lstrip("/")
-        url = str((base.parent / url).resolve())
-    return name, url
+def _refuse_if_used(main: Path, path: Path, branch: str, rec: dict) -> None:
+    """A half-made tree someone worked in (commits on its branch, changed files) is never
+    removed by a re-run of create: exit 4, say how to keep or drop the work."""
+    tip = resolve_commit(main, f"refs/heads/{branch}")
+    why = None
+    if tip is not None and tip != rec.get("base_commit"):
+        why = f"{branch} has commits of its own ({tip[:12]})"
+    elif path.is_dir() and (path / ".git").exists():
+        with contextlib.suppress(EVError):
+            dirty = dirty_paths(path)
+            if dirty:
+                why = f"it has {len(dirty)} changed file(s) (first: {dirty[0]})"
+    if why:
+        raise EVError(f"{path} is a half-made worktree (create was interrupted) and {why}",
+                      code=REFUSED, hint=f"keep the work (commit and tag it), then remove the "
+                                         f"tree with: worktree.py teardown {path.name[4:]} "
+                                         "(--force if needed), and create again")
 
 
-def _commit_outs(wt: Path, commit: str) -> list[Out]:
-    names = git(wt, "ls-tree", "-r", "-z", "--name-only", commit).split("\0")
-    outs = []
-    for f in filter(is_meta_file, names):
-        text = run(["git", "show", f"{commit}:{f}"], cwd=wt, what="git show").stdout
-        outs += parse_outs(text, f)
-    return outs
-
-
-def _missing_on_local_remote(remote: Path, cache: Path, outs: list[Out]) -> list[tuple]:
-    """(path, md5) of each object an output needs that the remote directory lacks."""
-    missing = []
-    for o in outs:
-        if not object_path(remote, o.md5, o.legacy).is_file():
-            missing.append((o.path, o.md5))
-            continue
-        if o.is_dir:
-            entries = json.loads(object_path(remote, o.md5, o.legacy).read_text())
-            for e in entries:
-                if not object_path(remote, e["md5"], o.legacy).is_file():
-                    missing.append((os.path.join(o.path, e["relpath"]), e["md5"]))
-    return missing
-
-
-def missing_by_dvc_status(wt: Path, rname: str, label: str) -> list[str]:
-    """For remotes that are not a local directory: `dvc status -c` of the checked-out tip
-    (earlier tagged commits are not checked this way)."""
-    cp = dvc_run(wt, "status", "-c", "--json")
-    try:
-        st = json.loads(cp.stdout or "{}") if cp.returncode == 0 else None
-    except ValueError:
-        st = None
-    if not isinstance(st, dict):
-        err = (cp.stderr.strip().splitlines() or ["no output"])[-1]
-        return [f"cannot check remote '{rname}': dvc status -c failed: {err}"]
-    return [f"not on remote '{rname}': {p} ({state}) at {label}; run dvc push -T in {wt}"
-            for p, state in sorted(st.items()) if state != "ok"]
-
-
-def _results_dbs(wt: Path) -> list[Path]:
-    root = wt / "results"
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.rglob("*") if p.is_file() and is_sqlite_file(p))
-
-
-def missing_rows(db: Path, main_db: Path) -> list[tuple[str, int]]:
-    """(track_id, rows) of the db's events absent from main_db (by track_id, timestamp)."""
-    con = sqlite_connect(db, readonly=True)
-    try:
-        if "default" not in sqlite_tables(con):
-            return []
-        t = quote_ident("default")
-        if main_db.is_file() and is_sqlite_file(main_db):
-            uri = "file:" + str(main_db.resolve()) + "?mode=ro"
-            con.execute("ATTACH DATABASE ? AS m", (uri,))
-            if "default" in sqlite_tables(con, "m"):
-                q = (f"SELECT track_id, count(*) FROM main.{t} x WHERE NOT EXISTS "
-                     f"(SELECT 1 FROM m.{t} y WHERE y.track_id = x.track_id "
-                     f"AND y.timestamp = x.timestamp) GROUP BY track_id ORDER BY track_id")
-                return [(str(r[0]), r[1]) for r in con.execute(q)]
-        q = f"SELECT track_id, count(*) FROM {t} GROUP BY track_id ORDER BY track_id"
-        return [(str(r[0]), r[1]) for r in con.execute(q)]
-    finally:
-        con.close()
-
-
-def teardown_check(repo: Path, name: str, main_db: str | None = None) -> dict:
-    """Everything that would be lost by removing exp-NAME: a list of one-line items."""
-    path, wt = find_experiment(repo, name)
-    main = main_worktree(repo)
-    branch = wt["branch"]
-    tip = git(main, "rev-parse", f"refs/heads/{branch}")
-    items: list[str] = []
-    where = path if path.is_dir() else main  # git and dvc questions that need no workspace
-    if not path.is_dir():
-        items.append(f"worktree directory {path} is missing: anything uncommitted in it is "
-                     "already gone")
-    else:
-        for p in dirty_paths(path):
-            items.append(f"uncommitted change: {p}")
-        try:
-            for p in _dvc_changes(path):
-                items.append(f"DVC output not committed: {p}")
-        except EVError as exc:  # a half-made worktree: report it, let --force remove it
-            items.append(f"cannot check DVC outputs: {exc.line()}")
-    tags = {}
-    for line in git(main, "for-each-ref", "refs/tags",
-                    "--format=%(refname:short) %(objectname) %(*objectname)").splitlines():
-        parts = line.split()
-        tags.setdefault(parts[-1], []).append(parts[0])
-    tip_tags = [t for t in tags.get(tip, []) if not t.startswith("backup/")]
-    if not tip_tags:
-        items.append(f"no tag points at {branch}'s last commit {tip[:12]}")
-    own = git(main, "rev-list", f"refs/heads/{branch}", "--not",
-              f"--exclude={branch}", "--branches").split()
-    commits = {tip: ", ".join(tip_tags) or f"{branch} tip"}
-    for c in own:
-        if tags.get(c):
-            commits[c] = ", ".join(tags[c])
-    rname, url = remote_info(where)
-    cache = Path((read_marker(path) if path.is_dir() else {}).get("cache_dir")
-                 or main_cache_dir(main))
-    if url is None:
-        items.append("no default DVC remote: nothing is pushed anywhere "
-                     "(dvc remote add -d NAME URL)")
-    elif "://" in url and not url.startswith("file://"):
-        items += missing_by_dvc_status(where, rname, commits[tip])
-    else:
-        root = Path(url.removeprefix("file://"))
-        seen: dict[tuple, list[str]] = {}
-        for c, label in commits.items():
-            for key in _missing_on_local_remote(root, cache, _commit_outs(where, c)):
-                seen.setdefault(key, []).append(label)
-        for (p, md5), labels in seen.items():
-            items.append(f"not on remote '{rname}': {p} (md5 {md5[:12]}) "
-                         f"at {' + '.join(labels)}; run dvc push -T in {where}")
-    mdb = Path(main_db) if main_db else main / "results" / "experiments.db"
-    if not mdb.is_absolute():
-        mdb = main / mdb
-    for db in _results_dbs(path):
-        rel = db.relative_to(path)
-        for track_id, n in missing_rows(db, mdb):
-            items.append(f"{n} results row(s) of run {track_id} in {rel} are not in "
-                         f"main's {mdb.relative_to(main) if mdb.is_relative_to(main) else mdb}")
-    return {"name": name, "path": str(path), "branch": branch, "tip": tip, "tags": tip_tags,
-            "remote": rname, "items": items, "main": main}
-
-
-def teardown(check: dict) -> dict:
-    main, path, branch, tip = check["main"], Path(check["path"]), check["branch"], check["tip"]
-    backup = None
-    if not check["tags"]:
-        backup = f"backup/{branch}"
-        if git_ok(main, "rev-parse", "--verify", "-q", f"refs/tags/{backup}"):
-            backup = f"backup/{branch}-{tip[:12]}"
-        if not git_ok(main, "rev-parse", "--verify", "-q", f"refs/tags/{backup}"):
-            git(main, "tag", backup, tip)
-    git(main, "worktree", "remove", "--force", str(path))
-    git(main, "branch", "-D", branch)
-    return {"removed": str(path), "branch_deleted": branch, "tip": tip, "tags": check["tags"],
-            "backup_tag": backup, "restore": f"git worktree add {path} -b {branch} "
-                                             f"{check['tags'][0] if check['tags'] else backup}"}
+def finish_half_made(wt: Path) -> str | None:
+    """privatize inside a half-made worktree: finish its create (None if it is not one)."""
+    main = main_worktree(wt)
+    rec = read_pending(main, wt)
+    if not rec or rec.get("kind") != "experiment":
+        return None
+    plan = _plan_from(rec, wt, main, None, rec.get("private") or list(DEFAULT_PRIVATE))
+    if not _resumable(main, plan):
+        raise EVError(f"{wt} is a half-made worktree (create was interrupted) that cannot be "
+                      "finished in place", code=REFUSED,
+                      hint=f"from main, run: worktree.py create {wt.name[4:]} (it removes it "
+                           "and creates it again)")
+    create(plan)
+    return "finished: the half-made worktree of an interrupted create was completed"
 
 
 # --- explore ------------------------------------------------------------------------------
 
 def explore_path(main: Path, tag: str) -> Path:
     return main.parent / ("explore-" + re.sub(r"[^A-Za-z0-9._-]", "-", tag))
+
+
+def _make_read_only(path: Path) -> None:
+    for root, dirs, names in os.walk(path):
+        dirs[:] = [d for d in dirs if d != ".dvc"]
+        for n in names:
+            p = Path(root) / n
+            if not p.is_symlink() and p.name != ".git":
+                mode = stat.S_IMODE(p.stat().st_mode)
+                if mode & 0o222:
+                    os.chmod(p, mode & ~0o222)
 
 
 def explore(repo_arg, tag: str, dry_run: bool = False) -> dict:
@@ -542,15 +567,19 @@ def explore(repo_arg, tag: str, dry_run: bool = False) -> dict:
                       hint="list tags with: git tag -l -n9")
     main = main_worktree(repo)
     path = explore_path(main, tag)
+    half = read_pending(main, path)
     for wt in worktrees(repo):
         if wt["path"] == str(path):
             m = read_marker(path)
             if m.get("kind") == "explore" and m.get("commit") == commit:
+                if not dry_run:
+                    drop_pending(main, path)
                 return {"path": str(path), "tag": tag, "commit": commit, "existing": True,
                         "cache_dir": m.get("cache_dir"), "link_type": m.get("link_type")}
-            raise EVError(f"{path} is already a worktree that explore did not make for {tag}",
-                          code=USAGE, hint="remove or move it first")
-    if path.exists() or path.is_symlink():
+            if not half:
+                raise EVError(f"{path} is already a worktree that explore did not make for "
+                              f"{tag}", code=USAGE, hint="remove or move it first")
+    if (path.exists() or path.is_symlink()) and not half:
         raise EVError(f"path {path} already exists", code=USAGE,
                       hint="remove or move it first")
     cache = main_cache_dir(main)
@@ -558,59 +587,29 @@ def explore(repo_arg, tag: str, dry_run: bool = False) -> dict:
               "existing": False}
     if dry_run:
         return result
-    git(repo, "worktree", "add", "-q", "--detach", str(path), commit)
+    if half:  # an interrupted explore: nothing in it is anyone's work
+        _remove_worktree(main, path, None)
+        result["recovered"] = ("redone: the half-made tree of an interrupted explore was "
+                               "removed and made again")
+    write_pending(main, path, {"kind": "explore", "path": str(path), "tag": tag,
+                               "commit": commit})
     try:
-        _share_cache(main, path, cache)
-        source = _checkout(path)
-        probed = probe_link(cache, path)
-        files = output_files(path)
-        link = link_kind(path / files[0], cache, probed) if files else probed
+        git(repo, "worktree", "add", "-q", "--detach", str(path), commit)
         # Read-only bits do not stop root: re-running training in an exploration would write
         # through the links into the cache. The paths experiments write become private copies.
-        privatize(path, list(DEFAULT_PRIVATE))
-        for root, dirs, names in os.walk(path):
-            dirs[:] = [d for d in dirs if d != ".dvc"]
-            for n in names:
-                p = Path(root) / n
-                if not p.is_symlink() and p.name != ".git":
-                    mode = stat.S_IMODE(p.stat().st_mode)
-                    if mode & 0o222:
-                        os.chmod(p, mode & ~0o222)
+        source, _done, link = _build(main, path, cache, list(DEFAULT_PRIVATE))
+        files = output_files(path)
+        _make_read_only(path)
         marker = {"kind": "explore", "tag": tag, "commit": commit, "cache_dir": str(cache),
                   "link_type": link}
         atomic.write_text(git_dir(path) / MARKER, json.dumps(marker, indent=1) + "\n")
+        drop_pending(main, path)
     except BaseException:
         _remove_worktree(main, path, None)
+        drop_pending(main, path)
         raise
     result.update(link_type=link, data_from=source, files=len(files))
     return result
-
-
-def explore_cleanup(repo_arg, tag: str | None, force: bool, dry_run: bool) -> dict:
-    repo = find_repo(repo_arg)
-    main = main_worktree(repo)
-    mine = []
-    for wt in worktrees(repo):
-        p = Path(wt["path"])
-        m = read_marker(p) if p.is_dir() else {}
-        if m.get("kind") == "explore" and (tag is None or m.get("tag") == tag):
-            mine.append((p, m))
-    if tag is not None and not mine:
-        raise EVError(f"no explore worktree of tag {tag!r}", code=NOT_FOUND,
-                      hint="list them with: worktree.py list")
-    changed = {str(p): dirty_paths(p) for p, _m in mine}
-    dirty = {k: v for k, v in changed.items() if v}
-    if dirty and not force:
-        first = next(iter(dirty))
-        raise EVError(f"explore worktree {first} has {len(dirty[first])} local change(s) "
-                      f"(first: {dirty[first][0]})", code=REFUSED,
-                      hint="copy them elsewhere, or pass --force to discard them")
-    removed = []
-    for p, m in mine:
-        if not dry_run:
-            git(main, "worktree", "remove", "--force", str(p))
-        removed.append({"path": str(p), "tag": m.get("tag")})
-    return {"removed": removed, "dry_run": dry_run}
 
 
 # --- list ---------------------------------------------------------------------------------
@@ -618,17 +617,38 @@ def explore_cleanup(repo_arg, tag: str | None, force: bool, dry_run: bool) -> di
 def list_worktrees(repo_arg) -> list[dict]:
     repo = find_repo(repo_arg)
     main = main_worktree(repo)
-    out = []
+    out, seen = [], set()
     for wt in worktrees(repo):
         p = Path(wt["path"])
+        seen.add(str(p))
         m = read_marker(p) if p.is_dir() else {}
-        kind = "main" if p == main else m.get("kind") or (
+        half = half_made(main, p) if p != main else {}
+        kind = "main" if p == main else ("half-made" if half and not half.get("finished")
+                                         else m.get("kind")) or (
             "experiment" if (wt["branch"] or "").startswith("exp/") else "other")
         row = {"path": str(p), "kind": kind, "branch": wt["branch"], "head": wt["head"]}
+        if kind == "half-made":
+            row["next"] = _half_next(half)
         if m.get("tag"):
             row["tag"] = m["tag"]
-        if kind == "experiment" and p.is_dir():
-            row["exposed_private"] = exposed_private(p, m.get("private") or
-                                                     list(DEFAULT_PRIVATE))
+        if kind in ("experiment", "half-made") and p.is_dir():
+            row["exposed_private"] = exposed_private(p, m.get("private") or half.get("private")
+                                                     or list(DEFAULT_PRIVATE))
         out.append(row)
+    pend = common_dir(repo) / PENDING
+    for f in sorted(pend.glob("*.json")) if pend.is_dir() else []:
+        rec = {}
+        with contextlib.suppress(OSError, ValueError):
+            rec = json.loads(f.read_text())
+        if isinstance(rec, dict) and rec.get("path") and rec["path"] not in seen \
+                and not f.name.endswith(".teardown.json"):
+            out.append({"path": rec["path"], "kind": "half-made", "branch": rec.get("branch"),
+                        "head": None, "next": _half_next(rec)})
     return out
+
+
+def _half_next(rec: dict) -> str:
+    if rec.get("kind") == "explore":
+        return f"worktree.py explore {rec.get('tag')} (removes it and makes it again)"
+    return (f"worktree.py create {Path(rec['path']).name[4:]} finishes it (or removes and "
+            "re-creates it); privatize inside it finishes it too")
