@@ -166,9 +166,19 @@ def test_promote_under_another_dvcs_lock_replaces_nothing_early(dvc_repo):
         assert ledger(repo)[-1]["run_id"] == b
         # the lock is really held: dvc itself fails now
         (repo / "other.txt").write_text("x")
-        cp = sh(["dvc", "add", "-q", "other.txt"], cwd=repo, check=False)
+        cp = sh(["dvc", "add", "other.txt"], cwd=repo, check=False)
         assert cp.returncode != 0 and "lock" in (cp.stderr + cp.stdout).lower()
         (repo / "other.txt").unlink()
+        # add-candidate needs `dvc add` of the directory: refused with DVC's own line
+        before = md5(cand)
+        cp = run_script("model_manager.py", "add-candidate", "--run-id", b, "--model",
+                        str(cand), cwd=repo)
+        assert cp.returncode == 1, cp.stderr
+        line = cp.stderr.strip()
+        assert line.startswith(ERR + "dvc add failed: ERROR: ") and "lock" in line, line
+        assert line.endswith("another dvc process holds the repository lock: wait for it, "
+                             "or find it with `pgrep -af dvc`, then re-run")
+        assert md5(cand) == before
     finally:
         holder.kill()
         holder.wait()

@@ -111,6 +111,18 @@ class Candidate:
     suffix: str
 
 
+def _dvc_add(repo: Path, target: str) -> None:
+    """`dvc add target`, its failure quoting DVC's own error line and what to do."""
+    try:
+        dvc(repo, "add", target)
+    except EVError as exc:
+        locked = "lock" in exc.message.lower()
+        raise EVError(exc.message, code=exc.code, hint=(
+            "another dvc process holds the repository lock: wait for it, or find it with "
+            "`pgrep -af dvc`, then re-run" if locked else
+            f"fix what DVC says, then re-run (or run `dvc add {target}` yourself)")) from exc
+
+
 def check_name(value: str, what: str) -> str:
     if what == "run id" and not _RUN_ID_RE.match(value or ""):
         raise EVError(f"bad run id {value!r}: use letters, digits, '_' and '-' only",
@@ -184,7 +196,7 @@ def add_candidate(repo: Path, *, db: Path, run_id: str, model: Path, version: st
         if not dry_run:
             copy_file(model, dest)
     if track and not dry_run:
-        dvc(repo, "add", "-q", CANDIDATES)
+        _dvc_add(repo, CANDIDATES)
         res["tracked"] = True
     return res
 
@@ -305,6 +317,6 @@ def prune(repo: Path, *, results: Results, keep: int, metric: str, mode: str,
         for item in delete:  # each is in the cache (or --include-untracked): a way back
             (repo / item["path"]).unlink(missing_ok=True)
         if (repo / CANDIDATES).is_dir():
-            dvc(repo, "add", "-q", CANDIDATES)
+            _dvc_add(repo, CANDIDATES)
             res["tracked"] = True
     return res
