@@ -426,7 +426,8 @@ def recover(repo: Path, a: Alias, s: _settings.Settings | None = None) -> dict |
     if obj.is_file() and obj.stat().st_size == intent["size"]:
         _apply(repo, a, intent, s)
         p.unlink()
-        return {"recovered": "completed", "what": what, "seq": e["seq"]}
+        return {"recovered": "completed", "what": what, "seq": e["seq"],
+                "request": intent.get("request"), "_entry": e}
     # The object is gone (a cache wiped after the kill): put the old state back.
     old = intent.get("old_dvc")
     dvc_file = repo / a.dvc
@@ -503,10 +504,22 @@ def _gto_entry(repo: Path, a: Alias, entry: dict, md5: str, s: _settings.Setting
                         "stage": a.name}
 
 
+def _same_request(rec: dict | None, request: dict) -> dict | None:
+    """The entry a recovered intent completed when it was this very command (the re-run of
+    a killed command must not make the change twice)."""
+    if rec and rec["recovered"] == "completed" and rec.get("request") == request:
+        return rec["_entry"]
+    return None
+
+
+def _public(rec: dict | None) -> dict | None:
+    return rec and {k: v for k, v in rec.items() if not k.startswith("_")}
+
+
 def _write(repo: Path, a: Alias, entry: dict, md5: str, size: int, *, commit: bool,
-           s: _settings.Settings) -> None:
+           s: _settings.Settings, request: dict) -> None:
     old = repo / a.dvc
-    intent = {"entry": entry, "md5": md5, "size": size, "commit": commit,
+    intent = {"entry": entry, "md5": md5, "size": size, "commit": commit, "request": request,
               "old_dvc": old.read_text() if old.exists() else None}
     p = _intent_path(repo, a)
     write_text(p, json.dumps(intent, default=str))
@@ -518,8 +531,14 @@ def promote(repo: Path, a: Alias, *, src_file: Path, source: str, run, version: 
             reason: str | None, force: bool, dry_run: bool, commit: bool) -> dict:
     s = _settings.load(repo)
     commit = commit or s.gto
+    request = {"action": "promote", "source": source, "run_id": run and run.track_id,
+               "reason": reason, "force": force}
     with production_lock(repo, a):
         rec = None if dry_run else recover(repo, a, s)
+        done = _same_request(rec, request)
+        if done:
+            return {"action": "promote", "alias": a.name, "dry_run": False, "entry": done,
+                    "unchanged": False, "recovered": _public(rec), "committed": commit}
         cur = alias_info(repo, a)
         entries = read_ledger(repo, a)
         entry = _new_entry(repo, a, "promote", reason=reason,
@@ -537,7 +556,7 @@ def promote(repo: Path, a: Alias, *, src_file: Path, source: str, run, version: 
                     "source": cur["source"] if cur["in_ledger"] else
                     ("changed outside model_manager.py" if entries else None)}
         res = {"action": "promote", "alias": a.name, "dry_run": dry_run, "entry": entry,
-               "unchanged": False, "recovered": rec}
+               "unchanged": False, "recovered": _public(rec)}
         saved = _guard_unrecorded(repo, a, cur, force, "promoting", save=not dry_run)
         if dry_run:
             md5, sha = hashes(src_file)
@@ -557,7 +576,7 @@ def promote(repo: Path, a: Alias, *, src_file: Path, source: str, run, version: 
             res["unchanged"] = True
             return res
         _gto_entry(repo, a, entry, md5, s)
-        _write(repo, a, entry, md5, size, commit=commit, s=s)
+        _write(repo, a, entry, md5, size, commit=commit, s=s, request=request)
         res["committed"] = commit
         return res
 
@@ -632,8 +651,14 @@ def rollback(repo: Path, a: Alias, *, reason: str, to: int | None, run_id: str |
                       hint="say why, e.g. --reason 'too many false positives'")
     s = _settings.load(repo)
     commit = commit or s.gto
+    request = {"action": "rollback", "to": to, "run_id": run_id, "version": version,
+               "tag": tag, "reason": reason.strip(), "force": force}
     with production_lock(repo, a):
         rec = None if dry_run else recover(repo, a, s)
+        done = _same_request(rec, request)
+        if done:
+            return {"action": "rollback", "alias": a.name, "dry_run": False, "entry": done,
+                    "recovered": _public(rec), "fetched_from": "cache", "committed": commit}
         cur = alias_info(repo, a)
         entries = read_ledger(repo, a)
         stacks = replay(entries)
@@ -669,7 +694,7 @@ def rollback(repo: Path, a: Alias, *, reason: str, to: int | None, run_id: str |
                                             "version": top.get("version"),
                                             "source": top.get("source")}})
         res = {"action": "rollback", "alias": a.name, "dry_run": dry_run, "entry": entry,
-               "recovered": rec}
+               "recovered": _public(rec)}
         if dry_run:
             return res
         res["fetched_from"] = _get_bytes(repo, a, target["md5"])
@@ -678,7 +703,8 @@ def rollback(repo: Path, a: Alias, *, reason: str, to: int | None, run_id: str |
             _, entry["model"]["sha256"] = hashes(obj)
             entry["model"]["size"] = obj.stat().st_size
         _gto_entry(repo, a, entry, target["md5"], s)
-        _write(repo, a, entry, target["md5"], obj.stat().st_size, commit=commit, s=s)
+        _write(repo, a, entry, target["md5"], obj.stat().st_size, commit=commit, s=s,
+               request=request)
         res["committed"] = commit
         return res
 
@@ -687,7 +713,7 @@ def status(repo: Path, a: Alias, rev: str | None = None) -> dict | None:
     rec = recover(repo, a) if rev is None and _intent_path(repo, a).exists() else None
     info = alias_info(repo, a, rev)
     if info is not None and rec:
-        info["recovered"] = rec
+        info["recovered"] = _public(rec)
     return info
 
 

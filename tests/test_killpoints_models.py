@@ -1,0 +1,143 @@
+"""Kill model_manager.py (and tag creation) after each of its git/dvc calls, re-run the same
+command, and compare ledger, model.bin, .dvc, cache re-hash, tags and git status with a
+clean run. No re-run may record a false ledger entry or lose the previous model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import run_script, sh
+from killpoints import call_log, calls, killed, wrappers
+from test_registry import make_runs
+
+PROD = "models/production/model.bin"
+LEDGER = "models/production/ledger.jsonl"
+
+
+def cache_bad(repo: Path) -> list[str]:
+    bad = []
+    for obj in (repo / ".dvc/cache/files/md5").rglob("*"):
+        if obj.is_file() and not obj.name.startswith(".") and not obj.name.endswith(".dir"):
+            if hashlib.md5(obj.read_bytes()).hexdigest() != obj.parent.name + obj.name:  # noqa: S324
+                bad.append(str(obj))
+    return bad
+
+
+def snapshot(repo: Path) -> dict:
+    """What must match a clean run: ledger (less time/id/commit), bytes, .dvc, tags, status."""
+    led = []
+    if (repo / LEDGER).exists():
+        for line in (repo / LEDGER).read_text().splitlines():
+            e = json.loads(line)
+            led.append((e["seq"], e["action"], e["run_id"], e["model"]["md5"], e.get("reason"),
+                        e.get("restores"), (e.get("previous") or {}).get("md5"),
+                        (e.get("gto") or {}).get("version")))
+    p = repo / PROD
+    tags = sh(["git", "for-each-ref", "--format=%(refname:strip=2) %(*objectname:short)",
+               "refs/tags"], cwd=repo).stdout.split("\n")
+    tags = sorted(t.split()[0] for t in tags if t.strip())
+    return {"ledger": led,
+            "model": hashlib.md5(p.read_bytes()).hexdigest() if p.exists() else None,  # noqa: S324
+            "dvc": (repo / (PROD + ".dvc")).read_text() if (repo / (PROD + ".dvc")).exists()
+            else None,
+            "tags": tags,
+            "status": sh(["git", "status", "--porcelain"], cwd=repo).stdout,
+            "commits": int(sh(["git", "rev-list", "--count", "HEAD"], cwd=repo).stdout),
+            "cache_bad": cache_bad(repo)}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> tuple[Path, list[str]]:
+    """A project with gto on, 2 runs committed, run A promoted (and committed)."""
+    from conftest import init_dvc, init_git
+
+    root = tmp_path_factory.mktemp("kp")
+    repo = init_dvc(init_git(root / "proj"), root / "remote")
+    (repo / "ev.yaml").write_text("gto: true\nmetric: f1_score\n")
+    ids = make_runs(repo, 3)
+    sh(["dvc", "add", "-q", "models/candidates", "results/experiments.db"], cwd=repo)
+    sh("git add -A && git commit -qm runs", cwd=repo)
+    cp = run_script("model_manager.py", "promote", "--run-id", ids[0], "--reason", "A",
+                    cwd=repo)
+    assert cp.returncode == 0, cp.stderr
+    cp = run_script("model_manager.py", "promote", "--run-id", ids[1], "--reason", "B",
+                    cwd=repo)
+    assert cp.returncode == 0, cp.stderr
+    sh(["dvc", "push", "-q", "-T"], cwd=repo)
+    return repo, ids
+
+
+def fresh(base_repo: Path, where: Path) -> Path:
+    """A copy of the base project (its remote stays the shared absolute one)."""
+    shutil.copytree(base_repo, where, symlinks=True)
+    return where
+
+
+def walk(base, tmp_path: Path, args: list[str], prepare=None, script="model_manager.py"):
+    """Clean run, then a kill after every git/dvc call + a plain re-run; compare snapshots."""
+    repo0, _ = base
+    clean = fresh(repo0, tmp_path / "clean")
+    if prepare:
+        prepare(clean)
+    env, counter = wrappers(tmp_path / "w0", kill_at=0)
+    cp = run_script(script, *args, cwd=clean, env=env)
+    assert cp.returncode == 0, cp.stderr
+    total = calls(counter)
+    want = snapshot(clean)
+    assert want["cache_bad"] == []
+    log = call_log(counter)
+    outcomes = []
+    for n in range(1, total + 1):
+        repo = fresh(repo0, tmp_path / f"k{n}")
+        if prepare:
+            prepare(repo)
+        env, _ = wrappers(tmp_path / f"w{n}", kill_at=n)
+        cp = run_script(script, *args, cwd=repo, env=env)
+        assert killed(cp), (n, log[n - 1], cp.returncode, cp.stderr)
+        again = run_script(script, "--json", *args, cwd=repo)
+        assert again.returncode == 0, (n, log[n - 1], again.stderr)
+        got = snapshot(repo)
+        assert got == want, (n, log[n - 1])
+        outcomes.append((json.loads(again.stdout).get("recovered") or {}).get("recovered"))
+        shutil.rmtree(repo)
+    return total, log, outcomes
+
+
+def test_promote_killed_after_each_git_dvc_call(base, tmp_path):
+    _, ids = base
+    total, log, outcomes = walk(base, tmp_path, ["promote", "--run-id", ids[2], "--reason",
+                                                 "C is better"])
+    # the calls that write (commit, tags) are among those covered
+    assert any(" git commit " in x for x in log) and sum(" git tag " in x for x in log) == 2
+    assert "completed" in outcomes  # killed after the intent: the re-run finished it
+    print(f"promote: {total} kill points")
+
+
+def test_rollback_from_the_remote_killed_after_each_git_dvc_call(base, tmp_path):
+    _, ids = base
+
+    def lose_a(repo: Path):  # A's bytes only on the remote: rollback runs `dvc get`
+        e = json.loads((repo / LEDGER).read_text().splitlines()[0])
+        m = e["model"]["md5"]
+        (repo / ".dvc/cache/files/md5" / m[:2] / m[2:]).unlink()
+
+    total, log, outcomes = walk(base, tmp_path, ["rollback", "--reason", "false positives"],
+                                prepare=lose_a)
+    assert any(" dvc get " in x for x in log)
+    print(f"rollback: {total} kill points")
+
+
+def test_add_candidate_and_prune_killed_after_each_call(base, tmp_path):
+    _, ids = base
+    model = tmp_path / "new.bin"
+    model.write_bytes(b"a retrained model\n" * 100)
+    total_a, log, _ = walk(base, tmp_path / "add", ["add-candidate", "--run-id", ids[2],
+                                                    "--model", str(model), "--force"])
+    assert any(" dvc add " in x for x in log)
+    total_p, log, _ = walk(base, tmp_path / "prune", ["prune", "--keep", "0", "--metric",
+                                                      "f1_score", "--yes"])
+    print(f"add-candidate: {total_a} kill points; prune: {total_p}")
