@@ -252,7 +252,7 @@ def production_suggest(repo: Path, last: str | None, tags: dict, *, tag_name: st
     a = registry.alias(repo)
     now = registry.read_ledger(repo, a)
     then = registry.read_ledger(repo, a, last) if last else []
-    if not now or len(now) <= len(then):
+    if not now:
         return None
     e = now[-1]
     level = bump or "patch"
@@ -260,6 +260,12 @@ def production_suggest(repo: Path, last: str | None, tags: dict, *, tag_name: st
                           else "")
     reasons = [f"production change since {last or 'nothing'}: {what}, no new runs"]
     expected = bump_version(last, level) if last else "e0.1.0"
+    if len(now) <= len(then):
+        info = tags.get(last)
+        if not (info and info.lineage.get("kind") == "production"
+                and info.lineage.get("ledger_seq") == e["seq"]):
+            return None
+        expected = last  # this change is tagged already (the re-run of a create)
     tag = tag_name or expected
     if not parse_e(tag):
         raise EVError(f"--tag {tag!r} is not an experiment tag name (e<major>.<minor>."
