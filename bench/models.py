@@ -2,10 +2,12 @@
 
 1. Ranking runs: `_evlib.models.load_results` + `_evlib.runs.rank` (aggregate every run's rows by
    track_id, last non-null value) vs the bare `SELECT * FROM "default"` fetch it builds on.
-2. Promoting a large model: `model_manager.py promote` (atomic copy, one-pass md5+sha256,
-   `dvc add`, ledger) vs the workflows' `cp model models/production/model.bin && dvc add`.
+2. Promoting and rolling back a large model: `model_manager.py promote` / `rollback` (one
+   read of the source while md5+sha256 are computed into the DVC cache, fsync, model.bin
+   made from the object per cache.type, .dvc and ledger written; no `dvc add`) vs the
+   workflows' `cp model models/production/model.bin && dvc add` for the same bytes.
 
-    python3 dev.py bench models [--runs 20000] [--model-mb 100]
+    python3 dev.py bench models [--runs 20000] [--model-mb 100 1024]
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from _evlib import models  # noqa: E402
 from _evlib import runs as evruns  # noqa: E402
+
+PRODUCTION = "models/production/model.bin"
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -89,7 +93,7 @@ def bench_rank(tmp: Path, runs: int) -> dict:
 
 def bench_promote(tmp: Path, mb: int) -> dict:
     repo = tmp / "proj"
-    repo.mkdir()
+    repo.mkdir(parents=True)
     sh("git", "init", "-q", "-b", "main", cwd=repo)
     sh("dvc", "init", "-q", cwd=repo)
     sh("git", "commit", "-qm", "init", cwd=repo)
@@ -105,37 +109,40 @@ def bench_promote(tmp: Path, mb: int) -> dict:
             for _ in range(mb):
                 fh.write(os.urandom(1 << 20))
         ids.append((t.track_id, cand))
-    prod = repo / models.PRODUCTION
+    prod = repo / PRODUCTION
     prod.parent.mkdir(parents=True, exist_ok=True)
 
     def baseline(cand):
         t = time.perf_counter()
         prod.unlink(missing_ok=True)
         shutil.copyfile(cand, prod)
-        sh("dvc", "add", "-q", models.PRODUCTION, cwd=repo)
+        sh("dvc", "add", "-q", PRODUCTION, cwd=repo)
         return time.perf_counter() - t
 
-    def ours(run_id):
+    def ours(*args):
         t = time.perf_counter()
-        sh(sys.executable, str(ROOT / "scripts/model_manager.py"), "--json", "promote",
-           "--run-id", run_id, cwd=repo)
+        sh(sys.executable, str(ROOT / "scripts/model_manager.py"), "--json", *args, cwd=repo)
         return time.perf_counter() - t
 
     base = min(baseline(ids[0][1]), baseline(ids[1][1]))
-    sh("dvc", "add", "-q", models.PRODUCTION, cwd=repo)
-    mine = min(ours(ids[2][0]), ours(ids[3][0]))
-    return {"model_mb": mb, "cp_dvc_add_s": round(base, 2), "promote_s": round(mine, 2),
-            "ratio": round(mine / base, 2)}
+    sh("dvc", "add", "-q", PRODUCTION, cwd=repo)
+    prom = min(ours("promote", "--run-id", ids[2][0], "--reason", "bench"),
+               ours("promote", "--run-id", ids[3][0], "--reason", "bench"))
+    back = min(ours("rollback", "--reason", "bench"),  # -> ids[2] (from the cache)
+               ours("rollback", "--to", "2", "--reason", "bench"))  # -> ids[3]
+    return {"model_mb": mb, "cp_dvc_add_s": round(base, 2), "promote_s": round(prom, 2),
+            "promote_ratio": round(prom / base, 2), "rollback_s": round(back, 2),
+            "rollback_ratio": round(back / base, 2)}
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, nargs="+", default=[2000, 20000])
-    p.add_argument("--model-mb", type=int, default=100)
+    p.add_argument("--model-mb", type=int, nargs="+", default=[100])
     a = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="ev-bench-models-") as tmp:
         out = {"rank": [bench_rank(Path(tmp), n) for n in a.runs],
-               "promote": bench_promote(Path(tmp), a.model_mb)}
+               "promote": [bench_promote(Path(tmp) / f"m{mb}", mb) for mb in a.model_mb]}
     print(json.dumps(out, indent=1))
     return 0
 
