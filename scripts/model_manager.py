@@ -42,15 +42,18 @@ def _common(sp: argparse.ArgumentParser, *, writes: bool) -> None:
 
 def _db(sp):
     sp.add_argument("--db", metavar="PATH", default=None,
-                    help=f"xetrack results DB (default: {m.DEFAULT_DB} in the repo)")
+                    help="xetrack results DB (default: results_db in ev.yaml, else "
+                         f"{m.DEFAULT_DB})")
 
 
-def _rank(sp, default: str | None):
-    sp.add_argument("--metric", metavar="COLUMN", default=default, required=default is None,
+def _rank(sp, default: str | None, optional: bool = False):
+    sp.add_argument("--metric", metavar="COLUMN", default=default,
+                    required=default is None and not optional,
                     help="column to rank runs by (a run's last non-null value)"
-                    + (f"; default {default}" if default else ""))
-    sp.add_argument("--mode", choices=("max", "min"), default="max",
-                    help="max: higher is better (default); min: lower is better")
+                    + ("; default: metric in ev.yaml, else f1_score" if optional else ""))
+    sp.add_argument("--mode", choices=("max", "min"), default=None if optional else "max",
+                    help="max: higher is better; min: lower is better (default: mode in "
+                         "ev.yaml, else max)")
 
 
 _S = "python scripts/model_manager.py"
@@ -124,7 +127,7 @@ def build() -> argparse.ArgumentParser:
     sp = _add_parser(sub, "list", "runs ranked by a metric, with candidates and production")
     _common(sp, writes=False)
     _db(sp)
-    _rank(sp, "f1_score")
+    _rank(sp, None, optional=True)
     sp.add_argument("--version", default=None, help="only runs of this version")
 
     sp = _add_parser(sub, "prune", "delete candidates of runs ranked below the top K")
@@ -186,7 +189,9 @@ def _fmt(v) -> str:
 
 
 def _db_path(args, repo):
-    return cli.resolve_path(args.db) if args.db else repo / m.DEFAULT_DB
+    from _evlib import settings
+
+    return cli.resolve_path(args.db) if args.db else repo / settings.load(repo).results_db
 
 
 def cmd_add_candidate(args, repo) -> None:
@@ -259,6 +264,11 @@ def cmd_rollback(args, repo) -> None:
 
 
 def cmd_list(args, repo) -> None:
+    from _evlib import settings
+
+    s = settings.load(repo)
+    args.metric = args.metric or s.metric or "f1_score"
+    args.mode = args.mode or (s.mode if s.metric else "max")
     results = m.load_results(_db_path(args, repo))
     res = m.ranked_runs(repo, results, args.metric, args.mode, args.version)
 

@@ -141,3 +141,10 @@ def test_add_candidate_and_prune_killed_after_each_call(base, tmp_path):
     total_p, log, _ = walk(base, tmp_path / "prune", ["prune", "--keep", "0", "--metric",
                                                       "f1_score", "--yes"])
     print(f"add-candidate: {total_a} kill points; prune: {total_p}")
+
+
+def test_tag_create_killed_after_each_call(base, tmp_path):
+    total, log, _ = walk(base, tmp_path, ["--version", "e0.1.0", "--create"],
+                         script="tag_suggest.py")
+    assert any(" git tag -a e0.1.0 " in x for x in log)
+    print(f"tag_suggest --create: {total} kill points")
