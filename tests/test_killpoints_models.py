@@ -148,3 +148,66 @@ def test_tag_create_killed_after_each_call(base, tmp_path):
                          script="tag_suggest.py")
     assert any(" git tag -a e0.1.0 " in x for x in log)
     print(f"tag_suggest --create: {total} kill points")
+
+
+# --- kills between the file writes (no git/dvc call there: the harness cannot reach them) --
+
+_KILL_IN = """
+import os, runpy, sys
+sys.path.insert(0, {scripts!r})
+from _evlib import registry
+def die(*a, **k):
+    os.kill(os.getpid(), 9)
+setattr(registry, {name!r}, die)
+sys.argv = [{script!r}, *sys.argv[1:]]
+runpy.run_path({script!r}, run_name="__main__")
+"""
+
+
+def run_killed_in(repo: Path, step: str, *args):
+    """Run model_manager.py with registry.<step> replaced by a SIGKILL of the process."""
+    import sys
+
+    from conftest import SCRIPTS
+
+    code = _KILL_IN.format(scripts=str(SCRIPTS), name=step,
+                           script=str(SCRIPTS / "model_manager.py"))
+    return sh([sys.executable, "-c", code, *args], cwd=repo, check=False)
+
+
+@pytest.mark.parametrize("step", ["_apply", "remember", "ensure_gitignore", "append_line"])
+def test_promote_killed_between_file_writes_is_completed_by_the_rerun(base, tmp_path, step):
+    repo0, ids = base
+    args = ["promote", "--run-id", ids[2], "--reason", "C", "--commit"]
+    clean = fresh(repo0, tmp_path / "clean")
+    (clean / "ev.yaml").write_text("metric: f1_score\n")  # gto off: plain --commit
+    sh("git commit -qam 'gto off'", cwd=clean)
+    repo = fresh(clean, tmp_path / "k")
+    assert run_script("model_manager.py", *args, cwd=clean).returncode == 0
+    want = snapshot(clean)
+    cp = run_killed_in(repo, step, *args)
+    assert killed(cp), (cp.returncode, cp.stderr)
+    again = run_script("model_manager.py", "--json", *args, cwd=repo)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["recovered"]["recovered"] == "completed"
+    assert snapshot(repo) == want
+
+
+def test_an_intent_whose_object_is_gone_is_rolled_back(base, tmp_path):
+    repo0, ids = base
+    repo = fresh(repo0, tmp_path / "k")
+    before = snapshot(repo)
+    cp = run_killed_in(repo, "ensure_gitignore", "promote", "--run-id", ids[2],
+                       "--reason", "C")
+    assert killed(cp)
+    assert snapshot(repo)["dvc"] != before["dvc"]  # half-made: the .dvc names C already
+    intent = json.loads((repo / ".dvc/tmp/ev/production.intent.json").read_text())
+    m = intent["md5"]
+    (repo / ".dvc/cache/files/md5" / m[:2] / m[2:]).unlink()  # e.g. a `dvc gc` since
+    st = run_script("model_manager.py", "--json", "status", cwd=repo)
+    out = json.loads(st.stdout)
+    assert out["production"]["recovered"]["recovered"] == "rolled back"
+    after = snapshot(repo)
+    assert {k: after[k] for k in ("ledger", "model", "dvc", "tags", "commits")} == {
+        k: before[k] for k in ("ledger", "model", "dvc", "tags", "commits")}
+    assert not (repo / ".dvc/tmp/ev/production.intent.json").exists()

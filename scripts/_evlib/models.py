@@ -35,7 +35,7 @@ _RUN_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
 
 
 def hashes(path: str | os.PathLike) -> tuple[str, str]:
-    from .registry import hashes as _h
+    from .dvcstore import hashes as _h
 
     return _h(Path(path))
 
@@ -283,7 +283,7 @@ def prune(repo: Path, *, results: Results, keep: int, metric: str, mode: str,
     """Delete candidates ranked below the top `keep`. Never deleted: any alias's model, and
     (unless include_untracked) a file whose bytes are not in the DVC cache (never recorded:
     deleting it would lose them)."""
-    from .registry import cache_object
+    from .dvcstore import cache_object
 
     results.require_column(metric)
     cands = [c for c in scan_candidates(repo) if version is None or c.version == version]

@@ -25,25 +25,33 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import hashlib
 import json
 import os
 import re
-import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import settings as _settings
 from .atomic import append_line, held_lock, write_text
-from .dvcmeta import cache_dir, first_md5, load_yaml, object_path
+from .dvcmeta import first_md5
+from .dvcstore import (
+    cache_object,
+    checkout,
+    disk_md5,
+    dvc_text,
+    ensure_gitignore,
+    ev_tmp,
+    hashes,
+    remember,
+    store_object,
+)
 from .errors import NOT_FOUND, REFUSED, USAGE, EVError
 from .proc import git, run
 from .repo import dirty_paths, head_commit, resolve_commit
 
 DEFAULT_ALIAS = "production"
 _ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
-_BUF = 4 << 20
 
 
 def _now() -> str:
@@ -92,181 +100,6 @@ def aliases(repo: Path, s: _settings.Settings | None = None) -> list[Alias]:
                     (d / "ledger.jsonl").is_file():
                 out.append(alias(repo, d.name, s))
     return out
-
-
-# --- hashing and the DVC cache ------------------------------------------------------------
-
-def copy_hashing(src: Path, dest: Path) -> tuple[str, str, int]:
-    """Copy src to dest (a new file) in one read; return (md5, sha256, size)."""
-    md5, sha = hashlib.md5(), hashlib.sha256()  # noqa: S324 - md5 is DVC's object name
-    size = 0
-    with open(src, "rb") as fi, open(dest, "wb") as fo:
-        while chunk := fi.read(_BUF):
-            md5.update(chunk)
-            sha.update(chunk)
-            fo.write(chunk)
-            size += len(chunk)
-    return md5.hexdigest(), sha.hexdigest(), size
-
-
-def hashes(path: Path) -> tuple[str, str]:
-    md5, sha = hashlib.md5(), hashlib.sha256()  # noqa: S324
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_BUF):
-            md5.update(chunk)
-            sha.update(chunk)
-    return md5.hexdigest(), sha.hexdigest()
-
-
-def cache_object(repo: Path, md5: str) -> Path:
-    return object_path(cache_dir(repo), md5)
-
-
-def _cache_type(repo: Path) -> str:
-    import configparser
-
-    found = "copy"
-    for name in ("config", "config.local"):
-        p = repo / ".dvc" / name
-        if p.is_file():
-            cp = configparser.ConfigParser(interpolation=None, strict=False)
-            with contextlib.suppress(configparser.Error, OSError):
-                cp.read_string(p.read_text())
-                if cp.has_option("cache", "type"):
-                    found = cp.get("cache", "type").split(",")[0].strip().strip("'\"")
-    return found
-
-
-def store_object(repo: Path, src: Path, *, move: bool = False) -> tuple[str, str, int]:
-    """Put src's bytes into the DVC cache under their md5 (hashed while copied, fsynced).
-
-    move=True: src is a complete temp file of ours: hashed, then renamed in when it can be.
-    Returns (md5, sha256, size). An object already there is kept (DVC objects are immutable).
-    """
-    from .atomic import _fsync_dir, fsync_file
-
-    cache = cache_dir(repo)
-    base = cache / "files" / "md5"
-    base.mkdir(parents=True, exist_ok=True)
-    tmp = base / f".ev-{uuid.uuid4().hex}.tmp"
-    try:
-        if move:
-            md5, sha = hashes(src)
-            size = src.stat().st_size
-            try:
-                os.replace(src, tmp)
-            except OSError:  # another filesystem
-                copy_hashing(src, tmp)
-                src.unlink()
-        else:
-            md5, sha, size = copy_hashing(src, tmp)
-        obj = object_path(cache, md5)
-        if obj.is_file() and obj.stat().st_size == size:
-            tmp.unlink()
-            return md5, sha, size
-        fsync_file(tmp)
-        os.chmod(tmp, 0o444)  # DVC keeps cache objects read-only
-        obj.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, obj)
-        _fsync_dir(obj.parent)
-        return md5, sha, size
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-
-
-def _checkout(repo: Path, md5: str, dest: Path) -> None:
-    """Make dest the cache object md5 the way DVC's cache.type would (new inode or link)."""
-    obj = cache_object(repo, md5)
-    kind = _cache_type(repo)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.ev-{uuid.uuid4().hex[:8]}")
-    try:
-        if kind == "hardlink":
-            os.link(obj, tmp)
-        elif kind == "symlink":
-            os.symlink(obj, tmp)
-        else:  # reflink/copy: a separate file, so editing it never touches the object
-            shutil.copyfile(obj, tmp)
-            os.chmod(tmp, 0o644)
-            from .atomic import fsync_file
-            fsync_file(tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-
-
-def _dvc_text(old: str | None, md5: str, size: int, name: str) -> str:
-    """The .dvc file DVC 3 writes for one file, keeping any other keys of the old one."""
-    import yaml
-
-    doc = load_yaml(old)
-    outs = doc.get("outs") if isinstance(doc.get("outs"), list) and doc["outs"] else [{}]
-    out = dict(outs[0]) if isinstance(outs[0], dict) else {}
-    for k in ("md5", "size", "hash", "path", "nfiles", "isexec"):
-        out.pop(k, None)
-    new = {"md5": md5, "size": size, "hash": "md5", "path": name, **out}
-    doc["outs"] = [new]
-    return yaml.safe_dump(doc, sort_keys=False)
-
-
-def _ensure_gitignore(repo: Path, a: Alias) -> None:
-    p = repo / a.dir / ".gitignore"
-    line = "/" + os.path.basename(a.model)
-    old = p.read_text() if p.exists() else ""
-    if line not in old.splitlines():
-        write_text(p, old + ("" if not old or old.endswith("\n") else "\n") + line + "\n")
-
-
-# --- what is on disk (without re-reading a large model when nothing changed) --------------
-
-def _ev_tmp(repo: Path) -> Path:
-    d = repo / ".dvc" / "tmp" / "ev"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
-def _stat_key(p: Path) -> list | None:
-    try:
-        st = p.lstat()
-    except FileNotFoundError:
-        return None
-    return [st.st_ino, st.st_size, st.st_mtime_ns]
-
-
-def _remember(repo: Path, a: Alias, md5: str) -> None:
-    key = _stat_key(repo / a.model)
-    if key:
-        write_text(_ev_tmp(repo) / f"{a.name}.stat.json", json.dumps({"key": key, "md5": md5}))
-
-
-def disk_md5(repo: Path, a: Alias, dvc_md5: str | None) -> tuple[str | None, str | None]:
-    """(md5, sha256 or None) of the alias's model.bin; None when absent.
-
-    A link to the object dvc_md5, or a file whose inode/size/mtime we recorded when we
-    wrote it, is not read again (sha256 None then); anything else is hashed.
-    """
-    p = repo / a.model
-    key = _stat_key(p)
-    if key is None:
-        return None, None
-    if dvc_md5:
-        obj = cache_object(repo, dvc_md5)
-        if p.is_symlink() and Path(os.path.realpath(p)) == obj.resolve():
-            return dvc_md5, None
-        with contextlib.suppress(OSError):
-            if not p.is_symlink() and os.path.samefile(p, obj):
-                return dvc_md5, None
-    with contextlib.suppress(OSError, ValueError):
-        seen = json.loads((_ev_tmp(repo) / f"{a.name}.stat.json").read_text())
-        if seen["key"] == key:
-            return seen["md5"], None
-    if p.is_symlink() and not p.exists():
-        return "broken-link", None
-    return hashes(p)
 
 
 # --- the ledger and its states -------------------------------------------------------------
@@ -385,7 +218,7 @@ def alias_info(repo: Path, a: Alias, rev: str | None = None) -> dict | None:
 # --- the write-ahead intent -----------------------------------------------------------------
 
 def _intent_path(repo: Path, a: Alias) -> Path:
-    return _ev_tmp(repo) / f"{a.name}.intent.json"
+    return ev_tmp(repo) / f"{a.name}.intent.json"
 
 
 def _apply(repo: Path, a: Alias, intent: dict, s: _settings.Settings) -> None:
@@ -394,13 +227,13 @@ def _apply(repo: Path, a: Alias, intent: dict, s: _settings.Settings) -> None:
     dest = repo / a.model
     have, _ = disk_md5(repo, a, md5)
     if have != md5:
-        _checkout(repo, md5, dest)
-    _remember(repo, a, md5)
+        checkout(repo, md5, dest)
+    remember(repo, a, md5)
     dvc_file = repo / a.dvc
     cur = dvc_file.read_text() if dvc_file.exists() else None
     if first_md5(cur) != md5:
-        write_text(dvc_file, _dvc_text(cur, md5, size, os.path.basename(a.model)))
-    _ensure_gitignore(repo, a)
+        write_text(dvc_file, dvc_text(cur, md5, size, os.path.basename(a.model)))
+    ensure_gitignore(repo, a)
     entries = read_ledger(repo, a)
     if not entries or entries[-1].get("id") != intent["entry"]["id"]:
         append_line(repo / a.ledger, json.dumps(intent["entry"], default=str))
@@ -438,7 +271,7 @@ def recover(repo: Path, a: Alias, s: _settings.Settings | None = None) -> dict |
         write_text(dvc_file, old)
         old_md5 = first_md5(old)
         if old_md5 and cache_object(repo, old_md5).is_file():
-            _checkout(repo, old_md5, repo / a.model)
+            checkout(repo, old_md5, repo / a.model)
     p.unlink()
     return {"recovered": "rolled back", "what": what}
 
@@ -634,7 +467,7 @@ def _get_bytes(repo: Path, a: Alias, md5: str) -> str:
         raise EVError(f"model {md5} is neither in the DVC cache nor named by any commit's "
                       f"{a.dvc}", code=NOT_FOUND,
                       hint="run `dvc fetch` for the commit that had it, or restore the cache")
-    tmp = _ev_tmp(repo) / f"fetch-{md5}"
+    tmp = ev_tmp(repo) / f"fetch-{md5}"
     history.fetch(repo, rev, a.model, tmp)  # the one "file at a revision" primitive
     got, _, _ = store_object(repo, tmp, move=True)
     if got != md5:
@@ -699,9 +532,15 @@ def rollback(repo: Path, a: Alias, *, reason: str, to: int | None, run_id: str |
             return res
         res["fetched_from"] = _get_bytes(repo, a, target["md5"])
         obj = cache_object(repo, target["md5"])
-        if target["sha256"] is None or target.get("size") is None:
-            _, entry["model"]["sha256"] = hashes(obj)
-            entry["model"]["size"] = obj.stat().st_size
+        # The object is read once more to prove it is the model the ledger names (a cache
+        # object rewritten through a hardlink would otherwise be restored silently).
+        got_md5, got_sha = hashes(obj)
+        if got_md5 != target["md5"] or (target["sha256"] and got_sha != target["sha256"]):
+            raise EVError(f"the DVC cache's copy of {target['md5']} is damaged (md5 "
+                          f"{got_md5}, sha256 {got_sha[:12]})", hint=f"delete {obj} and "
+                          "re-run (the bytes then come from the remote), or restore the cache")
+        entry["model"]["sha256"] = got_sha
+        entry["model"]["size"] = obj.stat().st_size
         _gto_entry(repo, a, entry, target["md5"], s)
         _write(repo, a, entry, target["md5"], obj.stat().st_size, commit=commit, s=s,
                request=request)
