@@ -30,26 +30,40 @@ if TYPE_CHECKING:
 _BUF = 4 << 20
 
 
-def copy_hashing(src: Path, dest: Path) -> tuple[str, str, int]:
-    """Copy src to dest (a new file) in one read; return (md5, sha256, size)."""
+def _hash_stream(fi, fo=None) -> tuple[str, str, int]:
+    """md5 and sha256 of a stream (copied to fo if given) in one read.
+
+    md5, sha256 and the write run in parallel threads on each chunk (hashlib and file I/O
+    release the GIL), so two digests cost about what one does.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     md5, sha = hashlib.md5(), hashlib.sha256()  # noqa: S324 - md5 is DVC's object name
     size = 0
-    with open(src, "rb") as fi, open(dest, "wb") as fo:
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        pending: list = []
         while chunk := fi.read(_BUF):
-            md5.update(chunk)
-            sha.update(chunk)
-            fo.write(chunk)
+            for f in pending:  # the previous chunk's work, while this one was read
+                f.result()
+            pending = [pool.submit(md5.update, chunk), pool.submit(sha.update, chunk)]
+            if fo is not None:
+                fo.write(chunk)
             size += len(chunk)
+        for f in pending:
+            f.result()
     return md5.hexdigest(), sha.hexdigest(), size
 
 
+def copy_hashing(src: Path, dest: Path) -> tuple[str, str, int]:
+    """Copy src to dest (a new file) in one read; return (md5, sha256, size)."""
+    with open(src, "rb") as fi, open(dest, "wb") as fo:
+        return _hash_stream(fi, fo)
+
+
 def hashes(path: Path) -> tuple[str, str]:
-    md5, sha = hashlib.md5(), hashlib.sha256()  # noqa: S324
     with open(path, "rb") as fh:
-        while chunk := fh.read(_BUF):
-            md5.update(chunk)
-            sha.update(chunk)
-    return md5.hexdigest(), sha.hexdigest()
+        md5, sha, _ = _hash_stream(fh)
+    return md5, sha
 
 
 def cache_object(repo: Path, md5: str) -> Path:
@@ -124,8 +138,9 @@ def checkout(repo: Path, md5: str, dest: Path) -> None:
         else:  # reflink/copy: a separate file, so editing it never touches the object
             shutil.copyfile(obj, tmp)
             os.chmod(tmp, 0o644)
-            from .atomic import fsync_file
-            fsync_file(tmp)
+        # Not fsynced: the durable copy is the (fsynced) cache object; a workspace file a
+        # crash truncates no longer matches its recorded size, so status reports it out of
+        # sync and `dvc checkout` (or the next promote's recovery) remakes it.
         os.replace(tmp, dest)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

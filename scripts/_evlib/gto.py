@@ -15,6 +15,7 @@ ledger entry's id, so a re-run after a kill finds what was already done.
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 from .atomic import write_text
@@ -124,5 +125,11 @@ def commit_and_tag(repo: Path, a, intent: dict, s) -> None:
     if not done:
         tag = f"{name}#{stage}#{_counter(repo, name) + 1}"
         reason = " ".join((e.get("reason") or "").split())
-        git(repo, "tag", "-a", tag, "-m", f"Assigning stage {stage} to artifact {name} "
-            f"version {version}\n\n{e['action']}: {reason}\nev-entry: {e['id']}", target)
+        # GTO orders assignments by the tag's date (whole seconds): two in one second would
+        # be ambiguous, so this one is dated at least a second after the artifact's last.
+        last = [int(x) for x in git(repo, "for-each-ref", "--format=%(taggerdate:unix)",
+                                    f"refs/tags/{name}#*").split() if x.isdigit()]
+        when = max([int(time.time()), *[x + 1 for x in last]])
+        run(["git", "tag", "-a", tag, "-m", f"Assigning stage {stage} to artifact {name} "
+             f"version {version}\n\n{e['action']}: {reason}\nev-entry: {e['id']}", target],
+            cwd=repo, env={"GIT_COMMITTER_DATE": f"@{when} +0000"}, what="git tag")
