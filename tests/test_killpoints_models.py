@@ -77,8 +77,10 @@ def fresh(base_repo: Path, where: Path) -> Path:
     return where
 
 
-def walk(base, tmp_path: Path, args: list[str], prepare=None, script="model_manager.py"):
-    """Clean run, then a kill after every git/dvc call + a plain re-run; compare snapshots."""
+def walk(base, tmp_path: Path, args: list[str], prepare=None, script="model_manager.py",
+         only=None):
+    """Clean run, then a kill after every git/dvc call (or those `only(log)` picks) + a
+    plain re-run; compare snapshots."""
     repo0, _ = base
     clean = fresh(repo0, tmp_path / "clean")
     if prepare:
@@ -91,7 +93,7 @@ def walk(base, tmp_path: Path, args: list[str], prepare=None, script="model_mana
     assert want["cache_bad"] == []
     log = call_log(counter)
     outcomes = []
-    for n in range(1, total + 1):
+    for n in (only(log) if only else range(1, total + 1)):
         repo = fresh(repo0, tmp_path / f"k{n}")
         if prepare:
             prepare(repo)
@@ -117,18 +119,25 @@ def test_promote_killed_after_each_git_dvc_call(base, tmp_path):
     print(f"promote: {total} kill points")
 
 
-def test_rollback_from_the_remote_killed_after_each_git_dvc_call(base, tmp_path):
-    _, ids = base
+def test_rollback_killed_after_each_git_dvc_call(base, tmp_path):
+    total, log, outcomes = walk(base, tmp_path, ["rollback", "--reason", "false positives"])
+    assert any(" git commit " in x for x in log) and "completed" in outcomes
+    print(f"rollback: {total} kill points")
 
+
+def test_rollback_from_the_remote_killed_after_dvc_get(base, tmp_path):
     def lose_a(repo: Path):  # A's bytes only on the remote: rollback runs `dvc get`
         e = json.loads((repo / LEDGER).read_text().splitlines()[0])
         m = e["model"]["md5"]
         (repo / ".dvc/cache/files/md5" / m[:2] / m[2:]).unlink()
 
-    total, log, outcomes = walk(base, tmp_path, ["rollback", "--reason", "false positives"],
-                                prepare=lose_a)
-    assert any(" dvc get " in x for x in log)
-    print(f"rollback: {total} kill points")
+    def after_get(log):
+        return [i for i, x in enumerate(log, 1) if " dvc get " in x]
+
+    total, log, _ = walk(base, tmp_path, ["rollback", "--reason", "false positives"],
+                         prepare=lose_a, only=after_get)
+    assert len(after_get(log)) == 1
+    print(f"rollback from the remote: {total} calls, killed after its dvc get")
 
 
 def test_add_candidate_and_prune_killed_after_each_call(base, tmp_path):

@@ -276,11 +276,11 @@ def recover(repo: Path, a: Alias, s: _settings.Settings | None = None) -> dict |
     return {"recovered": "rolled back", "what": what}
 
 
-def production_lock(repo: Path, a: Alias):
+def production_lock(repo: Path, a: Alias, wait_s: float = 120):
     """One promote or rollback of an alias at a time (the ledger is read, appended, replaced)."""
     d = repo / a.dir
     d.mkdir(parents=True, exist_ok=True)
-    return held_lock(d, wait_s=120, message=f"another promote or rollback has held {a.model} "
+    return held_lock(d, wait_s=wait_s, message=f"another promote or rollback has held {a.model} "
                      "for over 120 s", hint="wait for it to finish, then re-run")
 
 
@@ -556,10 +556,23 @@ def rollback(repo: Path, a: Alias, *, reason: str, to: int | None, run_id: str |
 
 
 def status(repo: Path, a: Alias, rev: str | None = None) -> dict | None:
-    rec = recover(repo, a) if rev is None and _intent_path(repo, a).exists() else None
+    """alias_info, after finishing a change a killed promote/rollback left (never one that
+    is still running: that one holds the lock, and status then says so)."""
+    rec, busy = None, False
+    if rev is None and _intent_path(repo, a).exists():
+        try:
+            with production_lock(repo, a, wait_s=0):
+                rec = recover(repo, a)
+        except EVError as exc:
+            if exc.code != REFUSED:
+                raise
+            busy = True
     info = alias_info(repo, a, rev)
-    if info is not None and rec:
-        info["recovered"] = _public(rec)
+    if info is not None:
+        if rec:
+            info["recovered"] = _public(rec)
+        if busy:
+            info["in_progress"] = "a promote or rollback of this alias is running"
     return info
 
 
