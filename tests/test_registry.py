@@ -97,12 +97,23 @@ def test_promote_rollback_restore_by_run_challenger_gto_and_a_fresh_clone(dvc_re
     st = check(2, b, "promote", "better f1", "v0.0.2")
     assert st["rollback_to"]["run_id"] == a
 
+    before = (repo / LEDGER).read_text()
+    out = mm(repo, "rollback", "--reason", "too many false positives", "--dry-run")
+    assert out["entry"]["restores"] == 1 and (repo / LEDGER).read_text() == before
+    assert md5(repo / PROD) == want[b]
     out = mm(repo, "rollback", "--reason", "too many false positives")
     assert out["entry"]["restores"] == 1
     st = check(3, a, "rollback", "too many false positives", "v0.0.1")
     assert st["rollback_to"] is None
     assert st["undo"]["command"] == "rollback --to 2"
     assert st["undo"]["restores"]["run_id"] == b
+    text = run_script("model_manager.py", "status", cwd=repo).stdout.splitlines()
+    assert text[3].startswith("put there by: rollback (ledger entry 3) at ")
+    assert text[3].endswith(": too many false positives")
+    assert text[-2:] == [
+        "rollback: no previous model (restore any past state with rollback --to N; see "
+        "history)",
+        f"undo this rollback: model_manager.py rollback --to 2 --reason ... (restores {b})"]
     mm(repo, "rollback", "--to", "2", "--reason", "false alarm: undo")
     st = check(4, b, "rollback", "false alarm: undo", "v0.0.2")
     assert st["rollback_to"]["run_id"] == a  # the state of entry 2 is back, stack included
@@ -144,6 +155,16 @@ def test_promote_rollback_restore_by_run_challenger_gto_and_a_fresh_clone(dvc_re
     assert md5(clone / "models/challenger/model.bin") == want[b]
     assert gto(clone, "show", "--json")["model"]["stage"]["production"] == "v0.0.1"
     assert sh(["dvc", "status", "-q"], cwd=repo, check=False).returncode == 0
+
+    # by tag: the state committed at GTO's registration of B; unknown selectors are exit 5
+    mm(repo, "rollback", "--tag", "model@v0.0.2", "--reason", "by tag")
+    assert (ledger(repo)[-1]["restores"], md5(repo / PROD)) == (2, want[b])
+    assert mm(repo, "rollback", "--to", "99", "--reason", "x", rc=5)["error"] == (
+        f"no ledger entry 99 in {LEDGER} (1..6); see the entries with `model_manager.py "
+        "history`")
+    assert mm(repo, "rollback", "--version", "e9.9.9", "--reason", "x", rc=5)["error"] == (
+        f"version e9.9.9 was never in production ({LEDGER}); see `model_manager.py "
+        "history`, or promote it")
 
 
 def test_promote_under_another_dvcs_lock_replaces_nothing_early(dvc_repo):
