@@ -104,6 +104,9 @@ def test_a_production_change_with_no_new_runs_gets_its_own_tag(dvc_repo):
                  ["rollback", "--reason", "false positives"]):
         cp = run_script("model_manager.py", *args, "--commit", cwd=repo)
         assert cp.returncode == 0, cp.stderr
+    # the way: rows of a tagged version under a new --tag: the same suggestion
+    res, cp = ts(repo, "--version", "e0.1.0", "--tag", "e0.2.1")
+    assert res["production_change"] is True and "rows are logged" not in cp.stderr
     res, _ = ts(repo)  # every version is tagged: the change is production's
     assert res["production_change"] is True and res["name"] == "e0.2.1"
     assert res["bump"] == "patch"

@@ -168,6 +168,13 @@ def suggest(repo: Path, *, version: str | None, kind: str, name: str | None, db:
             if prod is None:
                 raise
             return prod
+    elif version in tags and tag_name and tag_name != version:
+        # rows of an already tagged version under a new tag: a production change, if the
+        # ledger has one since the last tag (the runs are the same)
+        prod = production_suggest(repo, last, tags, tag_name=tag_name, bump=bump,
+                                  description=description)
+        if prod is not None:
+            return prod
     runs = load_runs(db, version) if db.is_file() else []
     if not runs:
         raise EVError(f"no rows for version {version} in {db_rel}", code=NOT_FOUND,
@@ -196,8 +203,13 @@ def suggest(repo: Path, *, version: str | None, kind: str, name: str | None, db:
                           hint=f"log the runs under --version {expected}, pass --tag "
                                f"{expected}, or use --kind exp --name NAME")
         if tag != expected and tag not in tags:
-            warn(f"rows are logged under {tag} but the change since {last or 'nothing'} is "
-                 f"a {level} bump ({expected}); tagging {tag} so the tag matches its rows")
+            if tag_name:
+                warn(f"tagging {tag} (--tag; the rows are logged under {version}) although "
+                     f"the change since {last or 'nothing'} is a {level} bump ({expected})")
+            else:
+                warn(f"rows are logged under {tag} but the change since {last or 'nothing'} "
+                     f"is a {level} bump ({expected}); tagging {tag} so the tag matches its "
+                     "rows")
     now_outs = outs_at(repo, None)
     params = run_params(chosen, s.metric_cols)
     metrics = run_metrics(chosen, s.metric_cols)
