@@ -2,10 +2,12 @@
 
 1. Ranking runs: `_evlib.models.load_results` + `_evlib.runs.rank` (aggregate every run's rows by
    track_id, last non-null value) vs the bare `SELECT * FROM "default"` fetch it builds on.
-2. Promoting a large model: `model_manager.py promote` (atomic copy, one-pass md5+sha256,
-   `dvc add`, ledger) vs the workflows' `cp model models/production/model.bin && dvc add`.
+2. Promoting and rolling back a large model: `model_manager.py promote` / `rollback` (one
+   read of the source while md5+sha256 are computed into the DVC cache, fsync, model.bin
+   made from the object per cache.type, .dvc and ledger written; no `dvc add`) vs the
+   workflows' `cp model models/production/model.bin && dvc add` for the same bytes.
 
-    python3 dev.py bench models [--runs 20000] [--model-mb 100]
+    python3 dev.py bench models [--runs 20000] [--model-mb 100 1024]
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from _evlib import models  # noqa: E402
 from _evlib import runs as evruns  # noqa: E402
+
+PRODUCTION = "models/production/model.bin"
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -87,55 +91,70 @@ def bench_rank(tmp: Path, runs: int) -> dict:
             "rank_s": round(mine, 3), "ratio": round(mine / base, 2)}
 
 
-def bench_promote(tmp: Path, mb: int) -> dict:
-    repo = tmp / "proj"
-    repo.mkdir()
-    sh("git", "init", "-q", "-b", "main", cwd=repo)
-    sh("dvc", "init", "-q", cwd=repo)
-    sh("git", "commit", "-qm", "init", cwd=repo)
-    from xetrack import Tracker
+def _project(where: Path) -> Path:
+    where.mkdir()
+    sh("git", "init", "-q", "-b", "main", cwd=where)
+    sh("dvc", "init", "-q", cwd=where)
+    sh("git", "commit", "-qm", "init", cwd=where)
+    return where
 
-    ids = []
-    for i in range(4):
-        t = Tracker(str(repo / "results/experiments.db"), params={"version": "e0.1.0"})
-        t.log({"f1_score": 0.5 + i / 10})
-        cand = repo / f"models/candidates/e0.1.0--{t.track_id}.bin"
-        cand.parent.mkdir(parents=True, exist_ok=True)
-        with open(cand, "wb") as fh:  # distinct bytes per model, so every dvc add hashes
+
+def bench_promote(tmp: Path, mb: int, rounds: int = 3) -> dict:
+    """Interleaved, so machine load hits both sides alike: in one project `cp SRC model.bin &&
+    dvc add`, in another `promote --model SRC`, for the same distinct sources; then rollbacks
+    (ours: `rollback`, from the cache; by hand: cp the previous source + dvc add)."""
+    tmp.mkdir(parents=True)
+    srcs = []
+    for i in range(rounds + 1):
+        src = tmp / f"src{i}.bin"
+        with open(src, "wb") as fh:  # distinct bytes per model, so every dvc add hashes
             for _ in range(mb):
                 fh.write(os.urandom(1 << 20))
-        ids.append((t.track_id, cand))
-    prod = repo / models.PRODUCTION
+        srcs.append(src)
+    hand, ours_repo = _project(tmp / "by-hand"), _project(tmp / "ours")
+    prod = hand / PRODUCTION
     prod.parent.mkdir(parents=True, exist_ok=True)
 
-    def baseline(cand):
+    def baseline(src):
         t = time.perf_counter()
         prod.unlink(missing_ok=True)
-        shutil.copyfile(cand, prod)
-        sh("dvc", "add", "-q", models.PRODUCTION, cwd=repo)
+        shutil.copyfile(src, prod)
+        sh("dvc", "add", "-q", PRODUCTION, cwd=hand)
         return time.perf_counter() - t
 
-    def ours(run_id):
+    def ours(*args):
         t = time.perf_counter()
-        sh(sys.executable, str(ROOT / "scripts/model_manager.py"), "--json", "promote",
-           "--run-id", run_id, cwd=repo)
+        sh(sys.executable, str(ROOT / "scripts/model_manager.py"), "--json", *args,
+           cwd=ours_repo)
         return time.perf_counter() - t
 
-    base = min(baseline(ids[0][1]), baseline(ids[1][1]))
-    sh("dvc", "add", "-q", models.PRODUCTION, cwd=repo)
-    mine = min(ours(ids[2][0]), ours(ids[3][0]))
-    return {"model_mb": mb, "cp_dvc_add_s": round(base, 2), "promote_s": round(mine, 2),
-            "ratio": round(mine / base, 2)}
+    baseline(srcs[0])
+    ours("promote", "--model", str(srcs[0]), "--reason", "bench")
+    b, o, rb, ro = [], [], [], []
+    for src in srcs[1:]:
+        b.append(baseline(src))
+        o.append(ours("promote", "--model", str(src), "--reason", "bench"))
+    for i in range(rounds):  # back and forth between the last two models
+        rb.append(baseline(srcs[-2] if i % 2 == 0 else srcs[-1]))
+        ro.append(ours("rollback", "--reason", "bench") if i % 2 == 0 else
+                  ours("rollback", "--to", str(rounds + 1), "--reason", "bench"))
+    return {"model_mb": mb, "rounds": rounds,
+            "cp_dvc_add_s": round(min(b), 2), "promote_s": round(min(o), 2),
+            "promote_ratio": round(min(o) / min(b), 2),
+            "promote_ratio_median": round(sorted(o)[rounds // 2] / sorted(b)[rounds // 2], 2),
+            "restore_by_hand_s": round(min(rb), 2), "rollback_s": round(min(ro), 2),
+            "rollback_ratio": round(min(ro) / min(rb), 2)}
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, nargs="+", default=[2000, 20000])
-    p.add_argument("--model-mb", type=int, default=100)
+    p.add_argument("--model-mb", type=int, nargs="+", default=[100])
+    p.add_argument("--rounds", type=int, default=3)
     a = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="ev-bench-models-") as tmp:
         out = {"rank": [bench_rank(Path(tmp), n) for n in a.runs],
-               "promote": bench_promote(Path(tmp), a.model_mb)}
+               "promote": [bench_promote(Path(tmp) / f"m{mb}", mb, a.rounds) for mb in a.model_mb]}
     print(json.dumps(out, indent=1))
     return 0
 

@@ -14,6 +14,7 @@ is used.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -59,6 +60,23 @@ def build():
     return p
 
 
+def _same_lineage(repo, res) -> bool:
+    info = history.all_tags(repo).get(res["name"])
+    if info is None:
+        return False
+    old, new = info.lineage, res["lineage"]
+    keys = ("version", "run", "kind", "ledger_seq", "commit")
+    return all(old.get(k) == new.get(k) for k in keys)
+
+
+def _next_free(repo, res) -> str:
+    tags = history.all_tags(repo)
+    name = res.get("expected") or res["name"]
+    while name in tags and history.parse_e(name):
+        name = history.bump_version(name, "patch")
+    return name
+
+
 def handler(args) -> int:
     repo = find_repo(args.repo)
     if args.name and args.kind == "e":
@@ -72,10 +90,33 @@ def handler(args) -> int:
                           if args.params is not None else None)
     chosen = res.pop("_chosen")
     created = False
-    if args.create:
+    res["unchanged"] = False
+    head = git(repo, "rev-parse", "HEAD")
+    if args.create and args.kind == "exp":
+        # idempotent per commit: an exp tag of this experiment already on HEAD is the answer
+        on_head = [t for t in git(repo, "tag", "--points-at", "HEAD").split()
+                   if re.fullmatch(rf"exp-{re.escape(args.name or '')}-v\d+", t)]
+        if on_head:
+            res.update(name=on_head[-1], exists=True, unchanged=True)
+    elif args.create and res["exists"] and \
+            git(repo, "rev-parse", f"refs/tags/{res['name']}^{{commit}}") == head and \
+            _same_lineage(repo, res):
+        res["unchanged"] = True  # the re-run of a create that already happened
+    if args.create and res["unchanged"]:
+        pass
+    elif args.create:
         if res["exists"]:
             raise EVError(f"tag {res['name']} already exists", code=REFUSED,
-                          hint="a version is tagged once; log new runs under a new --version")
+                          hint=f"pass --tag NAME for the new tag (next free: "
+                               f"{_next_free(repo, res)}), or log new runs under a new "
+                               "--version")
+        changed = [c for c in res["lineage"].get("dvc_changed") or []
+                   if not c.startswith(history.PRODUCT_DIRS)]  # data, not results/models
+        if changed:
+            raise EVError(f"not tagging {res['name']}: data differs from what is committed "
+                          f"(dvc status): {', '.join(changed[:3])}", code=REFUSED,
+                          hint="dvc add them (or dvc repro) and git commit, so the tag names "
+                               "the data the runs read; --allow-dirty does not skip this")
         problems = tagging.create_checks(repo, db, chosen)
         if problems and not args.allow_dirty:
             raise EVError(f"not tagging {res['name']}: " + "; ".join(problems), code=REFUSED,
@@ -89,18 +130,21 @@ def handler(args) -> int:
             created = True
     elif res["exists"]:
         raise EVError(f"tag {res['name']} already exists", code=USAGE,
-                      hint="log new runs under a new --version (see experiments.py list)")
+                      hint=f"pass --tag NAME for a new tag (next free: "
+                           f"{_next_free(repo, res)}), or log new runs under a new --version")
     res["created"] = created
     res["dry_run"] = bool(args.dry_run)
 
     def text() -> str:
-        head = f"{res['name']}  ({res['bump']}: {res['reason']})"
+        top = f"{res['name']}  ({res['bump']}: {res['reason']})"
         tail = ""
-        if created:
+        if res["unchanged"]:
+            tail = f"\n{res['name']} already tags this commit; nothing changed"
+        elif created:
             tail = f"\ncreated tag {res['name']}"
         elif args.create:
             tail = f"\ndry run: would run git tag -a {res['name']}"
-        return f"{head}\n\n{res['message'].rstrip()}{tail}"
+        return f"{top}\n\n{res['message'].rstrip()}{tail}"
 
     cli.emit(args, res, text)
     return 0

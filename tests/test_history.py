@@ -177,8 +177,8 @@ def test_existing_tag_is_refused(hist):
         cp = run_script("tag_suggest.py", "--version", "e9.9.9", "--create", cwd=repo)
         assert cp.returncode == 4
         assert cp.stderr.splitlines()[-1] == (
-            "tag_suggest.py: error: tag e9.9.9 already exists; a version is "
-            "tagged once; log new runs under a new --version")
+            "tag_suggest.py: error: tag e9.9.9 already exists; pass --tag NAME for the "
+            "new tag (next free: e9.9.10), or log new runs under a new --version")
     finally:
         sh(["git", "tag", "-d", "e9.9.9"], cwd=repo)
     assert sh(["git", "tag"], cwd=repo).stdout == before

@@ -101,13 +101,13 @@ def test_promote_promote_rollback_restores_exact_bytes_and_ledger_answers_per_ta
     p = status["production"]
     assert (p["run_id"], p["version"], p["sha256"], p["in_sync"], p["in_ledger"]) == (
         b, "e0.2.0", sha_b, True, True)
-    assert p["metrics"] == {"epoch": 3, "f1_score": 0.90}
+    assert p["metrics"] == {"f1_score": 0.90}
     assert p["rollback_to"]["run_id"] == a
 
     # All tags pushed, then the local cache lost: rollback and get fetch from the remote.
     sh(["dvc", "push", "-q", "-T"], cwd=repo)
     shutil.rmtree(repo / ".dvc/cache")
-    out, _ = mm(repo, "rollback")
+    out, _ = mm(repo, "rollback", "--reason", "test")
     assert out["fetched_from"] == "remote"
     assert sha(repo / PROD) == sha_a  # the exact previous bytes
     assert out["entry"]["previous"]["run_id"] == b
@@ -120,9 +120,9 @@ def test_promote_promote_rollback_restores_exact_bytes_and_ledger_answers_per_ta
     status, _ = mm(repo, "status")
     assert status["production"]["run_id"] == a and status["production"]["in_sync"] is True
     # Only one promote below: a second rollback is refused, nothing changes.
-    assert err(repo, "rollback", rc=4) == (
-        ERR + "no previous production model in the ledger; the first promotion cannot be "
-        "rolled back; promote another model")
+    assert err(repo, "rollback", "--reason", "test", rc=4) == (
+        ERR + "no previous model in models/production/ledger.jsonl; the first promotion "
+        "cannot be rolled back; promote another model, or pass --to N / --run-id ID")
     commit_tag(repo, "v3")
 
     tags, _ = mm(repo, "history", "--tags")
@@ -151,7 +151,7 @@ def test_promote_over_a_symlinked_production_model_leaves_the_cache_intact(dvc_r
     assert (repo / PROD).is_symlink()  # model.bin points into the cache
     mm(repo, "promote", "--run-id", b)
     assert cache_is_intact(repo) == []
-    mm(repo, "rollback")
+    mm(repo, "rollback", "--reason", "test")
     assert sha(repo / PROD) == sha(repo / f"models/candidates/e0.1.0--{a}.bin")
     assert cache_is_intact(repo) == []
 
@@ -166,9 +166,9 @@ def test_get_and_status_errors(dvc_repo, tmp_path):
         "there; see `model_manager.py history --tags`")
     assert err(repo, "status", "--at", "nope", rc=5).startswith(ERR + "no tag or commit")
     out, _ = mm(repo, "status")
-    assert out == {"status": "ok", "production": None, "rev": None}
-    assert err(repo, "rollback", rc=4) == (
-        ERR + "no production model has been promoted; nothing to roll back; promote a "
+    assert out == {"status": "ok", "alias": "production", "production": None, "rev": None}
+    assert err(repo, "rollback", "--reason", "test", rc=4) == (
+        ERR + "no model has been promoted to production; nothing to roll back; promote a "
         "model first")
     _, cp = mm(repo, "status", json_out=False)
     assert cp.stdout == "no production model\n"
@@ -256,7 +256,7 @@ def test_promote_force_saves_unrecorded_bytes_and_model_path_without_run(dvc_rep
     assert (repo / PROD).read_bytes() == b"worktree model"
     # The way back: the hand-made bytes are in the cache, and rollback restores them.
     assert (repo / ".dvc/cache/files/md5" / hand_md5[:2] / hand_md5[2:]).is_file()
-    mm(repo, "rollback")
+    mm(repo, "rollback", "--reason", "test")
     assert (repo / PROD).read_bytes() == b"hand-made model"
     # --model tied to a run: the DB checks apply, the path is the recorded source.
     out, _ = mm(repo, "promote", "--run-id", a, "--model", str(other))
@@ -278,10 +278,11 @@ def test_rollback_refusals_and_a_shared_cache_dir_from_config_local(dvc_repo, tm
     assert (status["production"]["in_sync"], status["production"]["run_id"]) == (False, b)
     _, cp = mm(repo, "status", json_out=False)
     assert "dvc: OUT OF SYNC (disk md5 " in cp.stdout
-    assert err(repo, "rollback", rc=4) == (
-        ERR + f"{PROD} has changes DVC has not recorded; rollback would lose them; "
-        f"discard them with `dvc checkout --force {PROD}`, or pass --force")
-    out, _ = mm(repo, "rollback", "--force")
+    assert err(repo, "rollback", "--reason", "test", rc=4) == (
+        ERR + f"{PROD} has changes DVC has not recorded; rolling back would lose those "
+        f"bytes; keep them with `dvc add {PROD}`, discard them with `dvc checkout --force "
+        f"{PROD}`, or pass --force (saves them to the DVC cache first)")
+    out, _ = mm(repo, "rollback", "--reason", "test", "--force")
     assert out["fetched_from"] == "cache"  # found in the shared cache named by config.local
     assert sha(repo / PROD) == sha(repo / f"models/candidates/e0.1.0--{a}.bin")
     # A model recorded with plain `dvc add` (outside the ledger): rollback refuses.
@@ -290,9 +291,10 @@ def test_rollback_refusals_and_a_shared_cache_dir_from_config_local(dvc_repo, tm
     sh(["dvc", "add", "-q", PROD], cwd=repo)
     md5 = hashlib.md5  # noqa: S324
     top = md5((repo / f"models/candidates/e0.1.0--{a}.bin").read_bytes()).hexdigest()
-    assert err(repo, "rollback", rc=4) == (
+    assert err(repo, "rollback", "--reason", "test", rc=4) == (
         ERR + f"{PROD} (md5 {md5(b'by hand').hexdigest()}) is not the ledger's production "
-        f"model ({top}); it was changed outside model_manager.py; promote what you want")
+        f"model ({top}); it was changed outside model_manager.py; promote what you want, or "
+        "pass --force")
     assert (repo / PROD).read_bytes() == b"by hand"
 
 
@@ -304,7 +306,7 @@ def test_first_promote_over_a_model_added_before_the_ledger_can_be_rolled_back(d
     (a,) = make_runs(repo, [("e0.1.0", {"f1_score": 0.5})])
     out, _ = mm(repo, "promote", "--run-id", a)
     assert out["entry"]["previous"]["run_id"] is None
-    out, _ = mm(repo, "rollback")
+    out, _ = mm(repo, "rollback", "--reason", "test")
     assert out["entry"]["source"] == "before the ledger"
     assert (repo / PROD).read_bytes() == b"copied in by hand, then dvc add"
     status, _ = mm(repo, "status")

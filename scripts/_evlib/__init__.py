@@ -15,6 +15,9 @@ Modules:
   runs    - results rows aggregated per run (track_id) and the one ranking rule
   history - the read side of past versions (tags, outputs and runs at a revision)
   tagging - tag_suggest's write side (bump, message, lineage, create checks)
+  dvcstore - writing DVC cache objects, single-file .dvc files and checkouts directly
+  registry - model aliases, their ledgers, promote/rollback (write-ahead intent)
+  gto     - GTO-compatible registry tags and artifacts.yaml (ev.yaml gto: true)
   merge, sweep, worktree, teardown, models - the logic behind each script (merge is the API over
           merge_sqlite, merge_parquet and their shared merge_common)
   plots   - charts (matplotlib, optional): versions, sweep, curves; figures returned

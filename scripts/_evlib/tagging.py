@@ -38,6 +38,13 @@ from .runs import Run, db_versions, load_runs
 
 # --- tag_suggest: the next tag and its message --------------------------------------------
 
+def esc(v) -> str:
+    """A value as it may appear in a tag subject: `|` and line breaks escaped, so a value
+    can never forge a field or end the line the JSON lineage follows."""
+    return (fmt(v).replace("\\", "\\\\").replace("|", "\\|").replace("\r", "\\r")
+            .replace("\n", "\\n"))
+
+
 def _short_param(col: str) -> str:
     return col[len("config_"):] if col.startswith("config_") else col
 
@@ -151,7 +158,23 @@ def suggest(repo: Path, *, version: str | None, kind: str, name: str | None, db:
                           hint="e.g. --kind exp --name transformer gives exp-transformer-v1")
         version = version or f"exp-{name}"
     elif version is None:
-        version = pick_version(repo, db, tags)
+        try:
+            version = pick_version(repo, db, tags)
+        except EVError as exc:
+            if exc.code != NOT_FOUND:
+                raise
+            prod = production_suggest(repo, last, tags, tag_name=tag_name, bump=bump,
+                                      description=description)
+            if prod is None:
+                raise
+            return prod
+    elif version in tags and tag_name and tag_name != version:
+        # rows of an already tagged version under a new tag: a production change, if the
+        # ledger has one since the last tag (the runs are the same)
+        prod = production_suggest(repo, last, tags, tag_name=tag_name, bump=bump,
+                                  description=description)
+        if prod is not None:
+            return prod
     runs = load_runs(db, version) if db.is_file() else []
     if not runs:
         raise EVError(f"no rows for version {version} in {db_rel}", code=NOT_FOUND,
@@ -180,13 +203,18 @@ def suggest(repo: Path, *, version: str | None, kind: str, name: str | None, db:
                           hint=f"log the runs under --version {expected}, pass --tag "
                                f"{expected}, or use --kind exp --name NAME")
         if tag != expected and tag not in tags:
-            warn(f"rows are logged under {tag} but the change since {last or 'nothing'} is "
-                 f"a {level} bump ({expected}); tagging {tag} so the tag matches its rows")
+            if tag_name:
+                warn(f"tagging {tag} (--tag; the rows are logged under {version}) although "
+                     f"the change since {last or 'nothing'} is a {level} bump ({expected})")
+            else:
+                warn(f"rows are logged under {tag} but the change since {last or 'nothing'} "
+                     f"is a {level} bump ({expected}); tagging {tag} so the tag matches its "
+                     "rows")
     now_outs = outs_at(repo, None)
     params = run_params(chosen, s.metric_cols)
     metrics = run_metrics(chosen, s.metric_cols)
     value = chosen.values.get(s.metric)
-    parts = [f"model={chosen.model or 'unknown'}"]
+    parts = [f"model={esc(chosen.model or 'unknown')}"]
     hp = hyperparams(params)
     if show_params is not None:  # --params: only these, in this order
         missing = [k for k in show_params if k not in hp]
@@ -195,16 +223,21 @@ def suggest(repo: Path, *, version: str | None, kind: str, name: str | None, db:
                           f"{chosen.track_id}", code=USAGE,
                           hint=f"choose from: {', '.join(hp) or '(none)'}")
         hp = {k: hp[k] for k in show_params}
-    parts += [f"{k}={fmt(v)}" for k, v in hp.items()]
-    parts.append(f"{s.metric}={fmt(value)}")
+    parts += [f"{esc(k)}={esc(v)}" for k, v in hp.items()]
+    parts.append(f"{esc(s.metric)}={esc(value)}")
     if len(runs) > 1:
         parts.append(f"best of {len(runs)} runs")
-    parts.append(f"data={data_short(now_outs)}")
+    run_data = run_data_md5(chosen)
+    data = run_data if run_data is not None else {
+        p: o.md5 for p, o in sorted(data_outs(now_outs).items())}
+    parts.append(f"data={data_label(data) if run_data is not None else data_short(now_outs)}")
     desc = " ".join((description or default_description(level, reasons, kind, name)).split())
     parts.append(desc.replace("|", "/"))
+    changed = dvc_changed(repo)
     lineage = {
-        "version": version, "tag": tag, "commit": head_commit(repo), "dirty": is_dirty(repo),
-        "data": {p: o.md5 for p, o in sorted(data_outs(now_outs).items())},
+        "version": version, "tag": tag, "commit": head_commit(repo),
+        "dirty": is_dirty(repo) or bool(changed), "dvc_changed": changed,
+        "data": data, "data_from": "run lineage" if run_data is not None else "dvc files",
         "run": chosen.track_id, "runs": len(runs), "metric": s.metric, "mode": mode,
         "params": params, "metrics": metrics,
         "run_lineage": {k: v for k, v in chosen.values.items()
@@ -218,12 +251,118 @@ def suggest(repo: Path, *, version: str | None, kind: str, name: str | None, db:
             "_chosen": chosen}
 
 
+def production_suggest(repo: Path, last: str | None, tags: dict, *, tag_name: str | None,
+                       bump: str | None, description: str | None) -> dict | None:
+    """The tag for a production change with no new runs (a promote or rollback since the
+    last tag), or None when the production ledger has no entry the last tag lacks.
+
+    Bump rule: patch (the same runs, another model serving); --bump overrides.
+    """
+    from . import registry
+    from .repo import head_commit, is_dirty
+
+    a = registry.alias(repo)
+    now = registry.read_ledger(repo, a)
+    then = registry.read_ledger(repo, a, last) if last else []
+    if not now:
+        return None
+    e = now[-1]
+    level = bump or "patch"
+    what = e["action"] + (f" to ledger entry {e['restores']}" if e["action"] == "rollback"
+                          else "")
+    reasons = [f"production change since {last or 'nothing'}: {what}, no new runs"]
+    expected = bump_version(last, level) if last else "e0.1.0"
+    if len(now) <= len(then):
+        info = tags.get(last)
+        if not (info and info.lineage.get("kind") == "production"
+                and info.lineage.get("ledger_seq") == e["seq"]):
+            return None
+        expected = last  # this change is tagged already (the re-run of a create)
+    tag = tag_name or expected
+    if not parse_e(tag):
+        raise EVError(f"--tag {tag!r} is not an experiment tag name (e<major>.<minor>."
+                      "<patch>)", code=USAGE, hint=f"pass --tag {expected}")
+    data = e.get("data_md5") or {}
+    who = f"{e.get('run_id') or e.get('source')} ({e.get('version') or '-'})"
+    desc = " ".join((description or e.get("reason") or what).split()).replace("|", "/")
+    parts = [f"production={esc(who)}", esc(what), f"model={e['model']['md5'][:8]}",
+             f"data={data_label(data) if data else 'unknown'}", desc]
+    changed = dvc_changed(repo)
+    lineage = {"kind": "production", "tag": tag, "version": tag, "commit": head_commit(repo),
+               "dirty": is_dirty(repo) or bool(changed), "dvc_changed": changed,
+               "alias": a.name, "ledger_seq": e["seq"], "action": e["action"],
+               "restores": e.get("restores"), "run": e.get("run_id"),
+               "run_version": e.get("version"), "reason": e.get("reason"),
+               "model_md5": e["model"]["md5"], "trained_commit": e.get("trained_commit"),
+               "data": data, "metrics": e.get("metrics") or {}}
+    message = " | ".join(parts) + "\n\n" + json.dumps(lineage, sort_keys=True,
+                                                       default=str) + "\n"
+    return {"name": tag, "expected": expected, "last": last, "version": tag,
+            "bump": level, "reason": "; ".join(reasons), "reasons": reasons,
+            "message": message, "lineage": lineage, "exists": tag in tags,
+            "production_change": True, "_chosen": None}
+
+
+def run_data_md5(r: Run) -> dict | None:
+    """{path: md5} of the data the run read (the run helper's ev_data_md5), if logged."""
+    v = r.values.get("ev_data_md5")
+    if v is None:
+        return None
+    try:
+        d = json.loads(v) if isinstance(v, str) else v
+    except ValueError:
+        return None
+    return dict(sorted(d.items())) if isinstance(d, dict) else None
+
+
+def data_label(data: dict) -> str:
+    """The same 6-character name data_short gives, from {path: md5}."""
+    import hashlib
+
+    if not data:
+        return "none"
+    if len(data) == 1:
+        return next(iter(data.values())).replace(".dir", "")[:6]
+    joined = "\n".join(f"{p} {m}" for p, m in sorted(data.items()))
+    return hashlib.md5(joined.encode()).hexdigest()[:6]  # noqa: S324 - a name
+
+
+def dvc_changed(repo: Path) -> list[str]:
+    """DVC outputs whose workspace bytes differ from what their .dvc/dvc.lock records
+    (`dvc status`): data changed without `dvc add` is not what the tag would name."""
+    from .proc import dvc_run
+
+    if not (repo / ".dvc").is_dir():
+        return []
+    cp = dvc_run(repo, "status", "--json")
+    if cp.returncode != 0:
+        return [f"(dvc status failed: {(cp.stderr or cp.stdout).strip().splitlines()[-1:]})"]
+    try:
+        doc = json.loads(cp.stdout or "{}")
+    except ValueError:
+        return []
+    out = []
+    for stage, items in doc.items():
+        for item in items if isinstance(items, list) else []:
+            for kind in ("changed outs", "changed deps"):
+                for path, state in (item.get(kind) or {}).items() if isinstance(item, dict) \
+                        else []:
+                    out.append(f"{path} ({state})")
+        if not isinstance(items, list):
+            out.append(stage)
+    return sorted(set(out))
+
+
 def create_checks(repo: Path, db: Path, chosen: Run) -> list[str]:
     """Why tagging now would record something uncommitted (empty list: safe)."""
     from .repo import dirty_paths
 
     problems = []
     dirty = dirty_paths(repo)
+    if chosen is None:  # a production change: only the tree must be committed
+        if dirty:
+            problems.append(f"uncommitted changes: {', '.join(dirty[:3])}")
+        return problems
     if dirty:
         shown = ", ".join(dirty[:3]) + (f" and {len(dirty) - 3} more" if len(dirty) > 3 else "")
         problems.append(f"uncommitted changes: {shown}")

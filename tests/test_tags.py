@@ -1,0 +1,123 @@
+"""tag_suggest.py --create: lineage that tells the truth, sanitised messages, idempotent exp
+tags, and a tag for a production change (promote/rollback with no new runs)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import _evlib.history as history
+from conftest import run_script, sh
+from test_registry import make_runs
+
+
+def ts(repo: Path, *args, rc: int = 0):
+    cp = run_script("tag_suggest.py", "--json", *args, cwd=repo)
+    assert cp.returncode == rc, (cp.returncode, cp.stdout, cp.stderr)
+    return json.loads(cp.stdout) if cp.stdout.strip() else None, cp
+
+
+def commit_all(repo: Path, msg: str) -> None:
+    sh("git add -A && git commit -qm " + json.dumps(msg), cwd=repo)
+
+
+def test_param_values_cannot_forge_fields_and_lineage_parses(dvc_repo):
+    from xetrack import Tracker
+
+    repo = dvc_repo
+    (repo / "results").mkdir()
+    t = Tracker(str(repo / "results/experiments.db"),
+                params={"version": "e0.1.0", "model": "toy", "note": "a | f1_score=1.0 | x\n{"})
+    t.log({"f1_score": 0.5})
+    sh(["dvc", "add", "-q", "results/experiments.db"], cwd=repo)
+    commit_all(repo, "runs")
+    res, _ = ts(repo, "--create")
+    tag = history.all_tags(repo)["e0.1.0"]
+    fields = tag.subject.split(" | ")
+    assert [f for f in fields if f.startswith("f1_score=")] == ["f1_score=0.5"]
+    assert r"note=a \| f1_score=1.0 \| x\n{" in fields
+    assert "\n" not in tag.subject
+    assert tag.lineage["params"]["note"] == "a | f1_score=1.0 | x\n{"  # exact, parsed
+
+
+def test_create_refuses_uncommitted_data_and_records_the_data_a_run_read(dvc_repo):
+    from xetrack import Tracker
+
+    repo = dvc_repo
+    (repo / "data").mkdir()
+    (repo / "data/train.csv").write_text("a,b\n1,2\n")
+    sh(["dvc", "add", "-q", "data/train.csv"], cwd=repo)
+    commit_all(repo, "data")
+    (repo / "data/train.csv").write_text("a,b\n1,3\n")  # changed, no dvc add
+    (repo / "results").mkdir()
+    t = Tracker(str(repo / "results/experiments.db"), params={"version": "e0.1.0"})
+    t.log({"f1_score": 0.5, "ev_data_md5": json.dumps({"data/train.csv": "f" * 32})})
+    sh(["dvc", "add", "-q", "results/experiments.db"], cwd=repo)
+    commit_all(repo, "runs")
+    for extra in ([], ["--allow-dirty"]):
+        _, cp = ts(repo, "--create", *extra, rc=4)
+        assert cp.stderr.strip() == (
+            "tag_suggest.py: error: not tagging e0.1.0: data differs from what is committed "
+            "(dvc status): data/train.csv (modified); dvc add them (or dvc repro) and git "
+            "commit, so the tag names the data the runs read; --allow-dirty does not skip "
+            "this")
+    res, _ = ts(repo)  # the suggestion says dirty, and names the data the run read
+    assert res["lineage"]["dirty"] is True
+    assert res["lineage"]["dvc_changed"] == ["data/train.csv (modified)"]
+    assert res["lineage"]["data"] == {"data/train.csv": "f" * 32}
+    assert res["lineage"]["data_from"] == "run lineage"
+    assert sh(["git", "tag"], cwd=repo).stdout == ""
+
+
+def test_exp_tag_create_is_idempotent_per_commit(dvc_repo):
+    from xetrack import Tracker
+
+    repo = dvc_repo
+    (repo / "results").mkdir()
+    Tracker(str(repo / "results/experiments.db"),
+            params={"version": "exp-forest"}).log({"f1_score": 0.4})
+    sh(["dvc", "add", "-q", "results/experiments.db"], cwd=repo)
+    commit_all(repo, "runs")
+    first, _ = ts(repo, "--kind", "exp", "--name", "forest", "--create")
+    again, _ = ts(repo, "--kind", "exp", "--name", "forest", "--create")
+    assert (first["name"], first["created"]) == ("exp-forest-v1", True)
+    assert (again["name"], again["created"], again["unchanged"]) == (
+        "exp-forest-v1", False, True)
+    assert sh(["git", "tag"], cwd=repo).stdout.split() == ["exp-forest-v1"]
+    # an e-tag create re-run on the same commit is unchanged too
+    # (exit 0, nothing written), and a refused name says which flag to use
+    _, cp = ts(repo, "--version", "exp-forest", "--tag", "e1.0.0", "--create")
+    again, _ = ts(repo, "--version", "exp-forest", "--tag", "e1.0.0", "--create")
+    assert again["unchanged"] is True
+
+
+def test_a_production_change_with_no_new_runs_gets_its_own_tag(dvc_repo):
+    repo = dvc_repo
+    a, b = make_runs(repo, 2)
+    sh(["dvc", "add", "-q", "models/candidates", "results/experiments.db"], cwd=repo)
+    commit_all(repo, "runs")
+    run_script("model_manager.py", "promote", "--run-id", a, "--reason", "first", "--commit",
+               cwd=repo)
+    ts(repo, "--version", "e0.1.0", "--create")
+    ts(repo, "--version", "e0.2.0", "--create")
+    for args in (["promote", "--run-id", b, "--reason", "b wins"],
+                 ["rollback", "--reason", "false positives"]):
+        cp = run_script("model_manager.py", *args, "--commit", cwd=repo)
+        assert cp.returncode == 0, cp.stderr
+    # the issue's way: rows of a tagged version under a new --tag: the same suggestion
+    res, cp = ts(repo, "--version", "e0.1.0", "--tag", "e0.2.1")
+    assert res["production_change"] is True and "rows are logged" not in cp.stderr
+    res, _ = ts(repo)  # every version is tagged: the change is production's
+    assert res["production_change"] is True and res["name"] == "e0.2.1"
+    assert res["bump"] == "patch"
+    subject = res["message"].splitlines()[0]
+    assert subject == (f"production={a} (e0.1.0) | rollback to ledger entry 1 | model="
+                       f"{res['lineage']['model_md5'][:8]} | data="
+                       f"{'0' * 6} | false positives")
+    assert res["lineage"]["data"] == {"data/train.parquet": "0" * 32}
+    assert res["lineage"]["reason"] == "false positives"
+    res, _ = ts(repo, "--create")
+    assert res["created"] is True
+    assert history.all_tags(repo)["e0.2.1"].lineage["run"] == a
+    again, _ = ts(repo, "--create")  # the re-run of a done create
+    assert again["unchanged"] is True
