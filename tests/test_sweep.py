@@ -163,8 +163,10 @@ def test_cli_failure_recorded_and_rerun_redoes_only_it(git_repo, tmp_path):
         "fail=true; fix and re-run the same command (done runs are skipped)"]
     db = git_repo / "results" / "experiments.db"
     assert count_rows(db) == 6
-    ledger = json.loads((git_repo / "results/shards/e0.3.0/sweep.json").read_text())
-    assert ledger["runs"][bad["key"]]["status"] == "failed"
+    lines = [json.loads(x) for x in
+             (git_repo / "results/shards/e0.3.0/sweep.jsonl").read_text().splitlines()]
+    assert [ln["status"] for ln in lines if ln.get("key") == bad["key"]] == ["failed"]
+    assert len([ln for ln in lines if ln.get("status")]) == 4  # one line per run
     assert "ValueError: bad param" in (git_repo / f"results/shards/e0.3.0/run-{bad['key']}.log"
                                        ).read_text()
     assert [e["params"]["x"] for e in out["ranking"]] == [3, 2, 1]
@@ -285,7 +287,7 @@ def test_cli_refuses_a_second_sweep_of_the_same_version(git_repo, tmp_path):
     assert cp.stderr.strip().splitlines() == [
         f"sweep.py: error: another sweep of version e5 is running (lock {lock_dir}/sweep.lock); "
         "wait for it to finish, or use another --version"]
-    assert not (lock_dir / "sweep.json").exists()
+    assert not (lock_dir / "sweep.jsonl").exists()
 
 
 def test_cli_merged_runs_stay_done_when_their_shards_are_deleted(git_repo, tmp_path):
