@@ -198,7 +198,7 @@ def run_command_sweep(repo: Path, command: list[str], runs: list[dict], *, versi
 def _handle_stale(repo: Path, version: str, kill_stale: bool, on_progress) -> list[int]:
     live = stale_runs(repo, version)
     if live and not kill_stale:
-        pids = ", ".join(str(st["pid"]) for st in live)
+        pids = ", ".join(str(p) for p in sorted(st["pid"] for st in live))
         raise EVError(f"{len(live)} run(s) of an earlier sweep of {version} are still running "
                       f"(pids {pids}); their rows would be lost or doubled", code=REFUSED,
                       hint="wait for them to end, or re-run with --kill-stale to end them "
