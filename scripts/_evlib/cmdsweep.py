@@ -243,28 +243,28 @@ def _sweep(repo, s, command, runs, *, version, db, db_rel, workers, append_args,
         lin = runner.lineage(repo, s, extra_outputs=outs)
     total = len(todo)
     counter = itertools.count(1)
-    gpu_q: queue.Queue | None = None
-    if gpus:
-        gpu_q = queue.Queue()
-        for g in gpus:
-            gpu_q.put(g)
+    # One sandbox per worker slot, reused run after run (a sandbox costs file-system
+    # metadata work; a slot is one run at a time). With GPUs, slot i owns GPU i.
+    slots: queue.Queue = queue.Queue()
+    for i in range(workers):
+        slots.put(i)
     base.mkdir(parents=True, exist_ok=True)
-    cwd_rel = "."
 
     def job(it):
-        gpu = gpu_q.get() if gpu_q is not None else None
+        slot = slots.get()
+        gpu = gpus[slot] if gpus else None
+        wd = base / f"w{slot}"
         try:
             spec = runner.RunSpec(command=fill(command, it["params"], append_args),
                                   version=version, key=it["key"], params=it["params"],
                                   results_db=db_rel, model_outputs=outs,
-                                  require_models=require, gpus=gpu, cwd=cwd_rel)
-            wd = base / it["key"]
-            if wd.exists():
-                runner.remove_workdir(wd)
-            res = runner.execute(repo, spec, wd, lineage=lin)
+                                  require_models=require, gpus=gpu)
+            res = runner.execute(repo, spec, wd, lineage=lin, reuse=True)
+            _after(it, res, wd, gpu)
         finally:
-            if gpu_q is not None:
-                gpu_q.put(gpu)
+            slots.put(slot)
+
+    def _after(it, res, wd, gpu):
         log = directory / f"run-{it['key']}.log"
         if res.log and Path(res.log).exists():
             os.replace(res.log, log)
@@ -284,7 +284,6 @@ def _sweep(repo, s, command, runs, *, version, db, db_rel, workers, append_args,
                 error = runner.last_line(runner.tail(log)) or f"exit {code}"
             ledger.update(it["key"], status="failed", exit_code=res.exit_code, rows=res.rows,
                           error=error, finished=time.time(), gpus=gpu)
-            runner.remove_workdir(wd)
             state = f"FAILED ({runner.describe_exit(res.exit_code or 0)}: {error})"
         it["result"] = res
         if on_progress:
@@ -294,6 +293,8 @@ def _sweep(repo, s, command, runs, *, version, db, db_rel, workers, append_args,
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for f in [pool.submit(job, it) for it in todo]:
                 f.result()
+    for i in range(workers):
+        runner.remove_workdir(base / f"w{i}")
     return _finalize(db, directory, ledger, items, in_db, version=version, metric=metric,
                      metric_mode=metric_mode, command=command, killed=killed,
                      recovered=recovered, gpus=gpus)
@@ -310,7 +311,6 @@ def _land(repo: Path, s, res: runner.RunResult, directory: Path, ledger: Ledger)
                   track_id=res.track_ids[0] if len(res.track_ids) == 1 else res.track_ids,
                   error=None, finished=time.time(), gpus=res.spec.gpus,
                   candidates=list(cands.values()), shard=str(shard), params=res.spec.params)
-    runner.remove_workdir(Path(res.workdir))
     return cands
 
 

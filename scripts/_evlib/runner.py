@@ -25,6 +25,7 @@ Public API (stable; the Dask helper calls it on a worker):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -200,13 +201,17 @@ def _private_names(private: list[str]) -> set[str]:
 
 
 def mirror(repo: Path, tree: Path, private: list[str]) -> None:
-    """tree/ = the repository as symlinks, with the private paths (and their parents) real."""
+    """tree/ = the repository as symlinks, with the private paths (and their parents) real.
+
+    On an existing tree (a reused sandbox) only the missing links are added.
+    """
     private = [os.path.normpath(p).replace(os.sep, "/") for p in private]
     names = _private_names(private)
-    parents = {"/".join(p.split("/")[:i]) for p in private for i in range(1, p.count("/") + 1)}
+    parents = _parents(private)
 
     def walk(src: Path, dst: Path, prefix: str) -> None:
         dst.mkdir(parents=True, exist_ok=True)
+        have = set(os.listdir(dst))
         with os.scandir(src) as it:
             for entry in it:
                 rel = prefix + entry.name
@@ -216,12 +221,26 @@ def mirror(repo: Path, tree: Path, private: list[str]) -> None:
                     continue
                 if rel in parents and entry.is_dir(follow_symlinks=False):
                     walk(Path(entry.path), dst / entry.name, rel + "/")
-                else:
+                elif entry.name not in have:
                     os.symlink(entry.path, dst / entry.name)
 
     walk(repo, tree, "")
     for p in private:
         (tree / p).parent.mkdir(parents=True, exist_ok=True)
+
+
+def clean(result_tree: Path, private: list[str]) -> None:
+    """Empty a reused sandbox: the private outputs and whatever else a run created there."""
+    import shutil
+
+    fake = RunResult(spec=RunSpec(command=[], version="", key="", results_db=private[0],
+                                  model_outputs=private[1:]), workdir=str(result_tree.parent))
+    for rel in [*extras(fake), *sorted(_private_names(private))]:
+        p = result_tree / rel
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif os.path.lexists(p):
+            p.unlink()
 
 
 def _stat(path: Path):
@@ -336,20 +355,27 @@ def describe_exit(code: int) -> str:
 
 
 def execute(repo: Path, spec: RunSpec, workdir: Path, *, lineage: dict,
-            stream=None, on_start=None) -> RunResult:
+            stream=None, on_start=None, reuse: bool = False) -> RunResult:
     """Run spec.command in a sandbox under workdir; stamp its rows; find its model files.
 
     The command's stdout+stderr go to workdir/log; with stream (a text file object such as
     sys.stderr) also to it, as they come. on_start(state) is called
-    once the process runs (state has pid and start time). Never raises for a failed run:
-    check result.ok / result.error.
+    once the process runs (state has pid and start time). reuse=True: workdir may hold the
+    sandbox of an earlier run (of the same outputs), which is emptied and reused: a worker
+    that runs many runs pays for its sandbox once. Never raises for a failed run: check
+    result.ok / result.error.
     """
     repo, workdir = Path(repo).resolve(), Path(workdir)
-    if workdir.exists():
-        raise EVError(f"run directory {workdir} exists already", code=FAILED,
-                      hint="remove it (a run left by a killed process), then re-run")
     tree = workdir / "tree"
     private = [spec.results_db, *spec.model_outputs]
+    if workdir.exists() and not reuse:
+        raise EVError(f"run directory {workdir} exists already", code=FAILED,
+                      hint="remove it (a run left by a killed process), then re-run")
+    if reuse and tree.is_dir():
+        clean(tree, private)
+        for name in (RC_FILE, LOG_FILE):
+            with contextlib.suppress(FileNotFoundError):
+                (workdir / name).unlink()
     mirror(repo, tree, private)
     cwd = (tree / spec.cwd).resolve() if spec.cwd not in ("", ".") else tree
     if not cwd.is_dir():
@@ -490,6 +516,10 @@ def stamp(db: Path, spec: RunSpec, lineage: dict, seconds: float | None = None) 
     """Write the lineage columns (and version) on every row of the run's results DB."""
     values = lineage_values(spec, lineage, seconds)
     con = sqlite_connect(db)
+    # One transaction, not fsynced: the file is the run's own until it is renamed into the
+    # shards folder, and a shard that a power cut tore reads as not done (the run is redone).
+    con.isolation_level = None
+    con.execute("PRAGMA synchronous=OFF")
     try:
         t = quote_ident(EVENTS_TABLE)
         cols = {c[0] for c in sqlite_columns(con, EVENTS_TABLE)}
@@ -501,13 +531,18 @@ def stamp(db: Path, spec: RunSpec, lineage: dict, seconds: float | None = None) 
                 raise EVError(f"the command logged version {other[0]!r} but the run is "
                               f"--version {spec.version}", code=USAGE,
                               hint="pass the same version to both, or let the bundle set it")
-        with con:
+        con.execute("BEGIN IMMEDIATE")
+        try:
             for name in [*values, "version"]:
                 if name not in cols:
                     con.execute(f"ALTER TABLE {t} ADD COLUMN {quote_ident(name)} "
                                 f"{_TYPES.get(name, 'TEXT')}")
             sets = ", ".join(f"{quote_ident(k)} = ?" for k in values)
             con.execute(f"UPDATE {t} SET {sets}, version = ?", [*values.values(), spec.version])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
     finally:
         con.close()
 
