@@ -151,3 +151,38 @@ def test_killed_while_collecting_is_completed_by_the_next_run(tmp_path, monkeypa
     con = sqlite3.connect(proj / "results/experiments.db")
     assert con.execute('SELECT count(DISTINCT track_id) FROM "default"').fetchone()[0] == 2
     con.close()
+
+
+def test_worktree_experiment_with_run_py_then_promote_in_main(tmp_path):
+    proj = make_project(tmp_path / "proj", tmp_path / "remote")
+    cp = run_script("worktree.py", "create", "lr", cwd=proj)
+    assert cp.returncode == 0, cp.stderr
+    wt = tmp_path / "exp-lr"
+    cp = run_py(wt, "--version", "exp-lr", "--", "python", "train.py", "--version", "exp-lr",
+                "--lr", "0.11")
+    assert cp.returncode == 0, cp.stderr
+    out = json.loads(cp.stdout)
+    head = sh(["git", "rev-parse", "HEAD"], cwd=wt).stdout.strip()
+    (r,) = rows(wt / "results/experiments.db")
+    assert (r["ev_commit"], r["ev_dirty"], r["version"]) == (head, 0, "exp-lr")
+    cand = wt / out["candidates"]["models/production/model.bin"]
+    assert cand.read_bytes() == b"weights lr=0.11\n"
+    sh("dvc add -q results/experiments.db models/candidates", cwd=wt)
+    assert run_script("worktree.py", "privatize", cwd=wt).returncode == 0
+    sh("git add -A && git commit -qm 'exp: lr 0.11'", cwd=wt)
+    assert sh(["git", "status", "--porcelain"], cwd=wt).stdout == ""
+    cp = run_script("merge_artifacts.py", "--strategy", "merge", "--base-db",
+                    "results/experiments.db", "--exp-db", wt / "results/experiments.db",
+                    "--new-base", cwd=proj)
+    assert cp.returncode == 0, cp.stderr
+    mm = ["model_manager.py"]
+    cp = run_script(*mm, "add-candidate", "--run-id", out["track_id"], "--model", cand,
+                    cwd=proj)
+    assert cp.returncode == 0, cp.stderr
+    cp = run_script(*mm, "promote", "--version", "exp-lr", "--run-id", out["track_id"],
+                    cwd=proj)
+    assert cp.returncode == 0, cp.stderr
+    assert (proj / "models/production/model.bin").read_bytes() == b"weights lr=0.11\n"
+    for d in (proj, wt):
+        assert (d / "train.py").read_text() == TRAIN_PY
+    assert cache_objects_ok(proj) >= 3

@@ -66,6 +66,7 @@ class RunSpec:
     gpus: str | None = None  # CUDA_VISIBLE_DEVICES for this run (None: not set)
     cwd: str = "."  # repo-relative directory the command starts in
     env: dict = field(default_factory=dict)  # extra environment
+    export_params: bool = True  # set EV_PARAMS (a sweep's values); run.py's are only recorded
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -383,8 +384,10 @@ def execute(repo: Path, spec: RunSpec, workdir: Path, *, lineage: dict,
     db = tree / spec.results_db
     env = dict(os.environ)
     env.update({"EV_VERSION": spec.version, "EV_RUN_KEY": spec.key,
-                "EV_PARAMS": json.dumps(spec.params, sort_keys=True, default=str),
                 "EV_SHARD_DB": str(db), "EV_RUN_DIR": str(tree), "PWD": str(cwd)})
+    env.pop("EV_PARAMS", None)
+    if spec.export_params:
+        env["EV_PARAMS"] = json.dumps(spec.params, sort_keys=True, default=str)
     if spec.gpus is not None:
         env["CUDA_VISIBLE_DEVICES"] = spec.gpus
     env.update({k: str(v) for k, v in spec.env.items()})

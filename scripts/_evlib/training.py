@@ -125,7 +125,7 @@ def run(repo: Path, s, command: list[str], *, version: str, db_rel: str,
     spec = runner.RunSpec(command=list(command), version=version, key=key,
                           params=command_params(command), results_db=db_rel,
                           model_outputs=model_outputs, require_models=require_models,
-                          cwd=cwd_rel)
+                          cwd=cwd_rel, export_params=False)
     if dry_run:
         return {"dry_run": True, "version": version, "run_key": key, "command": command,
                 "db": str(db), "private": [db_rel, *model_outputs],
