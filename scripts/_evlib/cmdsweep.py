@@ -134,9 +134,10 @@ def plan(runs: list[dict], directory: Path, in_db: dict, ledger: Ledger) -> list
     for params in runs:
         key = run_key(params)
         shard = directory / f"run-{key}.db"
-        done = key in in_db or shard_rows(shard) > 0
-        items.append({"key": key, "params": params, "shard": str(shard), "done": done,
-                      "in_db": key in in_db})
+        shard_ok = key not in in_db and shard_rows(shard) > 0
+        items.append({"key": key, "params": params, "shard": str(shard),
+                      "done": key in in_db or shard_ok, "in_db": key in in_db,
+                      "shard_ok": shard_ok})
     return items
 
 
@@ -270,6 +271,7 @@ def _sweep(repo, s, command, runs, *, version, db, db_rel, workers, append_args,
             os.replace(res.log, log)
         if res.ok:
             it["candidates"] = _land(repo, s, res, directory, ledger)
+            it["landed"] = True
             state = "done"
         else:
             partial = Path(wd / "tree" / db_rel)
@@ -318,8 +320,10 @@ def _finalize(db, directory, ledger, items, in_db, *, version, metric, metric_mo
               killed, recovered, gpus) -> dict:
     from .merge import merge_dbs
 
+    # Only shards whose rows the DB lacks (landed now, or done before but not merged): the
+    # merge costs what the new rows cost.
     new = [Path(it["shard"]) for it in items
-           if not it["in_db"] and Path(it["shard"]).exists() and shard_rows(Path(it["shard"]))]
+           if not it["in_db"] and (it.get("landed") or (it["done"] and it.get("shard_ok")))]
     merged = merge_dbs(Path(db), new, Path(db), strategy="merge") if new else None
     if new:
         ledger.mark_merged([it["key"] for it in items if Path(it["shard"]) in set(new)])

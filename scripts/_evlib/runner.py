@@ -252,18 +252,34 @@ def _stat(path: Path):
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def _proc_start(pid: int) -> str | None:
-    """The kernel's start time of a process (tells a live pid from a reused one)."""
+def _proc_start(pid: int) -> float | None:
+    """When the process with this pid started (epoch seconds), from /proc; None if none."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
+            ticks = int(fh.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
         return None
+    return _boot_time() + ticks / os.sysconf("SC_CLK_TCK")
+
+
+_BOOT: list[float] = []
+
+
+def _boot_time() -> float:
+    if not _BOOT:
+        with open("/proc/stat", encoding="ascii") as fh:
+            _BOOT.append(next(float(ln.split()[1]) for ln in fh if ln.startswith("btime ")))
+    return _BOOT[0]
 
 
 def alive(state: dict) -> bool:
-    pid = state.get("pid")
-    return bool(pid) and _proc_start(pid) is not None and _proc_start(pid) == state.get("start")
+    """The run's process still lives: its pid exists and started when the state says (a
+    reused pid started later). The start is read only here, never on the hot path."""
+    pid, started = state.get("pid"), state.get("started")
+    if not pid or started is None:
+        return False
+    start = _proc_start(pid)
+    return start is not None and abs(start - float(started)) < 3.0
 
 
 def read_state(workdir: Path) -> dict:
@@ -415,7 +431,7 @@ def execute(repo: Path, spec: RunSpec, workdir: Path, *, lineage: dict,
         if stream is not None:
             tee = threading.Thread(target=_tee, args=(proc.stdout, out, stream), daemon=True)
             tee.start()
-        state = {"pid": proc.pid, "start": _proc_start(proc.pid), "key": spec.key,
+        state = {"pid": proc.pid, "key": spec.key,
                  "version": spec.version, "phase": "running", "started": time.time(),
                  "spec": spec.to_dict(), "lineage": lineage}
         result.pid = proc.pid
