@@ -259,7 +259,9 @@ def _sweep(repo, s, command, runs, *, version, db, db_rel, workers, append_args,
             spec = runner.RunSpec(command=fill(command, it["params"], append_args),
                                   version=version, key=it["key"], params=it["params"],
                                   results_db=db_rel, model_outputs=outs,
-                                  require_models=require, gpus=gpu)
+                                  require_models=require, gpus=gpu,
+                                  protect=[] if s.production_model in outs
+                                  else [s.production_model])
             res = runner.execute(repo, spec, wd, lineage=lin, reuse=True)
             _after(it, res, wd, gpu)
         finally:

@@ -67,6 +67,12 @@ class RunSpec:
     cwd: str = "."  # repo-relative directory the command starts in
     env: dict = field(default_factory=dict)  # extra environment
     export_params: bool = True  # set EV_PARAMS (a sweep's values); run.py's are only recorded
+    protect: list[str] = field(default_factory=list)  # also private, never collected (the
+    # production model: a script that writes it writes its own copy, which is dropped)
+
+    @property
+    def private(self) -> list[str]:
+        return list(dict.fromkeys([self.results_db, *self.model_outputs, *self.protect]))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -235,7 +241,7 @@ def clean(result_tree: Path, private: list[str]) -> None:
     import shutil
 
     fake = RunResult(spec=RunSpec(command=[], version="", key="", results_db=private[0],
-                                  model_outputs=private[1:]), workdir=str(result_tree.parent))
+                                  protect=private[1:]), workdir=str(result_tree.parent))
     for rel in [*extras(fake), *sorted(_private_names(private))]:
         p = result_tree / rel
         if p.is_dir() and not p.is_symlink():
@@ -270,6 +276,15 @@ def _boot_time() -> float:
         with open("/proc/stat", encoding="ascii") as fh:
             _BOOT.append(next(float(ln.split()[1]) for ln in fh if ln.startswith("btime ")))
     return _BOOT[0]
+
+
+def owner() -> dict:
+    """This process, as a state's owner_pid/owner_started (see alive)."""
+    return {"owner_pid": os.getpid(), "owner_started": _proc_start(os.getpid())}
+
+
+def owner_alive(state: dict) -> bool:
+    return alive({"pid": state.get("owner_pid"), "started": state.get("owner_started")})
 
 
 def alive(state: dict) -> bool:
@@ -372,7 +387,8 @@ def describe_exit(code: int) -> str:
 
 
 def execute(repo: Path, spec: RunSpec, workdir: Path, *, lineage: dict,
-            stream=None, on_start=None, reuse: bool = False) -> RunResult:
+            stream=None, on_start=None, reuse: bool = False,
+            state_extra: dict | None = None) -> RunResult:
     """Run spec.command in a sandbox under workdir; stamp its rows; find its model files.
 
     The command's stdout+stderr go to workdir/log; with stream (a text file object such as
@@ -384,7 +400,7 @@ def execute(repo: Path, spec: RunSpec, workdir: Path, *, lineage: dict,
     """
     repo, workdir = Path(repo).resolve(), Path(workdir)
     tree = workdir / "tree"
-    private = [spec.results_db, *spec.model_outputs]
+    private = spec.private
     if workdir.exists() and not reuse:
         raise EVError(f"run directory {workdir} exists already", code=FAILED,
                       hint="remove it (a run left by a killed process), then re-run")
@@ -433,7 +449,7 @@ def execute(repo: Path, spec: RunSpec, workdir: Path, *, lineage: dict,
             tee.start()
         state = {"pid": proc.pid, "key": spec.key,
                  "version": spec.version, "phase": "running", "started": time.time(),
-                 "spec": spec.to_dict(), "lineage": lineage}
+                 "spec": spec.to_dict(), "lineage": lineage, **(state_extra or {})}
         result.pid = proc.pid
         write_state(workdir, state)
         if on_start:
@@ -624,7 +640,7 @@ def extras(result: RunResult) -> list[str]:
     files written into a folder that is private to the run (e.g. a plot beside the model)."""
     spec = result.spec
     tree = Path(result.workdir) / "tree"
-    private = [spec.results_db, *spec.model_outputs]
+    private = spec.private
     names, parents = _private_names(private), _parents(private)
     found: list[str] = []
 
