@@ -121,6 +121,21 @@ def test_dirty_data_is_recorded_with_the_md5_of_what_was_read(tmp_path):
     import hashlib
     assert json.loads(r["ev_data_md5"]) == {
         "data/train.csv": hashlib.md5(b"x,y\n9,9\n").hexdigest()}  # noqa: S324
+    # clean again, then a DVC-tracked folder changed (this one DVC itself is asked about)
+    sh("dvc add -q data/train.csv && mkdir feats && echo 1 > feats/a.txt && dvc add -q feats "
+       "&& git add -A && git commit -qm 'feats'", cwd=proj)
+    cp = run_py(proj, "--version", "e1.0.1", "--", "python", "train.py", "--version", "e1.0.1")
+    assert cp.returncode == 0, cp.stderr
+    assert rows(proj / "results/experiments.db", 'SELECT ev_dirty FROM "default" WHERE '
+                "version = 'e1.0.1'") == [{"ev_dirty": 0}]
+    (proj / "feats/a.txt").unlink()
+    (proj / "feats/a.txt").write_text("2\n")
+    cp = run_py(proj, "--version", "e1.0.2", "--", "python", "train.py", "--version", "e1.0.2")
+    assert cp.returncode == 0, cp.stderr
+    (r,) = rows(proj / "results/experiments.db", 'SELECT * FROM "default" WHERE '
+                "version = 'e1.0.2'")
+    assert r["ev_dirty"] == 1
+    assert json.loads(r["ev_data_md5"])["feats"].endswith(" (modified)")
 
 
 def test_killed_while_collecting_is_completed_by_the_next_run(tmp_path, monkeypatch):

@@ -165,6 +165,49 @@ def _dvc_changed(repo: Path) -> dict[str, str]:
     return changed
 
 
+MD5_CACHE = f"{SANDBOX_ROOT}/md5-cache.json"
+
+
+def _files_changed(repo: Path, outs: list, md5s: dict | None = None
+                   ) -> dict[str, str] | None:
+    """{path: change} for DVC file outputs, in-process: the md5 of each file (remembered by
+    inode, size and mtime, like DVC's own state) against its .dvc record. None when an
+    output is a folder or has a DVC 2 hash (then `dvc status` decides)."""
+    from .atomic import md5_file, write_text
+
+    if any(o.is_dir or o.legacy for o in outs):
+        return None
+    cache_path = repo / MD5_CACHE
+    try:
+        cache = json.loads(cache_path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    changed, dirty = {}, False
+    for o in outs:
+        f = repo / o.path
+        try:
+            st = f.stat()
+        except FileNotFoundError:
+            changed[o.path] = "deleted"
+            continue
+        sig = [st.st_ino, st.st_size, st.st_mtime_ns]
+        hit = cache.get(o.path)
+        if hit and hit[:3] == sig:
+            md5 = hit[3]
+        else:
+            md5 = md5_file(f)
+            cache[o.path] = [*sig, md5]
+            dirty = True
+        if md5s is not None:
+            md5s[o.path] = md5
+        if md5 != o.md5:
+            changed[o.path] = "modified"
+    if dirty:
+        with contextlib.suppress(OSError):
+            write_text(cache_path, json.dumps(cache, sort_keys=True), durable=False)
+    return changed
+
+
 def lineage(repo: Path, s=None, *, extra_outputs: list[str] = ()) -> dict:
     """The lineage every run trained now shares: ev_commit, ev_dirty, ev_data_md5.
 
@@ -181,11 +224,14 @@ def lineage(repo: Path, s=None, *, extra_outputs: list[str] = ()) -> dict:
     own = _bundle_outputs(s, list(extra_outputs))
     dirty = [p for p in dirty_paths(repo) if not _under(p.strip('"'), own)]
     outs = [o for o in dvc_outs(repo) if not _under(o.path, own)]
-    changed = _dvc_changed(repo) if outs else {}
+    md5s: dict[str, str] = {}
+    changed = (_files_changed(repo, outs, md5s) if outs else {})
+    if changed is None:  # folders or DVC 2 hashes: ask DVC
+        changed = _dvc_changed(repo)
     data: dict[str, str] = {}
     for o in sorted(outs, key=lambda o: o.path):
         if o.path in changed and not o.is_dir and (repo / o.path).is_file():
-            data[o.path] = md5_file(repo / o.path)
+            data[o.path] = md5s.get(o.path) or md5_file(repo / o.path)
         elif o.path in changed:
             data[o.path] = f"{o.md5} ({changed[o.path]})"
         else:
