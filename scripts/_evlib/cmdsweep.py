@@ -262,15 +262,14 @@ def _sweep(repo, s, command, runs, *, version, db, db_rel, workers, append_args,
                                   require_models=require, gpus=gpu,
                                   protect=[] if s.production_model in outs
                                   else [s.production_model])
-            res = runner.execute(repo, spec, wd, lineage=lin, reuse=True)
+            res = runner.execute(repo, spec, wd, lineage=lin, reuse=True,
+                                 log=directory / f"run-{it['key']}.log")
             _after(it, res, wd, gpu)
         finally:
             slots.put(slot)
 
     def _after(it, res, wd, gpu):
-        log = directory / f"run-{it['key']}.log"
-        if res.log and Path(res.log).exists():
-            os.replace(res.log, log)
+        log = Path(res.log)
         if res.ok:
             it["candidates"] = _land(repo, s, res, directory, ledger)
             it["landed"] = True

@@ -434,15 +434,15 @@ def describe_exit(code: int) -> str:
 
 def execute(repo: Path, spec: RunSpec, workdir: Path, *, lineage: dict,
             stream=None, on_start=None, reuse: bool = False,
-            state_extra: dict | None = None) -> RunResult:
+            state_extra: dict | None = None, log: Path | None = None) -> RunResult:
     """Run spec.command in a sandbox under workdir; stamp its rows; find its model files.
 
     The command's stdout+stderr go to workdir/log; with stream (a text file object such as
     sys.stderr) also to it, as they come. on_start(state) is called
     once the process runs (state has pid and start time). reuse=True: workdir may hold the
     sandbox of an earlier run (of the same outputs), which is emptied and reused: a worker
-    that runs many runs pays for its sandbox once. Never raises for a failed run: check
-    result.ok / result.error.
+    that runs many runs pays for its sandbox once. log: where the output goes (default
+    workdir/log). Never raises for a failed run: check result.ok / result.error.
     """
     repo, workdir = Path(repo).resolve(), Path(workdir)
     tree = workdir / "tree"
@@ -478,7 +478,7 @@ def execute(repo: Path, spec: RunSpec, workdir: Path, *, lineage: dict,
     # judged; its own session lets a whole run (with its children) be ended at once.
     wrapped = ["/bin/sh", "-c", '"$@"; rc=$?; echo "$rc" > "$EV_RC_FILE"; exit "$rc"', "sh",
                *spec.command]
-    log_path = workdir / LOG_FILE
+    log_path = Path(log) if log is not None else workdir / LOG_FILE
     t0 = time.monotonic()
     out = open(log_path, "wb")  # noqa: SIM115
     tee = None
