@@ -223,3 +223,19 @@ def test_production_stays_private_when_the_model_output_is_elsewhere(proj):
     assert cand.read_bytes() == b"weights lr=0.3\n"
     assert (sha(prod) if prod.exists() else None) == before
     assert not (proj / "model.pt").exists()
+
+
+def test_run_from_a_subfolder_keeps_parent_relative_outputs_private(tmp_path):
+    proj = make_project(tmp_path / "p", tmp_path / "r")
+    (proj / "src").mkdir()
+    (proj / "src/train.py").write_text(TRAIN_PY.replace('"data/train.csv"', '"../data/train.csv"')
+                                       .replace('"results/', '"../results/')
+                                       .replace('"models/', '"../models/'))
+    sh("git add -A && git commit -qm 'train in src/'", cwd=proj)
+    cp = run_py(proj, "--version", "s1", "--", "python", "train.py", "--version", "s1",
+                cwd=proj / "src")
+    assert cp.returncode == 0, cp.stderr
+    out = json.loads(cp.stdout)
+    assert [r["version"] for r in rows(proj / "results/experiments.db")] == ["s1"]
+    assert (proj / out["candidates"]["models/production/model.bin"]).is_file()
+    assert not (proj / "models/production/model.bin").exists()

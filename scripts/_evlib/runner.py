@@ -119,14 +119,14 @@ def _private_names(private: list[str]) -> set[str]:
     return out
 
 
-def mirror(repo: Path, tree: Path, private: list[str]) -> None:
+def mirror(repo: Path, tree: Path, private: list[str], cwd: str = ".") -> None:
     """tree/ = the repository as symlinks, with the private paths (and their parents) real.
 
     On an existing tree (a reused sandbox) only the missing links are added.
     """
     private = [os.path.normpath(p).replace(os.sep, "/") for p in private]
     names = _private_names(private)
-    parents = _parents(private)
+    parents = _parents(private, cwd)
 
     def walk(src: Path, dst: Path, prefix: str) -> None:
         dst.mkdir(parents=True, exist_ok=True)
@@ -148,12 +148,13 @@ def mirror(repo: Path, tree: Path, private: list[str]) -> None:
         (tree / p).parent.mkdir(parents=True, exist_ok=True)
 
 
-def clean(result_tree: Path, private: list[str]) -> None:
+def clean(result_tree: Path, private: list[str], cwd: str = ".") -> None:
     """Empty a reused sandbox: the private outputs and whatever else a run created there."""
     import shutil
 
     fake = RunResult(spec=RunSpec(command=[], version="", key="", results_db=private[0],
-                                  protect=private[1:]), workdir=str(result_tree.parent))
+                                  protect=private[1:], cwd=cwd),
+                     workdir=str(result_tree.parent))
     for rel in [*extras(fake), *sorted(_private_names(private))]:
         p = result_tree / rel
         if p.is_dir() and not p.is_symlink():
@@ -317,13 +318,13 @@ def execute(repo: Path, spec: RunSpec, workdir: Path, *, lineage: dict,
         raise EVError(f"run directory {workdir} exists already", code=FAILED,
                       hint="remove it (a run left by a killed process), then re-run")
     if reuse and tree.is_dir():
-        clean(tree, private)
+        clean(tree, private, spec.cwd)
         for name in (RC_FILE, LOG_FILE):
             with contextlib.suppress(FileNotFoundError):
                 (workdir / name).unlink()
-    mirror(repo, tree, private)
-    cwd = (tree / spec.cwd).resolve() if spec.cwd not in ("", ".") else tree
-    if not cwd.is_dir():
+    mirror(repo, tree, private, spec.cwd)
+    cwd = tree / spec.cwd if spec.cwd not in ("", ".") else tree
+    if not cwd.is_dir() or cwd.is_symlink():
         cwd = tree
     db = tree / spec.results_db
     env = dict(os.environ)
@@ -542,9 +543,15 @@ def collect_models(result: RunResult, candidates_dir: Path, names: dict | None =
     return done
 
 
-def _parents(private: list[str]) -> set[str]:
+def _parents(private: list[str], cwd: str = ".") -> set[str]:
+    """Folders that are real in a sandbox: the private paths' parents, and the directory the
+    command starts in with its parents (so that `..` from there stays in the sandbox)."""
     private = [os.path.normpath(p).replace(os.sep, "/") for p in private]
-    return {"/".join(p.split("/")[:i]) for p in private for i in range(1, p.count("/") + 1)}
+    out = {"/".join(p.split("/")[:i]) for p in private for i in range(1, p.count("/") + 1)}
+    c = os.path.normpath(cwd or ".").replace(os.sep, "/")
+    if c != ".":
+        out |= {"/".join(c.split("/")[:i]) for i in range(1, c.count("/") + 2)}
+    return out
 
 
 def extras(result: RunResult) -> list[str]:
@@ -553,7 +560,7 @@ def extras(result: RunResult) -> list[str]:
     spec = result.spec
     tree = Path(result.workdir) / "tree"
     private = spec.private
-    names, parents = _private_names(private), _parents(private)
+    names, parents = _private_names(private), _parents(private, spec.cwd)
     found: list[str] = []
 
     def walk(d: Path, prefix: str) -> None:
