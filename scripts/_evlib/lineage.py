@@ -116,7 +116,7 @@ def _files_changed(repo: Path, outs: list, md5s: dict | None = None
             md5s[o.path] = md5
         if md5 != o.md5:
             changed[o.path] = "modified"
-    if dirty:
+    if dirty and cache_path.parent.is_dir():  # only where runs happen: a dry run adds nothing
         with contextlib.suppress(OSError):
             write_text(cache_path, json.dumps(cache, sort_keys=True), durable=False)
     return changed
