@@ -83,13 +83,13 @@ def atomic_path(dest: str | os.PathLike, suffix: str = "", *, durable: bool = Tr
         raise
 
 
-def write_bytes(dest: str | os.PathLike, data: bytes) -> None:
-    with atomic_path(dest) as tmp:
+def write_bytes(dest: str | os.PathLike, data: bytes, *, durable: bool = True) -> None:
+    with atomic_path(dest, durable=durable) as tmp:
         tmp.write_bytes(data)
 
 
-def write_text(dest: str | os.PathLike, text: str) -> None:
-    write_bytes(dest, text.encode("utf-8"))
+def write_text(dest: str | os.PathLike, text: str, *, durable: bool = True) -> None:
+    write_bytes(dest, text.encode("utf-8"), durable=durable)
 
 
 def copy_file(src: str | os.PathLike, dest: str | os.PathLike) -> None:
