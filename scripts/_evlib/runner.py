@@ -256,7 +256,9 @@ def read_state(workdir: Path) -> dict:
 def write_state(workdir: Path, state: dict) -> None:
     from .atomic import write_text
 
-    write_text(Path(workdir) / STATE, json.dumps(state, sort_keys=True, default=str) + "\n")
+    # Atomic (never torn) but not fsynced: a state lost to a power cut means a redone run.
+    write_text(Path(workdir) / STATE, json.dumps(state, sort_keys=True, default=str) + "\n",
+               durable=False)
 
 
 def kill_group(state: dict, wait_s: float = 10.0) -> bool:
@@ -283,12 +285,12 @@ def kill_group(state: dict, wait_s: float = 10.0) -> bool:
 
 # --- running ------------------------------------------------------------------------------
 
-def _last_line(text: str) -> str:
+def last_line(text: str) -> str:
     lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
     return lines[-1] if lines else ""
 
 
-def _tail(path: Path, n: int = 65536) -> str:
+def tail(path: Path, n: int = 65536) -> str:
     try:
         with open(path, "rb") as fh:
             fh.seek(0, os.SEEK_END)
@@ -307,6 +309,20 @@ def _tee(pipe, log, stream) -> None:
         except (OSError, ValueError):
             pass
     pipe.close()
+
+
+def shell_code(code: int) -> int:
+    """The command's exit code as Python reports it: -N when a signal N ended it (the
+    wrapping sh reports 128+N)."""
+    return -(code - 128) if 128 < code < 128 + 65 else code
+
+
+def read_rc(workdir: Path) -> int | None:
+    """The exit code the wrapper recorded (a run whose parent died), or None."""
+    try:
+        return shell_code(int((Path(workdir) / RC_FILE).read_text().strip()))
+    except (OSError, ValueError):
+        return None
 
 
 def describe_exit(code: int) -> str:
@@ -372,7 +388,7 @@ def execute(repo: Path, spec: RunSpec, workdir: Path, *, lineage: dict,
             tee.start()
         state = {"pid": proc.pid, "start": _proc_start(proc.pid), "key": spec.key,
                  "version": spec.version, "phase": "running", "started": time.time(),
-                 "spec": spec.to_dict()}
+                 "spec": spec.to_dict(), "lineage": lineage}
         result.pid = proc.pid
         write_state(workdir, state)
         if on_start:
@@ -388,7 +404,8 @@ def execute(repo: Path, spec: RunSpec, workdir: Path, *, lineage: dict,
             tee.join(timeout=10)
         out.close()
     result.seconds = time.monotonic() - t0
-    result.exit_code = code
+    result.exit_code = shell_code(code)
+    code = result.exit_code
     result.log = str(log_path)
     changed = [p for p in private if _stat(repo / p) != watched[p]]
     if changed:
@@ -397,7 +414,8 @@ def execute(repo: Path, spec: RunSpec, workdir: Path, *, lineage: dict,
                         f"directory, or to $EV_SHARD_DB")
         return result
     if code != 0:
-        last = _last_line(_tail(log_path))
+        result.rows, result.track_ids = _shard_info(tree / spec.results_db)
+        last = last_line(tail(log_path))
         result.error = (f"the command failed ({describe_exit(code)})"
                         + (f": {last}" if last else "") + "; nothing was collected")
         return result
@@ -540,6 +558,66 @@ def collect_models(result: RunResult, candidates_dir: Path, names: dict | None =
             raise EVError(f"model file {src} is gone and {dest} does not exist", code=FAILED)
         done[p] = str(dest)
     return done
+
+
+def _parents(private: list[str]) -> set[str]:
+    private = [os.path.normpath(p).replace(os.sep, "/") for p in private]
+    return {"/".join(p.split("/")[:i]) for p in private for i in range(1, p.count("/") + 1)}
+
+
+def extras(result: RunResult) -> list[str]:
+    """Paths the command created in its sandbox besides its declared outputs (repo-relative):
+    files written into a folder that is private to the run (e.g. a plot beside the model)."""
+    spec = result.spec
+    tree = Path(result.workdir) / "tree"
+    private = [spec.results_db, *spec.model_outputs]
+    names, parents = _private_names(private), _parents(private)
+    found: list[str] = []
+
+    def walk(d: Path, prefix: str) -> None:
+        with os.scandir(d) as it:
+            for e in it:
+                rel = prefix + e.name
+                if e.is_symlink() or rel in names or e.name == "__pycache__":
+                    continue
+                if e.is_dir(follow_symlinks=False) and (rel in parents or not prefix and
+                                                        rel == "."):
+                    walk(Path(e.path), rel + "/")
+                else:
+                    found.append(rel)
+
+    if tree.is_dir():
+        walk(tree, "")
+    return sorted(found)
+
+
+_EXTRAS_LOCK = threading.Lock()
+
+
+def collect_extras(result: RunResult, repo: Path, spill: Path | None) -> dict:
+    """Move the run's extra files into the repository where nothing is there yet (folders
+    are merged); the others (another run wrote the same path) go under spill/."""
+    moved, kept = [], []
+    tree = Path(result.workdir) / "tree"
+
+    def put(src: Path, rel: str) -> None:
+        dest = Path(repo) / rel
+        if src.is_dir() and not src.is_symlink() and dest.is_dir() and not dest.is_symlink():
+            for child in sorted(os.listdir(src)):
+                put(src / child, f"{rel}/{child}")
+        elif not os.path.lexists(dest):
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dest)
+            moved.append(rel)
+        elif spill is not None:
+            (spill / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, spill / rel)
+            kept.append(str(spill / rel))
+
+    with _EXTRAS_LOCK:
+        for rel in extras(result):
+            put(tree / rel, rel)
+    return {"moved": moved, "kept": kept}
 
 
 def remove_workdir(workdir: Path) -> None:

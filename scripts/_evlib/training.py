@@ -103,9 +103,11 @@ def collect(repo: Path, s, res: runner.RunResult, db: Path, names: dict | None =
     from .merge import merge_dbs
 
     cands = runner.collect_models(res, repo / s.candidates_dir, names)
+    extra = runner.collect_extras(res, repo, repo / runner.SANDBOX_ROOT / "kept" /
+                                  Path(res.workdir).name)
     merged = merge_dbs(db, [Path(res.shard)], db, strategy="merge") if res.shard else None
     runner.remove_workdir(Path(res.workdir))
-    return {"candidates": cands, "merged": merged}
+    return {"candidates": cands, "merged": merged, "extras": extra}
 
 
 def run(repo: Path, s, command: list[str], *, version: str, db_rel: str,
@@ -164,6 +166,7 @@ def run(repo: Path, s, command: list[str], *, version: str, db_rel: str,
     report.update(track_ids=res.track_ids, track_id=res.track_ids[0] if res.track_ids else None,
                   rows=res.rows, candidates={k: str(Path(v).relative_to(repo))
                                              for k, v in collected["candidates"].items()},
-                  merged={"added": table.get("added"), "skipped": table.get("skipped")})
+                  merged={"added": table.get("added"), "skipped": table.get("skipped")},
+                  extras=collected["extras"])
     return report
 
