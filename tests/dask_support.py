@@ -85,6 +85,12 @@ class Cluster:
         with Client(self.address, timeout=10) as c:
             return len(c.scheduler_info()["workers"])
 
+    def addresses(self) -> set[str]:
+        from distributed import Client
+
+        with Client(self.address, timeout=10) as c:
+            return set(c.scheduler_info()["workers"])
+
     def wait_workers(self, n: int, timeout: float = 60) -> None:
         deadline = time.time() + timeout
         while time.time() < deadline:

@@ -146,8 +146,14 @@ def run_command_sweep(repo: Path, command: list[str], runs: list[dict], *, versi
                       metric_mode: str = "max", model_outputs: list[str] | None = None,
                       require_models: bool = False, gpus: list[str] | None = None,
                       kill_stale: bool = False, settings=None,
-                      on_progress: Callable[[str], None] | None = None) -> dict:
-    """Run `command` once per run (see the module doc); merge; rank. Returns the report."""
+                      on_progress: Callable[[str], None] | None = None,
+                      executor=None) -> dict:
+    """Run `command` once per run (see the module doc); merge; rank. Returns the report.
+
+    executor: None runs each run here (runner.execute); an object with the same execute()
+    (dask_exec.DaskExecutor) runs them elsewhere and lands their files here; the rest
+    (candidates, ledger, merge, ranking) is the same code.
+    """
     from . import settings as settings_mod
 
     s = settings or settings_mod.load(repo)
@@ -156,6 +162,9 @@ def run_command_sweep(repo: Path, command: list[str], runs: list[dict], *, versi
     workers = 1 if workers is None else workers
     if workers < 1:
         raise EVError("--workers must be at least 1", code=USAGE)
+    if executor is not None and gpus is not None:
+        raise EVError("--gpus names this machine's GPUs; on a Dask cluster use "
+                      "--gpus-per-run N", code=USAGE, hint="start workers with --resources GPU=k")
     if gpus is not None and workers > len(gpus):
         raise EVError(f"--workers {workers} is more than the {len(gpus)} GPUs given: two runs "
                       f"would share a GPU", code=USAGE,
@@ -175,6 +184,8 @@ def run_command_sweep(repo: Path, command: list[str], runs: list[dict], *, versi
         ledger = Ledger(directory, version)  # reads only
         items = plan(runs, directory, keys_in_db(db, version), ledger)
         live = stale_runs(repo, version)
+        if executor is not None and any(not it["done"] for it in items):
+            executor.preflight(runner.lineage(repo, s, extra_outputs=outs))
         return {"version": version, "db": str(db), "shards": str(directory), "dry_run": True,
                 "command": command, "stale": [st["pid"] for st in live],
                 "runs": [{"key": it["key"], "params": it["params"], "shard": it["shard"],
@@ -189,7 +200,7 @@ def run_command_sweep(repo: Path, command: list[str], runs: list[dict], *, versi
                           workers=workers, append_args=append_args, metric=metric,
                           metric_mode=metric_mode, outs=outs, require=require, gpus=gpus,
                           kill_stale=kill_stale, ledger=ledger, directory=directory,
-                          on_progress=on_progress)
+                          on_progress=on_progress, executor=executor)
         finally:
             ledger.save()
             ledger.close()
@@ -215,7 +226,8 @@ def _handle_stale(repo: Path, version: str, kill_stale: bool, on_progress) -> li
 
 
 def _sweep(repo, s, command, runs, *, version, db, db_rel, workers, append_args, metric,
-           metric_mode, outs, require, gpus, kill_stale, ledger, directory, on_progress):
+           metric_mode, outs, require, gpus, kill_stale, ledger, directory, on_progress,
+           executor=None):
     runner.ensure_ignored(repo)
     killed = _handle_stale(repo, version, kill_stale, on_progress)
     base = sandboxes(repo, version)
@@ -241,6 +253,11 @@ def _sweep(repo, s, command, runs, *, version, db, db_rel, workers, append_args,
     todo = [it for it in items if not it["done"]]
     if todo:
         lin = runner.lineage(repo, s, extra_outputs=outs)
+        if executor is not None:  # refusals first (nothing submitted), then the cluster
+            executor.preflight(lin)
+            executor.connect()
+            workers = executor.concurrency
+    execute = executor.execute if executor is not None else runner.execute
     total = len(todo)
     counter = itertools.count(1)
     gpu_q: queue.Queue | None = None
@@ -261,7 +278,7 @@ def _sweep(repo, s, command, runs, *, version, db, db_rel, workers, append_args,
             wd = base / it["key"]
             if wd.exists():
                 runner.remove_workdir(wd)
-            res = runner.execute(repo, spec, wd, lineage=lin)
+            res = execute(repo, spec, wd, lineage=lin)
         finally:
             if gpu_q is not None:
                 gpu_q.put(gpu)
@@ -287,16 +304,25 @@ def _sweep(repo, s, command, runs, *, version, db, db_rel, workers, append_args,
             runner.remove_workdir(wd)
             state = f"FAILED ({runner.describe_exit(res.exit_code or 0)}: {error})"
         it["result"] = res
+        if executor is not None:
+            state += executor.describe(it["key"], Path(it["shard"]), metric, metric_mode)
         if on_progress:
             on_progress(f"[{next(counter)}/{total}] run-{it['key']} {it['params']}: {state}")
 
-    if todo:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for f in [pool.submit(job, it) for it in todo]:
-                f.result()
-    return _finalize(db, directory, ledger, items, in_db, version=version, metric=metric,
-                     metric_mode=metric_mode, command=command, killed=killed,
-                     recovered=recovered, gpus=gpus)
+    try:
+        if todo:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                for f in [pool.submit(job, it) for it in todo]:
+                    f.result()
+    finally:
+        if executor is not None:
+            executor.close()
+    report = _finalize(db, directory, ledger, items, in_db, version=version, metric=metric,
+                       metric_mode=metric_mode, command=command, killed=killed,
+                       recovered=recovered, gpus=gpus)
+    if executor is not None:
+        executor.annotate(report)
+    return report
 
 
 def _land(repo: Path, s, res: runner.RunResult, directory: Path, ledger: Ledger) -> dict:

@@ -190,6 +190,29 @@ def _check_on_remote(repo: Path, inputs: list[str], remote: dict) -> None:
                       hint=f"push them first: dvc push {' '.join(missing)}")
 
 
+def _best(shard: Path, metric: str, mode: str):
+    """The run's metric (max or min over its rows), or None if it logs none."""
+    import sqlite3
+
+    from . import EVENTS_TABLE
+    from .sql import quote_ident, sqlite_columns, sqlite_connect
+
+    if not shard.is_file():
+        return None
+    try:
+        con = sqlite_connect(shard, readonly=True)
+        try:
+            if metric not in {c[0] for c in sqlite_columns(con, EVENTS_TABLE)}:
+                return None
+            agg = "max" if mode == "max" else "min"
+            return con.execute(f"SELECT {agg}({quote_ident(metric)}) FROM "
+                               f"{quote_ident(EVENTS_TABLE)}").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.DatabaseError:
+        return None
+
+
 # --- the executor -------------------------------------------------------------------------
 
 class DaskExecutor:
@@ -200,7 +223,7 @@ class DaskExecutor:
     def __init__(self, repo: Path, scheduler: str, *, settings, gpus_per_run: int = 0,
                  threshold: int = DEFAULT_THRESHOLD, dvc_inputs: list[str] | None = None,
                  git_remote: str | None = None, timeout: float = CONNECT_TIMEOUT,
-                 own_outputs: list[str] = ()):
+                 own_outputs: list[str] = (), max_in_flight: int | None = None):
         if gpus_per_run < 0:
             raise EVError("--gpus-per-run must be 0 or more", code=USAGE)
         if threshold < 0:
@@ -210,6 +233,9 @@ class DaskExecutor:
         self.gpus, self.threshold, self.timeout = gpus_per_run, threshold, timeout
         self.wanted_inputs, self.git_remote_name = dvc_inputs, git_remote
         self.own_outputs = list(own_outputs)
+        if max_in_flight is not None and max_in_flight < 1:
+            raise EVError("--workers must be at least 1", code=USAGE)
+        self.max_in_flight = max_in_flight or 64
         self.client = None
         self.info: dict[str, dict] = {}  # run key -> worker, timing, transfers
         self._lock = threading.Lock()
@@ -217,8 +243,9 @@ class DaskExecutor:
 
     @property
     def concurrency(self) -> int:
-        """Driver threads: one per run in flight; Dask decides where and when each runs."""
-        return 64
+        """Driver threads: one per run in flight (--workers caps it); Dask decides where and
+        when each runs."""
+        return self.max_in_flight
 
     # pre-flight: everything a worker needs is published; nothing is submitted otherwise
     def preflight(self, lineage: dict) -> dict:
@@ -330,16 +357,19 @@ class DaskExecutor:
         result.rows, result.track_ids = out["rows"], out["track_ids"]
         result.seconds = out["seconds"]
         transfers = {}
-        if out.get("shard"):
-            dest = workdir / "tree" / spec.results_db
-            self._land(out["shard"], dest)
-            result.shard = str(dest)
-            transfers["shard"] = out["shard"]["via"]
-        for rel, shipped in (out.get("models") or {}).items():
-            dest = workdir / "tree" / rel
-            self._land(shipped, dest)
-            result.models[rel] = str(dest)
-            transfers[rel] = shipped["via"]
+        tree = workdir / "tree"
+        try:
+            if out.get("shard"):
+                result.shard = str(self._land(out["shard"], tree, spec.results_db))
+                transfers["shard"] = out["shard"]["via"]
+            for rel, shipped in (out.get("models") or {}).items():
+                result.models[rel] = str(self._land(shipped, tree, rel))
+                transfers[rel] = shipped["via"]
+            for rel, shipped in (out.get("extras") or {}).items():
+                self._land(shipped, tree, rel)
+                transfers[rel] = shipped["via"]
+        except EVError as exc:  # the run is not landed: a failed run, redone next time
+            result.error, result.shard, result.models = exc.line(), None, {}
         self._record(spec.key, {"worker": out["worker"], "host": out["host"],
                                 "gpus": out.get("gpus"),
                                 "checkout_reused": out["checkout_reused"],
@@ -350,14 +380,43 @@ class DaskExecutor:
                                 "transfers": transfers})
         return result
 
+    def describe(self, key: str, shard: Path, metric: str | None, mode: str) -> str:
+        """The progress line's tail: which worker, how long, the run's metric."""
+        info = self.info.get(key) or {}
+        text = f" on {info.get('worker') or '?'} in {info.get('seconds', 0):.1f} s"
+        value = _best(shard, metric, mode) if metric else None
+        if value is not None:
+            text += f", {metric}={value}"
+        return text
+
+    def annotate(self, report: dict) -> None:
+        """Per-run worker and timing in the report (--json), and the cluster it ran on."""
+        for r in report.get("runs", []):
+            info = self.info.get(r["key"])
+            if info:
+                r.update({k: info.get(k) for k in ("worker", "host", "seconds", "timing",
+                                                    "transfers", "checkout_reused")})
+                if info.get("gpus"):
+                    r["gpus"] = info["gpus"]
+        p = self.plan
+        report["executor"] = {"name": "dask", "scheduler": self.address,
+                              "commit": p.get("commit"), "git_remote": p.get("git_url"),
+                              "dvc_remote": (p.get("dvc_remote") or {}).get("name"),
+                              "dvc_inputs": p.get("inputs"), "gpus_per_run": self.gpus,
+                              "transfer_threshold": self.threshold}
+
     def _record(self, key: str, info: dict) -> None:
         with self._lock:
             self.info[key] = info
 
-    def _land(self, shipped: dict, dest: Path) -> None:
-        """A shipped result at dest (a new file or folder; nothing is written in place)."""
+    def _land(self, shipped: dict, tree: Path, rel: str) -> Path:
+        """A shipped result at tree/rel (a new file or folder; nothing written in place)."""
         from .atomic import md5_file, write_bytes
 
+        dest = tree / rel
+        if tree.resolve() not in dest.resolve().parents:  # a path from the worker: never outside the run
+            raise EVError(f"a worker sent a result for {dest}, outside its run directory",
+                          code=FAILED, hint="report this as a bug")
         dest.parent.mkdir(parents=True, exist_ok=True)
         if shipped["via"] == "dask":
             if shipped["kind"] == "dir":
@@ -371,8 +430,9 @@ class DaskExecutor:
                     dest.unlink()
                     raise EVError(f"{dest.name} arrived damaged (md5 differs)", code=FAILED,
                                   hint="re-run the sweep; the run is redone")
-            return
+            return dest
         self._pull(shipped["dvc"], dest)
+        return dest
 
     def _pull(self, record: str, dest: Path) -> None:
         """A big result from the DVC remote, through the project's cache (so a later

@@ -296,7 +296,7 @@ def run_task(spec: dict) -> dict:
     t_done = time.time()
     out = {"exit_code": res.exit_code, "error": res.error, "error_code": res.error_code,
            "rows": res.rows, "track_ids": res.track_ids, "seconds": res.seconds,
-           "log": runner._tail(Path(res.log)) if res.log else "", "gpus": run.gpus,
+           "log": runner.tail(Path(res.log)) if res.log else "", "gpus": run.gpus,
            "worker": _worker_name(), "host": socket.gethostname(),
            "checkout_reused": reused, "shard": None, "models": {}}
     try:
@@ -306,6 +306,10 @@ def run_task(spec: dict) -> dict:
             out["shard"] = ship(whole, spec, base)
         for rel, p in res.models.items():
             out["models"][rel] = ship(Path(p), spec, base)
+        if res.ok:  # files written beside the outputs (a plot next to the model)
+            tree = workdir / "tree"
+            out["extras"] = {rel: ship(tree / rel, spec, base) for rel in runner.extras(res)
+                             if (tree / rel).exists()}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     t_end = time.time()
