@@ -38,7 +38,7 @@ def ensure_env() -> None:
     print("dev.py: installing the bundle's dependencies (one resolve, see pyproject.toml)",
           file=sys.stderr)
     subprocess.run([str(PY), "-m", "pip", "install", "-q", "--upgrade", "pip"], check=True)
-    subprocess.run([str(PY), "-m", "pip", "install", "-q", f"{ROOT}[test,s3,demo]"], check=True)
+    subprocess.run([str(PY), "-m", "pip", "install", "-q", f"{ROOT}[test,s3,demo,dask]"], check=True)
     stamp_file.write_text(_stamp())
 
 

@@ -143,6 +143,14 @@ def text(report) -> str:
     return "\n".join(lines)
 
 
+def _inside(repo, path) -> list[str]:
+    """[path relative to repo] if it is inside repo, else []."""
+    try:
+        return [path.resolve().relative_to(repo.resolve()).as_posix()]
+    except ValueError:
+        return []
+
+
 def handler(args) -> int:
     from _evlib import settings, training
     from _evlib.cmdsweep import parse_gpus, run_command_sweep
@@ -170,7 +178,7 @@ def handler(args) -> int:
                        else args.transfer_threshold),
             dvc_inputs=args.dvc_input, git_remote=args.git_remote,
             timeout=args.connect_timeout, own_outputs=outs or [s.production_model],
-            max_in_flight=args.workers)
+            max_in_flight=args.workers, ignore_dirty=_inside(repo, grid))
     elif args.scheduler or args.gpus_per_run or args.dvc_input:
         raise EVError("--scheduler, --gpus-per-run and --dvc-input are for --executor dask",
                       code=USAGE, hint="add --executor dask")

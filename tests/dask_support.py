@@ -1,6 +1,7 @@
 """A real Dask cluster on 127.0.0.1 for the tests: one scheduler, N workers.
 
-Every process binds to 127.0.0.1 (no dashboard, so nothing else listens). Each worker runs
+Every process binds to 127.0.0.1, its HTTP (dashboard) port too: `--no-dashboard` alone
+still opens one on all interfaces. Each worker runs
 in its own directory and in a private mount namespace (`unshare -m`) where a tmpfs covers the
 folder that holds the project: a worker can reach the git remote and the DVC remote (another
 folder) but never the project's files. Started and stopped by pid; every wait is bounded.
@@ -49,7 +50,7 @@ class Cluster:
         with self._log("scheduler") as log:
             self.scheduler = subprocess.Popen(
                 [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port",
-                 str(self.port), "--no-dashboard", "--no-show"],
+                 str(self.port), "--dashboard-address", "127.0.0.1:0"],
                 cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         wait_port(self.port, timeout=30)
         for i in range(self.n):
@@ -65,7 +66,7 @@ class Cluster:
     def start_worker(self, i: int) -> None:
         d = self.worker_dir(i)
         cmd = [str(BIN / "dask"), "worker", self.address, "--host", "127.0.0.1",
-               "--no-dashboard", "--no-nanny", "--nthreads", str(self.nthreads),
+               "--dashboard-address", "127.0.0.1:0", "--no-nanny", "--nthreads", str(self.nthreads),
                "--name", f"w{i}", "--local-directory", str(d / "dask"), "--death-timeout", "60"]
         if self.resources:
             cmd += ["--resources", self.resources]
@@ -146,3 +147,9 @@ def rehash_cache(root: Path) -> list[str]:
             if hashlib.md5(f.read_bytes()).hexdigest() != want:  # noqa: S324
                 bad.append(str(f))
     return bad
+
+
+def listening(pid: int) -> list[str]:
+    """The local addresses (host:port) process pid listens on (TCP)."""
+    cp = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True)
+    return [line.split()[3] for line in cp.stdout.splitlines() if f"pid={pid}," in line]

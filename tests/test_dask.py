@@ -9,6 +9,7 @@ DVC cache (and remote) re-hashed.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -192,6 +193,14 @@ def test_four_run_sweep(env):
     assert again.returncode == 0, again.stderr
     assert report(again)["counts"] == {"done": 0, "skipped": 4, "failed": 0}
     assert db_runs(e["proj"], "d1") == runs
+
+
+def test_cluster_listens_on_loopback_only(env):
+    c = env["cluster"]
+    procs = [c.scheduler, *c.workers.values()]
+    addrs = [a for p in procs for a in dask_support.listening(p.pid)]
+    assert len(addrs) >= 2 * len(procs)  # the RPC port and the HTTP port of each
+    assert all(a.startswith("127.0.0.1:") for a in addrs), addrs
 
 
 def test_progress_lines_name_worker_seconds_metric(env):
@@ -393,3 +402,54 @@ def test_refusals_and_unreachable_scheduler(env):
     assert cp.returncode == 0, cp.stderr
     assert report(cp)["executor"]["dvc_inputs"] == ["data/train.csv"]
     check_end_state(e, "d7", [0.61])
+
+
+def test_docs_cluster_commands(env):
+    """references/parallel-sweeps.md's local cluster, exactly as written (on a free port):
+    start it, sweep on it, stop it."""
+    import re
+
+    from conftest import ROOT, wait_port
+
+    e = env
+    text = (ROOT / "references" / "parallel-sweeps.md").read_text()
+    blocks = re.findall(r"<!-- norun: [^>]*test_docs_cluster_commands[^>]*-->\n```bash\n(.*?)```",
+                        text, re.S)
+    assert len(blocks) == 2
+    port, http = str(free_port()), str(free_port())
+    start, run = (b.replace("8786", port).replace("8787", http) for b in blocks)
+    run = run.replace("e0.4.0", "d8")
+    (e["proj"] / "grid.yaml").write_text("lr: [0.71, 0.72]\n")  # untracked: the sweep's own
+    pids = e["proj"].parent / "dask-local"
+    pids.mkdir(exist_ok=True)
+    try:
+        sh(["bash", "-euo", "pipefail", "-c", start], cwd=e["proj"],
+           env={"EV_TEST_MARKS": str(e["marks"]),
+                "EV_TEST_PROJECT": str(e["proj"].parent / "nonexistent")})
+        wait_port(int(port), timeout=30)
+        cp = sh(["bash", "-euo", "pipefail", "-c", run], cwd=e["proj"], check=False,
+                env={"SKILL": str(ROOT)})
+        assert cp.returncode == 0, cp.stderr
+        assert cp.stdout.startswith("sweep d8: 2 ran, 0 skipped (done before), 0 failed")
+        for name in ("worker", "scheduler"):
+            assert all(a.startswith("127.0.0.1:") for a in dask_support.listening(
+                int((pids / f"{name}.pid").read_text())))
+        for name in ("worker", "scheduler"):  # the stop line ended both
+            pid = int((pids / f"{name}.pid").read_text())
+            wait_for(f"{name} {pid} exits", lambda p=pid: not _alive(p), timeout=30)
+    finally:
+        for name in ("worker", "scheduler"):
+            f = pids / f"{name}.pid"
+            if f.exists() and _alive(int(f.read_text())):
+                os.kill(int(f.read_text()), signal.SIGKILL)
+        (e["proj"] / "grid.yaml").unlink()
+    check_end_state(e, "d8", [0.71, 0.72])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as fh:  # a zombie (exited, not yet reaped) is gone
+        return fh.read().rsplit(")", 1)[1].split()[0] != "Z"

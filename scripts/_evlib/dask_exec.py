@@ -223,7 +223,8 @@ class DaskExecutor:
     def __init__(self, repo: Path, scheduler: str, *, settings, gpus_per_run: int = 0,
                  threshold: int = DEFAULT_THRESHOLD, dvc_inputs: list[str] | None = None,
                  git_remote: str | None = None, timeout: float = CONNECT_TIMEOUT,
-                 own_outputs: list[str] = (), max_in_flight: int | None = None):
+                 own_outputs: list[str] = (), max_in_flight: int | None = None,
+                 ignore_dirty: list[str] = ()):
         if gpus_per_run < 0:
             raise EVError("--gpus-per-run must be 0 or more", code=USAGE)
         if threshold < 0:
@@ -233,6 +234,7 @@ class DaskExecutor:
         self.gpus, self.threshold, self.timeout = gpus_per_run, threshold, timeout
         self.wanted_inputs, self.git_remote_name = dvc_inputs, git_remote
         self.own_outputs = list(own_outputs)
+        self.ignore_dirty = set(ignore_dirty)  # the grid file: read here, never by a worker
         if max_in_flight is not None and max_in_flight < 1:
             raise EVError("--workers must be at least 1", code=USAGE)
         self.max_in_flight = max_in_flight or 64
@@ -252,9 +254,11 @@ class DaskExecutor:
         from .runner import dvc_outs
 
         repo = self.repo
-        if lineage.get("dirty_paths"):
-            shown = ", ".join(lineage["dirty_paths"][:5])
-            more = len(lineage["dirty_paths"]) - 5
+        dirty = [p for p in lineage.get("dirty_paths") or []
+                 if p.strip('"') not in self.ignore_dirty]
+        if dirty:
+            shown = ", ".join(dirty[:5])
+            more = len(dirty) - 5
             raise EVError(f"the tree has uncommitted changes ({shown}"
                           f"{f' and {more} more' if more > 0 else ''}): Dask workers run "
                           f"the committed code only", code=REFUSED,
@@ -422,7 +426,9 @@ class DaskExecutor:
             if shipped["kind"] == "dir":
                 tmp = dest.with_name(f".{dest.name}.tmp-{uuid.uuid4().hex}")
                 with tarfile.open(fileobj=io.BytesIO(shipped["data"])) as tar:
-                    tar.extractall(tmp, filter="data")
+                    # "data": no absolute paths, no links out (Python >= 3.10.12 has it)
+                    safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+                    tar.extractall(tmp, **safe)  # noqa: S202
                 os.replace(tmp, dest)
             else:
                 write_bytes(dest, shipped["data"])
