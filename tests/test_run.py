@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -119,6 +121,21 @@ def test_dirty_data_is_recorded_with_the_md5_of_what_was_read(tmp_path):
     import hashlib
     assert json.loads(r["ev_data_md5"]) == {
         "data/train.csv": hashlib.md5(b"x,y\n9,9\n").hexdigest()}  # noqa: S324
+    # clean again, then a DVC-tracked folder changed (this one DVC itself is asked about)
+    sh("dvc add -q data/train.csv && mkdir feats && echo 1 > feats/a.txt && dvc add -q feats "
+       "&& git add -A && git commit -qm 'feats'", cwd=proj)
+    cp = run_py(proj, "--version", "e1.0.1", "--", "python", "train.py", "--version", "e1.0.1")
+    assert cp.returncode == 0, cp.stderr
+    assert rows(proj / "results/experiments.db", 'SELECT ev_dirty FROM "default" WHERE '
+                "version = 'e1.0.1'") == [{"ev_dirty": 0}]
+    (proj / "feats/a.txt").unlink()
+    (proj / "feats/a.txt").write_text("2\n")
+    cp = run_py(proj, "--version", "e1.0.2", "--", "python", "train.py", "--version", "e1.0.2")
+    assert cp.returncode == 0, cp.stderr
+    (r,) = rows(proj / "results/experiments.db", 'SELECT * FROM "default" WHERE '
+                "version = 'e1.0.2'")
+    assert r["ev_dirty"] == 1
+    assert json.loads(r["ev_data_md5"])["feats"].endswith(" (modified)")
 
 
 def test_killed_while_collecting_is_completed_by_the_next_run(tmp_path, monkeypatch):
@@ -139,6 +156,11 @@ def test_killed_while_collecting_is_completed_by_the_next_run(tmp_path, monkeypa
     monkeypatch.undo()
     left = list((proj / ".ev/runs").iterdir())
     assert len(left) == 1 and not (proj / "results/experiments.db").exists()
+    state = json.loads((left[0] / "state.json").read_text())
+    assert state["owner_pid"] == os.getpid()  # alive: another run.py would leave it alone
+    dead = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True)
+    state["owner_pid"] = int(dead.stdout)  # its run.py is gone now (as if SIGKILLed)
+    (left[0] / "state.json").write_text(json.dumps(state))
     assert len(list((proj / "models/candidates").iterdir())) == 1  # moved before the kill
     cp = run_py(proj, "--version", "e0.1.1", "--", "python", "train.py", "--version", "e0.1.1")
     assert cp.returncode == 0, cp.stderr
@@ -151,3 +173,69 @@ def test_killed_while_collecting_is_completed_by_the_next_run(tmp_path, monkeypa
     con = sqlite3.connect(proj / "results/experiments.db")
     assert con.execute('SELECT count(DISTINCT track_id) FROM "default"').fetchone()[0] == 2
     con.close()
+
+
+def test_worktree_experiment_with_run_py_then_promote_in_main(tmp_path):
+    proj = make_project(tmp_path / "proj", tmp_path / "remote")
+    cp = run_script("worktree.py", "create", "lr", cwd=proj)
+    assert cp.returncode == 0, cp.stderr
+    wt = tmp_path / "exp-lr"
+    cp = run_py(wt, "--version", "exp-lr", "--", "python", "train.py", "--version", "exp-lr",
+                "--lr", "0.11")
+    assert cp.returncode == 0, cp.stderr
+    out = json.loads(cp.stdout)
+    head = sh(["git", "rev-parse", "HEAD"], cwd=wt).stdout.strip()
+    (r,) = rows(wt / "results/experiments.db")
+    assert (r["ev_commit"], r["ev_dirty"], r["version"]) == (head, 0, "exp-lr")
+    cand = wt / out["candidates"]["models/production/model.bin"]
+    assert cand.read_bytes() == b"weights lr=0.11\n"
+    sh("dvc add -q results/experiments.db models/candidates", cwd=wt)
+    assert run_script("worktree.py", "privatize", cwd=wt).returncode == 0
+    sh("git add -A && git commit -qm 'exp: lr 0.11'", cwd=wt)
+    assert sh(["git", "status", "--porcelain"], cwd=wt).stdout == ""
+    cp = run_script("merge_artifacts.py", "--strategy", "merge", "--base-db",
+                    "results/experiments.db", "--exp-db", wt / "results/experiments.db",
+                    "--new-base", cwd=proj)
+    assert cp.returncode == 0, cp.stderr
+    mm = ["model_manager.py"]
+    cp = run_script(*mm, "add-candidate", "--run-id", out["track_id"], "--model", cand,
+                    cwd=proj)
+    assert cp.returncode == 0, cp.stderr
+    cp = run_script(*mm, "promote", "--version", "exp-lr", "--run-id", out["track_id"],
+                    cwd=proj)
+    assert cp.returncode == 0, cp.stderr
+    assert (proj / "models/production/model.bin").read_bytes() == b"weights lr=0.11\n"
+    for d in (proj, wt):
+        assert (d / "train.py").read_text() == TRAIN_PY
+    assert cache_objects_ok(proj) >= 3
+
+
+def test_production_stays_private_when_the_model_output_is_elsewhere(proj):
+    prod = proj / "models/production/model.bin"
+    before = sha(prod) if prod.exists() else None
+    cp = run_py(proj, "--version", "e0.5.0", "--model-output", "model.pt", "--", "bash", "-c",
+                "python train.py --version e0.5.0 --lr 0.3 && "
+                "cp models/production/model.bin model.pt")
+    assert cp.returncode == 0, cp.stderr
+    out = json.loads(cp.stdout)
+    cand = proj / out["candidates"]["model.pt"]
+    assert cand.name == f"e0.5.0--{out['track_id']}.pt"
+    assert cand.read_bytes() == b"weights lr=0.3\n"
+    assert (sha(prod) if prod.exists() else None) == before
+    assert not (proj / "model.pt").exists()
+
+
+def test_run_from_a_subfolder_keeps_parent_relative_outputs_private(tmp_path):
+    proj = make_project(tmp_path / "p", tmp_path / "r")
+    (proj / "src").mkdir()
+    (proj / "src/train.py").write_text(TRAIN_PY.replace('"data/train.csv"', '"../data/train.csv"')
+                                       .replace('"results/', '"../results/')
+                                       .replace('"models/', '"../models/'))
+    sh("git add -A && git commit -qm 'train in src/'", cwd=proj)
+    cp = run_py(proj, "--version", "s1", "--", "python", "train.py", "--version", "s1",
+                cwd=proj / "src")
+    assert cp.returncode == 0, cp.stderr
+    out = json.loads(cp.stdout)
+    assert [r["version"] for r in rows(proj / "results/experiments.db")] == ["s1"]
+    assert (proj / out["candidates"]["models/production/model.bin"]).is_file()
+    assert not (proj / "models/production/model.bin").exists()

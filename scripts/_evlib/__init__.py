@@ -16,6 +16,11 @@ Modules:
   history - the read side of past versions (tags, outputs and runs at a revision)
   tagging - tag_suggest's write side (bump, message, lineage, create checks)
   merge, sweep, worktree, models - the logic behind each script
+  runner  - one run of an unchanged command in a sandbox: stamp lineage, find its models
+  lineage - commit, dirty state (git + DVC outputs) and input md5s shared by a commit's runs
+  training - run.py (one run, collected; killed runs completed or removed)
+  cmdsweep - sweep.py (runner per grid point, done decided by rows, stale runs)
+  project - init_project.py (DVC, remote, ignore lines, ev.yaml, DuckDB's extension)
 """
 
 EVENTS_TABLE = "default"  # xetrack's events table (not "predictions")

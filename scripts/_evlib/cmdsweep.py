@@ -134,9 +134,10 @@ def plan(runs: list[dict], directory: Path, in_db: dict, ledger: Ledger) -> list
     for params in runs:
         key = run_key(params)
         shard = directory / f"run-{key}.db"
-        done = key in in_db or shard_rows(shard) > 0
-        items.append({"key": key, "params": params, "shard": str(shard), "done": done,
-                      "in_db": key in in_db})
+        shard_ok = key not in in_db and shard_rows(shard) > 0
+        items.append({"key": key, "params": params, "shard": str(shard),
+                      "done": key in in_db or shard_ok, "in_db": key in in_db,
+                      "shard_ok": shard_ok})
     return items
 
 
@@ -150,7 +151,8 @@ def run_command_sweep(repo: Path, command: list[str], runs: list[dict], *, versi
                       executor=None) -> dict:
     """Run `command` once per run (see the module doc); merge; rank. Returns the report.
 
-    executor: None runs each run here (runner.execute); an object with the same execute()
+    executor: None runs each run here (runner.execute, one reused sandbox per worker); an
+    object with execute(repo, spec, workdir, lineage=...) like runner.execute's
     (dask_exec.DaskExecutor) runs them elsewhere and lands their files here; the rest
     (candidates, ledger, merge, ranking) is the same code.
     """
@@ -257,36 +259,47 @@ def _sweep(repo, s, command, runs, *, version, db, db_rel, workers, append_args,
             executor.preflight(lin)
             executor.connect()
             workers = executor.concurrency
-    execute = executor.execute if executor is not None else runner.execute
     total = len(todo)
     counter = itertools.count(1)
-    gpu_q: queue.Queue | None = None
-    if gpus:
-        gpu_q = queue.Queue()
-        for g in gpus:
-            gpu_q.put(g)
+    # One sandbox per worker slot, reused run after run (a sandbox costs file-system
+    # metadata work; a slot is one run at a time). With GPUs, slot i owns GPU i.
+    slots: queue.Queue = queue.Queue()
+    for i in range(workers):
+        slots.put(i)
     base.mkdir(parents=True, exist_ok=True)
-    cwd_rel = "."
 
     def job(it):
-        gpu = gpu_q.get() if gpu_q is not None else None
+        slot = slots.get()
+        gpu = gpus[slot] if gpus else None
         try:
             spec = runner.RunSpec(command=fill(command, it["params"], append_args),
                                   version=version, key=it["key"], params=it["params"],
                                   results_db=db_rel, model_outputs=outs,
-                                  require_models=require, gpus=gpu, cwd=cwd_rel)
-            wd = base / it["key"]
-            if wd.exists():
+                                  require_models=require, gpus=gpu,
+                                  protect=[] if s.production_model in outs
+                                  else [s.production_model])
+            if executor is None:
+                wd = base / f"w{slot}"
+                res = runner.execute(repo, spec, wd, lineage=lin, reuse=True,
+                                     log=directory / f"run-{it['key']}.log")
+                _after(it, res, wd, gpu)
+            else:  # a fresh directory per run: the executor lands its files there
+                wd = base / it["key"]
+                if wd.exists():
+                    runner.remove_workdir(wd)
+                res = executor.execute(repo, spec, wd, lineage=lin)
+                _after(it, res, wd, gpu)
                 runner.remove_workdir(wd)
-            res = execute(repo, spec, wd, lineage=lin)
         finally:
-            if gpu_q is not None:
-                gpu_q.put(gpu)
+            slots.put(slot)
+
+    def _after(it, res, wd, gpu):
         log = directory / f"run-{it['key']}.log"
-        if res.log and Path(res.log).exists():
+        if res.log and Path(res.log) != log and Path(res.log).exists():
             os.replace(res.log, log)
         if res.ok:
             it["candidates"] = _land(repo, s, res, directory, ledger)
+            it["landed"] = True
             state = "done"
         else:
             partial = Path(wd / "tree" / db_rel)
@@ -301,7 +314,6 @@ def _sweep(repo, s, command, runs, *, version, db, db_rel, workers, append_args,
                 error = runner.last_line(runner.tail(log)) or f"exit {code}"
             ledger.update(it["key"], status="failed", exit_code=res.exit_code, rows=res.rows,
                           error=error, finished=time.time(), gpus=gpu)
-            runner.remove_workdir(wd)
             state = f"FAILED ({runner.describe_exit(res.exit_code or 0)}: {error})"
         it["result"] = res
         if executor is not None:
@@ -317,6 +329,8 @@ def _sweep(repo, s, command, runs, *, version, db, db_rel, workers, append_args,
     finally:
         if executor is not None:
             executor.close()
+    for i in range(workers):
+        runner.remove_workdir(base / f"w{i}")
     report = _finalize(db, directory, ledger, items, in_db, version=version, metric=metric,
                        metric_mode=metric_mode, command=command, killed=killed,
                        recovered=recovered, gpus=gpus)
@@ -336,7 +350,6 @@ def _land(repo: Path, s, res: runner.RunResult, directory: Path, ledger: Ledger)
                   track_id=res.track_ids[0] if len(res.track_ids) == 1 else res.track_ids,
                   error=None, finished=time.time(), gpus=res.spec.gpus,
                   candidates=list(cands.values()), shard=str(shard), params=res.spec.params)
-    runner.remove_workdir(Path(res.workdir))
     return cands
 
 
@@ -344,8 +357,10 @@ def _finalize(db, directory, ledger, items, in_db, *, version, metric, metric_mo
               killed, recovered, gpus) -> dict:
     from .merge import merge_dbs
 
+    # Only shards whose rows the DB lacks (landed now, or done before but not merged): the
+    # merge costs what the new rows cost.
     new = [Path(it["shard"]) for it in items
-           if not it["in_db"] and Path(it["shard"]).exists() and shard_rows(Path(it["shard"]))]
+           if not it["in_db"] and (it.get("landed") or (it["done"] and it.get("shard_ok")))]
     merged = merge_dbs(Path(db), new, Path(db), strategy="merge") if new else None
     if new:
         ledger.mark_merged([it["key"] for it in items if Path(it["shard"]) in set(new)])

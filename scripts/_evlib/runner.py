@@ -25,6 +25,7 @@ Public API (stable; the Dask helper calls it on a worker):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -37,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import EVENTS_TABLE
+from . import lineage as lineage_mod
 from .errors import FAILED, USAGE, EVError
 from .sql import quote_ident, sqlite_columns, sqlite_connect, sqlite_tables
 
@@ -65,6 +67,13 @@ class RunSpec:
     gpus: str | None = None  # CUDA_VISIBLE_DEVICES for this run (None: not set)
     cwd: str = "."  # repo-relative directory the command starts in
     env: dict = field(default_factory=dict)  # extra environment
+    export_params: bool = True  # set EV_PARAMS (a sweep's values); run.py's are only recorded
+    protect: list[str] = field(default_factory=list)  # also private, never collected (the
+    # production model: a script that writes it writes its own copy, which is dropped)
+
+    @property
+    def private(self) -> list[str]:
+        return list(dict.fromkeys([self.results_db, *self.model_outputs, *self.protect]))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -95,98 +104,9 @@ class RunResult:
         return d
 
 
-# --- lineage ------------------------------------------------------------------------------
-
-def _bundle_outputs(s, extra: list[str] = ()) -> list[str]:
-    """Paths the bundle itself writes: never inputs, never make a run dirty."""
-    db_dir = os.path.dirname(s.results_db) or "."
-    return [s.results_db, os.path.join(db_dir, "shards").lstrip("./") or "shards",
-            s.candidates_dir, os.path.dirname(s.production_model) or s.production_model,
-            SANDBOX_ROOT, "ev.yaml.lock", *extra]
-
-
-def _under(path: str, roots: list[str]) -> bool:
-    path = path.rstrip("/")
-    return any(path == r.rstrip("/") or path.startswith(r.rstrip("/") + "/") for r in roots)
-
-
-def dvc_outs(repo: Path) -> list:
-    """Every DVC output recorded in the working tree's .dvc files and dvc.lock files."""
-    from .dvcmeta import parse_outs
-    from .proc import git
-
-    listed = git(repo, "ls-files", "-z", "--cached", "--others", "--exclude-standard",
-                 "--", "*.dvc", "dvc.lock", "**/dvc.lock")
-    outs = []
-    root = repo.resolve()
-    for rel in filter(None, listed.split("\0")):
-        if rel.startswith(SANDBOX_ROOT + "/") or not (repo / rel).is_file():
-            continue
-        for o in parse_outs((repo / rel).read_text(encoding="utf-8", errors="replace"), rel):
-            full = (repo / o.path).resolve()
-            if full != root and root not in full.parents:
-                raise EVError(f"{rel} names an output outside the repository: {o.path}",
-                              code=USAGE, hint="fix that .dvc/dvc.lock file; DVC itself "
-                              "rejects such paths")
-            outs.append(o)
-    return outs
-
-
-def _dvc_changed(repo: Path) -> dict[str, str]:
-    """{output path: change} for DVC outputs whose workspace differs from what DVC recorded."""
-    from .proc import dvc_run
-
-    cp = dvc_run(repo, "status", "--json")
-    if cp.returncode != 0:
-        raise EVError(f"dvc status failed: {(cp.stderr or cp.stdout).strip().splitlines()[-1:]}",
-                      hint="run dvc status in the repository and fix what it reports")
-    try:
-        data = json.loads(cp.stdout or "{}")
-    except ValueError:
-        return {}
-    changed: dict[str, str] = {}
-    for stage, items in (data or {}).items():
-        for item in items if isinstance(items, list) else []:
-            if not isinstance(item, dict):
-                continue
-            for kind in ("changed outs", "changed deps"):
-                for p, what in (item.get(kind) or {}).items():
-                    changed[p] = str(what)
-            if "changed checksum" in item:
-                changed[stage] = "changed checksum"
-    return changed
-
-
-def lineage(repo: Path, s=None, *, extra_outputs: list[str] = ()) -> dict:
-    """The lineage every run trained now shares: ev_commit, ev_dirty, ev_data_md5.
-
-    ev_dirty is true when git shows uncommitted changes or DVC shows a tracked input that
-    differs from its .dvc record (the bundle's own outputs excluded: results DB, shards,
-    candidates, production). ev_data_md5 maps every DVC-tracked input to the md5 of the data
-    the run reads: DVC's recorded md5 when unchanged, the file's own md5 when it changed.
-    """
-    from . import settings as settings_mod
-    from .atomic import md5_file
-    from .repo import dirty_paths, head_commit
-
-    s = s or settings_mod.load(repo)
-    own = _bundle_outputs(s, list(extra_outputs))
-    dirty = [p for p in dirty_paths(repo) if not _under(p.strip('"'), own)]
-    outs = [o for o in dvc_outs(repo) if not _under(o.path, own)]
-    changed = _dvc_changed(repo) if outs else {}
-    data: dict[str, str] = {}
-    for o in sorted(outs, key=lambda o: o.path):
-        if o.path in changed and not o.is_dir and (repo / o.path).is_file():
-            data[o.path] = md5_file(repo / o.path)
-        elif o.path in changed:
-            data[o.path] = f"{o.md5} ({changed[o.path]})"
-        else:
-            data[o.path] = o.md5
-    dvc_dirty = sorted(p for p in changed if not _under(p, own)
-                       and not _under(p.removesuffix(".dvc"), own))
-    return {"ev_commit": head_commit(repo), "ev_dirty": bool(dirty or dvc_dirty),
-            "ev_data_md5": json.dumps(data, sort_keys=True),
-            "dirty_paths": dirty + [f"{p} (dvc)" for p in dvc_dirty]}
+# Part of this module's API (the Dask executor and sweeps call runner.lineage).
+lineage = lineage_mod.lineage
+dvc_outs = lineage_mod.dvc_outs
 
 
 # --- the sandbox --------------------------------------------------------------------------
@@ -199,14 +119,18 @@ def _private_names(private: list[str]) -> set[str]:
     return out
 
 
-def mirror(repo: Path, tree: Path, private: list[str]) -> None:
-    """tree/ = the repository as symlinks, with the private paths (and their parents) real."""
+def mirror(repo: Path, tree: Path, private: list[str], cwd: str = ".") -> None:
+    """tree/ = the repository as symlinks, with the private paths (and their parents) real.
+
+    On an existing tree (a reused sandbox) only the missing links are added.
+    """
     private = [os.path.normpath(p).replace(os.sep, "/") for p in private]
     names = _private_names(private)
-    parents = {"/".join(p.split("/")[:i]) for p in private for i in range(1, p.count("/") + 1)}
+    parents = _parents(private, cwd)
 
     def walk(src: Path, dst: Path, prefix: str) -> None:
         dst.mkdir(parents=True, exist_ok=True)
+        have = set(os.listdir(dst))
         with os.scandir(src) as it:
             for entry in it:
                 rel = prefix + entry.name
@@ -216,12 +140,27 @@ def mirror(repo: Path, tree: Path, private: list[str]) -> None:
                     continue
                 if rel in parents and entry.is_dir(follow_symlinks=False):
                     walk(Path(entry.path), dst / entry.name, rel + "/")
-                else:
+                elif entry.name not in have:
                     os.symlink(entry.path, dst / entry.name)
 
     walk(repo, tree, "")
     for p in private:
         (tree / p).parent.mkdir(parents=True, exist_ok=True)
+
+
+def clean(result_tree: Path, private: list[str], cwd: str = ".") -> None:
+    """Empty a reused sandbox: the private outputs and whatever else a run created there."""
+    import shutil
+
+    fake = RunResult(spec=RunSpec(command=[], version="", key="", results_db=private[0],
+                                  protect=private[1:], cwd=cwd),
+                     workdir=str(result_tree.parent))
+    for rel in [*extras(fake), *sorted(_private_names(private))]:
+        p = result_tree / rel
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif os.path.lexists(p):
+            p.unlink()
 
 
 def _stat(path: Path):
@@ -232,18 +171,43 @@ def _stat(path: Path):
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def _proc_start(pid: int) -> str | None:
-    """The kernel's start time of a process (tells a live pid from a reused one)."""
+def _proc_start(pid: int) -> float | None:
+    """When the process with this pid started (epoch seconds), from /proc; None if none."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
+            ticks = int(fh.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
         return None
+    return _boot_time() + ticks / os.sysconf("SC_CLK_TCK")
+
+
+_BOOT: list[float] = []
+
+
+def _boot_time() -> float:
+    if not _BOOT:
+        with open("/proc/stat", encoding="ascii") as fh:
+            _BOOT.append(next(float(ln.split()[1]) for ln in fh if ln.startswith("btime ")))
+    return _BOOT[0]
+
+
+def owner() -> dict:
+    """This process, as a state's owner_pid/owner_started (see alive)."""
+    return {"owner_pid": os.getpid(), "owner_started": _proc_start(os.getpid())}
+
+
+def owner_alive(state: dict) -> bool:
+    return alive({"pid": state.get("owner_pid"), "started": state.get("owner_started")})
 
 
 def alive(state: dict) -> bool:
-    pid = state.get("pid")
-    return bool(pid) and _proc_start(pid) is not None and _proc_start(pid) == state.get("start")
+    """The run's process still lives: its pid exists and started when the state says (a
+    reused pid started later). The start is read only here, never on the hot path."""
+    pid, started = state.get("pid"), state.get("started")
+    if not pid or started is None:
+        return False
+    start = _proc_start(pid)
+    return start is not None and abs(start - float(started)) < 3.0
 
 
 def read_state(workdir: Path) -> dict:
@@ -336,29 +300,39 @@ def describe_exit(code: int) -> str:
 
 
 def execute(repo: Path, spec: RunSpec, workdir: Path, *, lineage: dict,
-            stream=None, on_start=None) -> RunResult:
+            stream=None, on_start=None, reuse: bool = False,
+            state_extra: dict | None = None, log: Path | None = None) -> RunResult:
     """Run spec.command in a sandbox under workdir; stamp its rows; find its model files.
 
     The command's stdout+stderr go to workdir/log; with stream (a text file object such as
     sys.stderr) also to it, as they come. on_start(state) is called
-    once the process runs (state has pid and start time). Never raises for a failed run:
-    check result.ok / result.error.
+    once the process runs (state has pid and start time). reuse=True: workdir may hold the
+    sandbox of an earlier run (of the same outputs), which is emptied and reused: a worker
+    that runs many runs pays for its sandbox once. log: where the output goes (default
+    workdir/log). Never raises for a failed run: check result.ok / result.error.
     """
     repo, workdir = Path(repo).resolve(), Path(workdir)
-    if workdir.exists():
+    tree = workdir / "tree"
+    private = spec.private
+    if workdir.exists() and not reuse:
         raise EVError(f"run directory {workdir} exists already", code=FAILED,
                       hint="remove it (a run left by a killed process), then re-run")
-    tree = workdir / "tree"
-    private = [spec.results_db, *spec.model_outputs]
-    mirror(repo, tree, private)
-    cwd = (tree / spec.cwd).resolve() if spec.cwd not in ("", ".") else tree
-    if not cwd.is_dir():
+    if reuse and tree.is_dir():
+        clean(tree, private, spec.cwd)
+        for name in (RC_FILE, LOG_FILE):
+            with contextlib.suppress(FileNotFoundError):
+                (workdir / name).unlink()
+    mirror(repo, tree, private, spec.cwd)
+    cwd = tree / spec.cwd if spec.cwd not in ("", ".") else tree
+    if not cwd.is_dir() or cwd.is_symlink():
         cwd = tree
     db = tree / spec.results_db
     env = dict(os.environ)
     env.update({"EV_VERSION": spec.version, "EV_RUN_KEY": spec.key,
-                "EV_PARAMS": json.dumps(spec.params, sort_keys=True, default=str),
                 "EV_SHARD_DB": str(db), "EV_RUN_DIR": str(tree), "PWD": str(cwd)})
+    env.pop("EV_PARAMS", None)
+    if spec.export_params:
+        env["EV_PARAMS"] = json.dumps(spec.params, sort_keys=True, default=str)
     if spec.gpus is not None:
         env["CUDA_VISIBLE_DEVICES"] = spec.gpus
     env.update({k: str(v) for k, v in spec.env.items()})
@@ -371,7 +345,7 @@ def execute(repo: Path, spec: RunSpec, workdir: Path, *, lineage: dict,
     # judged; its own session lets a whole run (with its children) be ended at once.
     wrapped = ["/bin/sh", "-c", '"$@"; rc=$?; echo "$rc" > "$EV_RC_FILE"; exit "$rc"', "sh",
                *spec.command]
-    log_path = workdir / LOG_FILE
+    log_path = Path(log) if log is not None else workdir / LOG_FILE
     t0 = time.monotonic()
     out = open(log_path, "wb")  # noqa: SIM115
     tee = None
@@ -386,9 +360,9 @@ def execute(repo: Path, spec: RunSpec, workdir: Path, *, lineage: dict,
         if stream is not None:
             tee = threading.Thread(target=_tee, args=(proc.stdout, out, stream), daemon=True)
             tee.start()
-        state = {"pid": proc.pid, "start": _proc_start(proc.pid), "key": spec.key,
+        state = {"pid": proc.pid, "key": spec.key,
                  "version": spec.version, "phase": "running", "started": time.time(),
-                 "spec": spec.to_dict(), "lineage": lineage}
+                 "spec": spec.to_dict(), "lineage": lineage, **(state_extra or {})}
         result.pid = proc.pid
         write_state(workdir, state)
         if on_start:
@@ -490,6 +464,10 @@ def stamp(db: Path, spec: RunSpec, lineage: dict, seconds: float | None = None) 
     """Write the lineage columns (and version) on every row of the run's results DB."""
     values = lineage_values(spec, lineage, seconds)
     con = sqlite_connect(db)
+    # One transaction, not fsynced: the file is the run's own until it is renamed into the
+    # shards folder, and a shard that a power cut tore reads as not done (the run is redone).
+    con.isolation_level = None
+    con.execute("PRAGMA synchronous=OFF")
     try:
         t = quote_ident(EVENTS_TABLE)
         cols = {c[0] for c in sqlite_columns(con, EVENTS_TABLE)}
@@ -501,13 +479,18 @@ def stamp(db: Path, spec: RunSpec, lineage: dict, seconds: float | None = None) 
                 raise EVError(f"the command logged version {other[0]!r} but the run is "
                               f"--version {spec.version}", code=USAGE,
                               hint="pass the same version to both, or let the bundle set it")
-        with con:
+        con.execute("BEGIN IMMEDIATE")
+        try:
             for name in [*values, "version"]:
                 if name not in cols:
                     con.execute(f"ALTER TABLE {t} ADD COLUMN {quote_ident(name)} "
                                 f"{_TYPES.get(name, 'TEXT')}")
             sets = ", ".join(f"{quote_ident(k)} = ?" for k in values)
             con.execute(f"UPDATE {t} SET {sets}, version = ?", [*values.values(), spec.version])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
     finally:
         con.close()
 
@@ -560,9 +543,15 @@ def collect_models(result: RunResult, candidates_dir: Path, names: dict | None =
     return done
 
 
-def _parents(private: list[str]) -> set[str]:
+def _parents(private: list[str], cwd: str = ".") -> set[str]:
+    """Folders that are real in a sandbox: the private paths' parents, and the directory the
+    command starts in with its parents (so that `..` from there stays in the sandbox)."""
     private = [os.path.normpath(p).replace(os.sep, "/") for p in private]
-    return {"/".join(p.split("/")[:i]) for p in private for i in range(1, p.count("/") + 1)}
+    out = {"/".join(p.split("/")[:i]) for p in private for i in range(1, p.count("/") + 1)}
+    c = os.path.normpath(cwd or ".").replace(os.sep, "/")
+    if c != ".":
+        out |= {"/".join(c.split("/")[:i]) for i in range(1, c.count("/") + 2)}
+    return out
 
 
 def extras(result: RunResult) -> list[str]:
@@ -570,8 +559,8 @@ def extras(result: RunResult) -> list[str]:
     files written into a folder that is private to the run (e.g. a plot beside the model)."""
     spec = result.spec
     tree = Path(result.workdir) / "tree"
-    private = [spec.results_db, *spec.model_outputs]
-    names, parents = _private_names(private), _parents(private)
+    private = spec.private
+    names, parents = _private_names(private), _parents(private, spec.cwd)
     found: list[str] = []
 
     def walk(d: Path, prefix: str) -> None:
