@@ -51,13 +51,15 @@ def normalize_address(address: str) -> str:
 
 def bundle_zip(directory: Path) -> Path:
     """_evlib as a zip named by its content hash (workers import it; a changed bundle is a new
-    name, never an old zip rewritten under a worker that has it open)."""
+    name, never an old zip rewritten under a worker that has it open)"""
     lib = Path(__file__).resolve().parent
     files = sorted(p for p in lib.glob("*.py"))
     h = hashlib.sha256()
     for p in files:
         h.update(p.name.encode() + b"\0" + p.read_bytes())
-    dest = directory / f"ev_evlib_{h.hexdigest()[:12]}.zip"
+    # and a name of its own per sweep: Dask deletes an uploaded file from the workers when the
+    # client that uploaded it leaves, so another sweep's copy must never share its path
+    dest = directory / f"ev_evlib_{h.hexdigest()[:12]}_{uuid.uuid4().hex[:8]}.zip"
     if not dest.exists():
         tmp = directory / f".{dest.name}.{uuid.uuid4().hex}"
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
