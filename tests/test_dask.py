@@ -375,11 +375,19 @@ def test_refusals_and_unreachable_scheduler(env):
     assert lines[-1].startswith(f"sweep.py: error: cannot reach the Dask scheduler at "
                                 f"tcp://127.0.0.1:{port}")
     assert "dask scheduler --host 127.0.0.1" in lines[-1]
-    # a dirty tree
+    # usage: --executor dask needs --scheduler; Dask flags need --executor dask
+    cp = run_script("sweep.py", "--repo", proj, "--version", "d7", "--grid",
+                    write_grid(proj, "d7u", g), "--executor", "dask", *CMD, cwd=proj)
+    assert (cp.returncode, cp.stderr.strip()) == (2, "sweep.py: error: --executor dask needs "
+                                                  "--scheduler ADDRESS; e.g. --scheduler "
+                                                  "tcp://127.0.0.1:8786")
+    # a dirty tree: refused, by --dry-run too, before the cluster is contacted
     (proj / "train.py").write_text(TRAIN + "# edited\n")
     cp = sweep(e, "d7", g)
     assert cp.returncode == 4
     assert "uncommitted changes (train.py)" in cp.stderr and "commit them" in cp.stderr
+    cp = sweep(e, "d7", g, "--dry-run", scheduler=f"127.0.0.1:{port}")
+    assert cp.returncode == 4 and "uncommitted changes (train.py)" in cp.stderr
     # committed, not pushed
     sh("git commit -qam 'edit'", cwd=proj)
     try:
