@@ -38,7 +38,8 @@ def ensure_env() -> None:
     print("dev.py: installing the bundle's dependencies (one resolve, see pyproject.toml)",
           file=sys.stderr)
     subprocess.run([str(PY), "-m", "pip", "install", "-q", "--upgrade", "pip"], check=True)
-    subprocess.run([str(PY), "-m", "pip", "install", "-q", f"{ROOT}[test,s3,demo,plots]"], check=True)
+    subprocess.run([str(PY), "-m", "pip", "install", "-q", f"{ROOT}[test,s3,demo,plots,dask]"],
+                   check=True)
     stamp_file.write_text(_stamp())
 
 

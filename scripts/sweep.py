@@ -18,6 +18,14 @@ the next invocation; done runs are skipped: re-running a finished sweep runs not
 number of GPUs; never two runs on one GPU). Runs of an earlier sweep of the version that
 are still alive (the sweep was killed alone) make it refuse, unless --kill-stale.
 
+--executor dask --scheduler ADDRESS runs each run as a task on a Dask cluster whose workers
+share no files with this machine: they check out HEAD from the git remote and pull the
+DVC-tracked inputs (--dvc-input; default: all) from the DVC remote, so the sweep refuses
+(exit 4) while HEAD is not pushed, the tree is dirty, or an input is not on the DVC remote.
+Results come back through Dask, or through the DVC remote above --transfer-threshold.
+--gpus-per-run N asks each run for N of a worker's GPUs (workers started with
+--resources GPU=k); the task sets CUDA_VISIBLE_DEVICES. See references/parallel-sweeps.md.
+
 grid YAML: a mapping param: [values] (cartesian product; a scalar is fixed), or a list of
 such mappings (their runs concatenated).
 """
@@ -46,7 +54,9 @@ def build():
                        CONFLICT: "a run's rows conflict with rows already in the results DB "
                                  "(same key, different values); nothing merged",
                        REFUSED: "refused: another sweep of this version is running, or runs "
-                                "of an earlier one are still alive (see --kill-stale)"})
+                                "of an earlier one are still alive (see --kill-stale); with "
+                                "--executor dask: HEAD not pushed, tree dirty, a DVC input "
+                                "not on the remote, or no worker with --gpus-per-run GPUs"})
     p.add_argument("--version", required=True, help="experiment version, e.g. e0.2.0")
     p.add_argument("--grid", required=True, metavar="YAML", help="the grid file (see above)")
     p.add_argument("--workers", type=int, default=None,
@@ -68,6 +78,23 @@ def build():
     p.add_argument("--kill-stale", action="store_true",
                    help="end the still-running runs of an earlier, killed sweep of this "
                         "version first (they are redone)")
+    d = p.add_argument_group("Dask cluster (--executor dask)")
+    d.add_argument("--executor", choices=("local", "dask"), default="local",
+                   help="where runs execute: local processes (default) or a Dask cluster")
+    d.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                   help="the Dask scheduler, e.g. tcp://127.0.0.1:8786 (with --executor dask)")
+    d.add_argument("--gpus-per-run", type=int, default=0, metavar="N",
+                   help="GPUs each run needs (Dask resource GPU; default 0)")
+    d.add_argument("--dvc-input", action="append", metavar="PATH", default=None,
+                   help="a DVC-tracked input the runs read; repeatable (default: every "
+                        "DVC-tracked path but the results DB and the models)")
+    d.add_argument("--transfer-threshold", type=int, metavar="BYTES", default=None,
+                   help="results above this size come back through the DVC remote, not "
+                        "through Dask (default: 16 MiB)")
+    d.add_argument("--git-remote", metavar="NAME", default=None,
+                   help="git remote the workers clone (default: the branch's, else origin)")
+    d.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="how long to wait for the scheduler (default: %(default)s)")
     p.add_argument("command", nargs="*", metavar="-- COMMAND",
                    help="the training command, after --; it runs in the repo root")
     return p
@@ -116,6 +143,14 @@ def text(report) -> str:
     return "\n".join(lines)
 
 
+def _inside(repo, path) -> list[str]:
+    """[path relative to repo] if it is inside repo, else []."""
+    try:
+        return [path.resolve().relative_to(repo.resolve()).as_posix()]
+    except ValueError:
+        return []
+
+
 def handler(args) -> int:
     from _evlib import settings, training
     from _evlib.cmdsweep import parse_gpus, run_command_sweep
@@ -130,12 +165,29 @@ def handler(args) -> int:
     db_rel = args.db or s.results_db
     db = cli.resolve_path(db_rel, repo) if os.path.isabs(db_rel) else repo / db_rel
     outs = [training.rel_inside(repo, p, "--model-output") for p in args.model_output or []]
+    executor = None
+    if args.executor == "dask":
+        from _evlib.dask_exec import DEFAULT_THRESHOLD, DaskExecutor
+
+        if not args.scheduler:
+            raise EVError("--executor dask needs --scheduler ADDRESS", code=USAGE,
+                          hint="e.g. --scheduler tcp://127.0.0.1:8786")
+        executor = DaskExecutor(
+            repo, args.scheduler, settings=s, gpus_per_run=args.gpus_per_run,
+            threshold=(DEFAULT_THRESHOLD if args.transfer_threshold is None
+                       else args.transfer_threshold),
+            dvc_inputs=args.dvc_input, git_remote=args.git_remote,
+            timeout=args.connect_timeout, own_outputs=outs or [s.production_model],
+            max_in_flight=args.workers, ignore_dirty=_inside(repo, grid))
+    elif args.scheduler or args.gpus_per_run or args.dvc_input:
+        raise EVError("--scheduler, --gpus-per-run and --dvc-input are for --executor dask",
+                      code=USAGE, hint="add --executor dask")
     report = run_command_sweep(
         repo, args.command, runs, version=args.version, db=db, workers=args.workers,
         append_args=args.append_args, dry_run=args.dry_run,
         metric=args.metric or s.metric or "f1_score", metric_mode=args.mode or s.mode,
         model_outputs=outs or None, require_models=bool(outs), gpus=parse_gpus(args.gpus),
-        kill_stale=args.kill_stale, settings=s,
+        kill_stale=args.kill_stale, settings=s, executor=executor,
         on_progress=None if args.json else (lambda m: cli.progress(PROG, m)))
     failed = bool(report.get("failed"))
     if failed:

@@ -1,0 +1,463 @@
+"""sweep.py --executor dask on a real Dask cluster (scheduler + 2 workers on 127.0.0.1).
+
+The workers cannot read the project (a tmpfs hides its folder in their mount namespace):
+they get the code from the git remote and the data from the DVC remote, both in another
+folder. Every case ends with runs counted per key, the candidates' bytes checked and the
+DVC cache (and remote) re-hashed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import SCRIPTS, free_port, init_dvc, init_git, run_script, sh
+
+dask_support = pytest.importorskip("dask_support")
+pytest.importorskip("distributed")
+if not dask_support.can_hide():
+    pytest.skip("needs root and mount namespaces (unshare -m) to hide the project from the "
+                "workers", allow_module_level=True)
+
+TRAIN = '''\
+import argparse, json, os, sys, time
+from pathlib import Path
+from xetrack import Tracker
+
+p = argparse.ArgumentParser()
+p.add_argument("--lr", type=float)
+p.add_argument("--size", type=int, default=64)
+p.add_argument("--sleep", type=float, default=0.0)
+p.add_argument("--fail", type=float, default=-1.0)
+a = p.parse_args()
+key = os.environ["EV_RUN_KEY"]
+marks = Path(os.environ["EV_TEST_MARKS"])
+info = {"key": key, "cwd": os.getcwd(), "start": time.time(),
+        "gpus": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "sees_project": os.path.exists(os.environ["EV_TEST_PROJECT"])}
+(marks / f"{key}-{os.getpid()}.start").write_text(json.dumps(info))
+rows = Path("data/train.csv").read_text().splitlines()
+time.sleep(a.sleep)
+if a.lr == a.fail:
+    sys.exit(f"boom at lr={a.lr}")
+Path("models/production").mkdir(parents=True, exist_ok=True)
+Path("models/production/model.bin").write_bytes((f"lr={a.lr};".encode() * a.size)[:a.size])
+Tracker("results/experiments.db", params={"lr": a.lr}).log(
+    {"f1_score": round(1 - a.lr, 4), "n_rows": len(rows)})
+info["end"] = time.time()
+(marks / f"{key}-{os.getpid()}.end").write_text(json.dumps(info))
+'''
+CMD = ["--", "python", "train.py", "--lr", "{lr}", "--size", "{size}", "--sleep", "{sleep}",
+       "--fail", "{fail}"]
+
+
+def model_bytes(lr: float, size: int) -> bytes:
+    return (f"lr={lr};".encode() * size)[:size]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """The project (hidden from workers), its git and DVC remotes, and the cluster."""
+    root = tmp_path_factory.mktemp("dask")
+    home = root / "home"  # the workers see an empty tmpfs here
+    remotes = root / "remotes"
+    proj = init_dvc(init_git(home / "proj"), remotes / "dvc")
+    sh(["git", "init", "-q", "--bare", str(remotes / "git.git")])
+    sh(["git", "remote", "add", "origin", str(remotes / "git.git")], cwd=proj)
+    (proj / "train.py").write_text(TRAIN)
+    (proj / "data").mkdir()
+    (proj / "data" / "train.csv").write_text("x,y\n1,0\n2,1\n3,1\n")
+    sh("dvc add -q data/train.csv && git add -A && git commit -qm 'train.py, data' && "
+       "git push -q origin main && dvc push -q", cwd=proj)
+    marks = root / "marks"
+    marks.mkdir()
+    cluster = dask_support.Cluster(
+        root / "cluster", home, n_workers=2, nthreads=2, resources="GPU=2",
+        env={"EV_TEST_MARKS": str(marks), "EV_TEST_PROJECT": str(proj / "README.md")})
+    cluster.start()
+    try:
+        yield {"proj": proj, "remotes": remotes, "marks": marks, "cluster": cluster}
+    finally:
+        cluster.stop()
+
+
+def write_grid(proj: Path, name: str, spec) -> Path:
+    path = proj.parent / f"{name}.yaml"  # outside the repository: the tree stays clean
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def grid(lrs, size=64, sleep=0.0, fail=-1.0):
+    return {"lr": lrs, "size": size, "sleep": sleep, "fail": fail}
+
+
+def sweep(e, version, spec, *extra, threshold=None, scheduler=None):
+    g = write_grid(e["proj"], version, spec)
+    args = ["--repo", e["proj"], "--json", "--version", version, "--grid", g,
+            "--executor", "dask", "--scheduler", scheduler or e["cluster"].address,
+            "--model-output", "models/production/model.bin", *extra]
+    if threshold is not None:
+        args += ["--transfer-threshold", str(threshold)]
+    return run_script("sweep.py", *args, *CMD, cwd=e["proj"])
+
+
+def report(cp) -> dict:
+    assert cp.stdout.strip(), cp.stderr
+    return json.loads(cp.stdout)
+
+
+def db_runs(proj: Path, version: str) -> dict[str, list]:
+    """{ev_run: [(track_id, lr, f1_score), ...]} of the version's rows in the results DB."""
+    con = sqlite3.connect(proj / "results" / "experiments.db")
+    try:
+        out: dict[str, list] = {}
+        for k, tid, lr, f1 in con.execute(
+                'SELECT ev_run, track_id, lr, f1_score FROM "default" WHERE version = ? '
+                'ORDER BY 1', [version]):
+            out.setdefault(k, []).append((tid, lr, f1))
+        return out
+    finally:
+        con.close()
+
+
+def check_end_state(e, version: str, lrs: list[float], size: int = 64) -> dict:
+    """Every run once (one row, one track_id per key), candidates' bytes, caches re-hashed."""
+    proj = e["proj"]
+    runs = db_runs(proj, version)
+    assert sorted(r[0][1] for r in runs.values()) == sorted(lrs)
+    assert all(len(rows) == 1 for rows in runs.values()), runs  # no doubled or partial run
+    for rows in runs.values():
+        tid, lr, f1 = rows[0]
+        assert f1 == round(1 - lr, 4)
+        cand = proj / "models" / "candidates" / f"{version}--{tid}.bin"
+        assert cand.read_bytes() == model_bytes(lr, size)
+        assert cand.stat().st_nlink == 1  # a file of its own, never a link into the cache
+    assert not (proj / "models" / "production" / "model.bin").exists()
+    assert dask_support.rehash_cache(proj / ".dvc" / "cache") == []
+    assert dask_support.rehash_cache(e["remotes"] / "dvc") == []
+    assert sh(["git", "status", "--porcelain", "--untracked-files=no"], cwd=proj).stdout == ""
+    return runs
+
+
+def marks_of(e, keys) -> list[dict]:
+    out = []
+    for f in sorted(e["marks"].glob("*.start")):
+        info = json.loads(f.read_text())
+        if info["key"] in keys:
+            end = f.with_suffix(".end")
+            info["ended"] = json.loads(end.read_text())["end"] if end.exists() else None
+            out.append(info)
+    return out
+
+
+def test_four_run_sweep(env):
+    e = env
+    lrs = [0.1, 0.2, 0.3, 0.4]
+    cp = sweep(e, "d1", grid(lrs))
+    assert cp.returncode == 0, cp.stderr
+    rep = report(cp)
+    assert rep["status"] == "ok" and rep["counts"] == {"done": 4, "skipped": 0, "failed": 0}
+    workers = {r["worker"] for r in rep["runs"]}
+    assert workers <= e["cluster"].addresses() and len(workers) == 2
+    assert all(r["seconds"] > 0 and r["timing"]["command_s"] >= 0 for r in rep["runs"])
+    assert all(r["transfers"] == {"shard": "dask", "models/production/model.bin": "dask"}
+               for r in rep["runs"])
+    assert rep["executor"]["commit"] == sh(["git", "rev-parse", "HEAD"],
+                                           cwd=e["proj"]).stdout.strip()
+    assert rep["executor"]["dvc_inputs"] == ["data/train.csv"]
+    # the checkout is made once per worker, then reused
+    assert sum(not r["checkout_reused"] for r in rep["runs"]) <= 2
+    assert rep["ranking"][0]["value"] == 0.9 and rep["ranking"][0]["params"]["lr"] == 0.1
+    # one progress line per run on stderr: key, worker, seconds, metric (--json: still)
+    runs = check_end_state(e, "d1", lrs)
+    keys = set(runs)
+    seen = marks_of(e, keys)
+    assert len(seen) == 4 and not any(m["sees_project"] for m in seen)
+    assert all("/worker-" in m["cwd"] for m in seen)
+    # lineage stamped on the worker: the commit, the data md5, the params
+    con = sqlite3.connect(e["proj"] / "results" / "experiments.db")
+    commits = {r[0] for r in con.execute(
+        "SELECT ev_commit FROM \"default\" WHERE version = 'd1'")}
+    con.close()
+    assert commits == {rep["executor"]["commit"]}
+    # a finished sweep re-run runs nothing and needs no cluster
+    again = sweep(e, "d1", grid(lrs), scheduler=f"tcp://127.0.0.1:{free_port()}")
+    assert again.returncode == 0, again.stderr
+    assert report(again)["counts"] == {"done": 0, "skipped": 4, "failed": 0}
+    assert db_runs(e["proj"], "d1") == runs
+
+
+def test_cluster_listens_on_loopback_only(env):
+    c = env["cluster"]
+    procs = [c.scheduler, *c.workers.values()]
+    addrs = [a for p in procs for a in dask_support.listening(p.pid)]
+    assert len(addrs) >= 2 * len(procs)  # the RPC port and the HTTP port of each
+    assert all(a.startswith("127.0.0.1:") for a in addrs), addrs
+
+
+def test_progress_lines_name_worker_seconds_metric(env):
+    e = env
+    g = write_grid(e["proj"], "d1p", grid([0.5, 0.6]))
+    cp = run_script("sweep.py", "--repo", e["proj"], "--version", "d1p", "--grid", g,
+                    "--executor", "dask", "--scheduler", e["cluster"].address,
+                    "--model-output", "models/production/model.bin", *CMD, cwd=e["proj"])
+    assert cp.returncode == 0, cp.stderr
+    lines = [ln for ln in cp.stderr.splitlines() if "run-" in ln and ": done" in ln]
+    assert len(lines) == 2, cp.stderr
+    for ln in lines:
+        assert " on tcp://127.0.0.1:" in ln and " s, f1_score=0." in ln, ln
+    check_end_state(e, "d1p", [0.5, 0.6])
+
+
+def keys_of(spec) -> set[str]:
+    from _evlib.sweep import expand_grid, run_key
+
+    return {run_key(p) for p in expand_grid(spec)}
+
+
+def start_driver(e, version, spec) -> subprocess.Popen:
+    g = write_grid(e["proj"], version, spec)
+    return subprocess.Popen(
+        [sys.executable, str(SCRIPTS / "sweep.py"), "--repo", str(e["proj"]), "--json",
+         "--version", version, "--grid", str(g), "--executor", "dask", "--scheduler",
+         e["cluster"].address, "--model-output", "models/production/model.bin", *CMD],
+        cwd=e["proj"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(what, predicate, timeout=60.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        got = predicate()
+        if got:
+            return got
+        time.sleep(0.2)
+    raise AssertionError(f"{what}: not within {timeout} s")
+
+
+def test_worker_killed_mid_sweep(env):
+    e, cluster = env, env["cluster"]
+    lrs = [0.11, 0.12, 0.13, 0.14]
+    spec = grid(lrs, sleep=4.0)
+    keys = keys_of(spec)
+    driver = start_driver(e, "d2", spec)
+    victim = None
+    try:
+        first = wait_for("a run of the sweep starts", lambda: marks_of(e, keys))[0]
+        victim = int(first["cwd"].split("/worker-")[1].split("/")[0])
+        cluster.kill_worker(victim)  # SIGKILL, mid-run
+        out, err = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait(timeout=10)
+        if victim is not None:
+            cluster.restart_worker(victim)
+    assert driver.returncode == 0, err
+    rep = json.loads(out)
+    assert rep["counts"] == {"done": 4, "skipped": 0, "failed": 0}
+    runs = check_end_state(e, "d2", lrs)
+    # the killed run started twice (once on the dead worker) and landed once, elsewhere
+    starts = [m for m in marks_of(e, keys) if m["key"] == first["key"]]
+    assert len(starts) == 2 and len(runs[first["key"]]) == 1
+
+
+def test_driver_killed_then_rerun(env):
+    e = env
+    spec = [grid([0.21, 0.22], sleep=0.0), grid([0.23, 0.24], sleep=5.0)]
+    lrs = [0.21, 0.22, 0.23, 0.24]
+    keys = keys_of(spec)
+    shards = e["proj"] / "results" / "shards" / "d3"
+    driver = start_driver(e, "d3", spec)
+    try:
+        wait_for("two runs land", lambda: len(list(shards.glob("run-*.db"))) >= 2)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=10)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait(timeout=10)
+    landed = {p.name[4:16] for p in shards.glob("run-*.db")}
+    assert 2 <= len(landed) < 4
+    cp = sweep(e, "d3", spec)
+    assert cp.returncode == 0, cp.stderr
+    rep = report(cp)
+    assert rep["counts"]["skipped"] == len(landed)
+    assert rep["counts"]["done"] == 4 - len(landed)
+    assert {r["key"] for r in rep["runs"] if r["status"] == "skipped"} == landed
+    runs = check_end_state(e, "d3", lrs)
+    assert set(runs) == keys
+
+
+def test_big_model_comes_back_through_the_dvc_remote(env):
+    e = env
+    size = 300_000
+    before = set((e["remotes"] / "dvc").rglob("*"))
+    cp = sweep(e, "d4", grid([0.31, 0.32], size=size), threshold=100_000)
+    assert cp.returncode == 0, cp.stderr
+    rep = report(cp)
+    assert all(r["transfers"] == {"shard": "dask", "models/production/model.bin": "dvc"}
+               for r in rep["runs"])
+    check_end_state(e, "d4", [0.31, 0.32], size=size)
+    # the models are objects on the DVC remote, and in the project's cache
+    from _evlib.atomic import md5_file
+    from _evlib.dvcmeta import object_path
+
+    for lr in (0.31, 0.32):
+        blob = e["proj"].parent / f"m{lr}.bin"
+        blob.write_bytes(model_bytes(lr, size))
+        md5 = md5_file(blob)
+        assert object_path(e["remotes"] / "dvc", md5).is_file()
+        assert object_path(e["proj"] / ".dvc" / "cache", md5).is_file()
+    assert set((e["remotes"] / "dvc").rglob("*")) > before
+
+
+def test_a_run_that_fails_on_a_worker(env):
+    e = env
+    lrs = [0.41, 0.42, 0.43]
+    cp = sweep(e, "d5", grid(lrs, fail=0.42))
+    assert cp.returncode == 1
+    rep = report(cp)
+    assert rep["status"] == "failed"
+    assert rep["counts"] == {"done": 2, "skipped": 0, "failed": 1}
+    (bad,) = rep["failed"]
+    assert bad["params"]["lr"] == 0.42 and bad["exit_code"] == 1
+    assert bad["error"] == "boom at lr=0.42"
+    log = Path(rep["shards"]) / f"run-{bad['key']}.log"
+    assert "boom at lr=0.42" in log.read_text()
+    check_end_state(e, "d5", [0.41, 0.43])
+    assert "sweep.py: warning: 1 run(s) failed" in cp.stderr
+
+
+def test_gpus_per_run_one_device_per_run(env):
+    e = env
+    lrs = [0.51, 0.52, 0.53, 0.54]
+    cp = sweep(e, "d6", grid(lrs, sleep=1.0), "--gpus-per-run", "1")
+    assert cp.returncode == 0, cp.stderr
+    rep = report(cp)
+    runs = check_end_state(e, "d6", lrs)
+    seen = marks_of(e, set(runs))
+    assert len(seen) == 4 and all(m["gpus"] in ("0", "1") for m in seen)
+    by_device: dict = {}
+    for m in seen:  # a worker's GPU is never held by two runs at once
+        worker = m["cwd"].split("/worker-")[1].split("/")[0]
+        by_device.setdefault((worker, m["gpus"]), []).append((m["start"], m["ended"]))
+    for spans in by_device.values():
+        spans.sort()
+        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False)), spans
+    assert {r["gpus"] for r in rep["runs"]} <= {"0", "1"}
+    con = sqlite3.connect(e["proj"] / "results" / "experiments.db")
+    gpus = {r[0] for r in con.execute("SELECT ev_gpus FROM \"default\" WHERE version='d6'")}
+    con.close()
+    assert gpus <= {"0", "1"} and gpus
+    # more GPUs per run than any worker has: refused before anything runs
+    cp = sweep(e, "d6b", grid([0.55]), "--gpus-per-run", "3")
+    assert cp.returncode == 4
+    assert "no worker of tcp://127.0.0.1:" in cp.stderr and "offers 3 GPU(s)" in cp.stderr
+
+
+def test_refusals_and_unreachable_scheduler(env):
+    e = env
+    proj = e["proj"]
+    g = grid([0.61])
+    # the scheduler unreachable: exit 1, one line naming the address and how to start one
+    port = free_port()
+    cp = sweep(e, "d7", g, "--connect-timeout", "2", scheduler=f"127.0.0.1:{port}")
+    assert cp.returncode == 1
+    lines = cp.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"sweep.py: error: cannot reach the Dask scheduler at "
+                                f"tcp://127.0.0.1:{port}")
+    assert "dask scheduler --host 127.0.0.1" in lines[-1]
+    # usage: --executor dask needs --scheduler; Dask flags need --executor dask
+    cp = run_script("sweep.py", "--repo", proj, "--version", "d7", "--grid",
+                    write_grid(proj, "d7u", g), "--executor", "dask", *CMD, cwd=proj)
+    assert (cp.returncode, cp.stderr.strip()) == (2, "sweep.py: error: --executor dask needs "
+                                                  "--scheduler ADDRESS; e.g. --scheduler "
+                                                  "tcp://127.0.0.1:8786")
+    # a dirty tree: refused, by --dry-run too, before the cluster is contacted
+    (proj / "train.py").write_text(TRAIN + "# edited\n")
+    cp = sweep(e, "d7", g)
+    assert cp.returncode == 4
+    assert "uncommitted changes (train.py)" in cp.stderr and "commit them" in cp.stderr
+    cp = sweep(e, "d7", g, "--dry-run", scheduler=f"127.0.0.1:{port}")
+    assert cp.returncode == 4 and "uncommitted changes (train.py)" in cp.stderr
+    # committed, not pushed
+    sh("git commit -qam 'edit'", cwd=proj)
+    try:
+        cp = sweep(e, "d7", g)
+        assert cp.returncode == 4
+        assert "is not on git remote origin" in cp.stderr
+        assert "git push origin main" in cp.stderr
+    finally:
+        sh("git reset -q --hard HEAD~1", cwd=proj)
+    # a DVC input not on the remote
+    (proj / "data" / "extra.csv").write_text("a\n1\n")
+    sh("dvc add -q data/extra.csv && git add data && git commit -qm extra && "
+       "git push -q origin main", cwd=proj)
+    cp = sweep(e, "d7", g)
+    assert cp.returncode == 4
+    assert "DVC input(s) not on remote storage: data/extra.csv" in cp.stderr
+    assert "dvc push data/extra.csv" in cp.stderr
+    # only the inputs a run needs: --dvc-input narrows the check and the pull
+    cp = sweep(e, "d7", g, "--dvc-input", "data/train.csv")
+    assert cp.returncode == 0, cp.stderr
+    assert report(cp)["executor"]["dvc_inputs"] == ["data/train.csv"]
+    check_end_state(e, "d7", [0.61])
+
+
+def test_docs_cluster_commands(env):
+    """references/parallel-sweeps.md's local cluster, exactly as written (on a free port):
+    start it, sweep on it, stop it."""
+    import re
+
+    from conftest import ROOT, wait_port
+
+    e = env
+    text = (ROOT / "references" / "parallel-sweeps.md").read_text()
+    blocks = re.findall(r"<!-- norun: [^>]*test_docs_cluster_commands[^>]*-->\n```bash\n(.*?)```",
+                        text, re.S)
+    assert len(blocks) == 2
+    port, http = str(free_port()), str(free_port())
+    start, run = (b.replace("8786", port).replace("8787", http) for b in blocks)
+    run = run.replace("e0.4.0", "d8")
+    (e["proj"] / "grid.yaml").write_text("lr: [0.71, 0.72]\n")  # untracked: the sweep's own
+    pids = e["proj"].parent / "dask-local"
+    pids.mkdir(exist_ok=True)
+    try:
+        sh(["bash", "-euo", "pipefail", "-c", start], cwd=e["proj"],
+           env={"EV_TEST_MARKS": str(e["marks"]),
+                "EV_TEST_PROJECT": str(e["proj"].parent / "nonexistent")})
+        wait_port(int(port), timeout=30)
+        cp = sh(["bash", "-euo", "pipefail", "-c", run], cwd=e["proj"], check=False,
+                env={"SKILL": str(ROOT)})
+        assert cp.returncode == 0, cp.stderr
+        assert cp.stdout.startswith("sweep d8: 2 ran, 0 skipped (done before), 0 failed")
+        for name in ("worker", "scheduler"):
+            assert all(a.startswith("127.0.0.1:") for a in dask_support.listening(
+                int((pids / f"{name}.pid").read_text())))
+        for name in ("worker", "scheduler"):  # the stop line ended both
+            pid = int((pids / f"{name}.pid").read_text())
+            wait_for(f"{name} {pid} exits", lambda p=pid: not _alive(p), timeout=30)
+    finally:
+        for name in ("worker", "scheduler"):
+            f = pids / f"{name}.pid"
+            if f.exists() and _alive(int(f.read_text())):
+                os.kill(int(f.read_text()), signal.SIGKILL)
+        (e["proj"] / "grid.yaml").unlink()
+    check_end_state(e, "d8", [0.71, 0.72])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as fh:  # a zombie (exited, not yet reaped) is gone
+        return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
