@@ -109,10 +109,17 @@ def mentions_value(text: str, value: float, tol: float = 6e-4) -> bool:
     return any(abs(n - value) <= tol for n in numbers_in(text))
 
 
-def mentions_param(text: str, name: str, value: float) -> bool:
-    for m in re.finditer(rf"{re.escape(name)}\W{{0,3}}(-?\d+(?:\.\d+)?(?:[eE]-?\d+)?)", text):
+def mentions_param(text: str, name: str, value: float, rest_of_line: bool = False) -> bool:
+    """`name=value` (or `name: value`); with rest_of_line, any number after the name on its
+    line counts (`lr: 0.05 -> 0.5`)."""
+    for m in re.finditer(rf"{re.escape(name)}\W{{0,3}}(-?\d+(?:\.\d+)?(?:[eE]-?\d+)?)", text,
+                         re.I):
         if abs(float(m.group(1)) - value) < 1e-9:
             return True
+        if rest_of_line:
+            line = text[m.start(1):].split("\n", 1)[0]
+            if any(abs(n - value) < 1e-9 for n in numbers_in(line)):
+                return True
     return False
 
 
@@ -631,8 +638,9 @@ def changes_mentions(what: str) -> Check:
                               else f"gives {METRIC} of both versions: {metrics}")
         if what == "param":
             miss = [v for v, lr in (("e0.1.0", 0.05), ("e0.2.0", 0.5))
-                    if not mentions_param(text, "lr", lr) and not
-                    mentions_param(text, "learning rate", lr)]
+                    if not mentions_param(text, "lr", lr, True) and not
+                    mentions_param(text, "learning rate", lr, True)
+                    and not mentions_param(text, "learning_rate", lr, True)]
             return not miss, ("gives lr 0.05 -> 0.5" if not miss else
                               f"lr of {miss} not given as 'lr ... VALUE'")
         rows = p.start["train_rows"]

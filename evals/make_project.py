@@ -346,11 +346,14 @@ def copy_workspace(src: Path, dest: Path) -> Path:
     remote and every recorded path at the copy. Cheaper than building twice."""
     src, dest = src.resolve(), dest.resolve()
     shutil.copytree(src, dest, symlinks=True)
-    for path in [dest / "project" / ".dvc" / "config", dest / "project" / ".git" / START,
-                 *(dest / "project" / "results" / "shards").glob("*/sweep.json")]:
+    proj = dest / "project"
+    for path in [proj / ".git" / START, *(proj / "results" / "shards").glob("*/sweep.json")]:
         if path.exists():
             path.write_text(path.read_text().replace(str(src), str(dest)))
-    return dest / "project"
+    # The tracked .dvc/config keeps its committed URL; the copy's own remote goes into the
+    # untracked config.local, which overrides it (and worktree.py copies it into worktrees).
+    sh(proj, "dvc", "remote", "modify", "--local", "storage", "url", str(dest / "dvc-store"))
+    return proj
 
 
 def main(argv: list[str] | None = None) -> int:

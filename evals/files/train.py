@@ -101,7 +101,7 @@ def main() -> int:
     tracker = Tracker(db, params={
         "version": a.version, "git_commit": git("rev-parse", "HEAD"),
         "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-        "data_hash": data_hash("data/train.parquet"), **params})
+        "data_hash": data_hash("data/train.parquet"), "model": "logreg-gd", **params})
     tracker.log(metrics)
     path = save_model({"w": w.tolist(), **params}, a.version, tracker.track_id)
     tracker.log({"model_path": path})
