@@ -9,6 +9,9 @@
     NOT pre-created, as the workflows wrote it (threads and processes): rows lost, exceptions.
 
     python bench/sweep.py [--workers 16] [--calls 500] [--reps 5] [--json]
+
+`python bench/sweep.py overhead ...` measures instead what run.py and sweep.py add over the
+bare command (issues #14, #18); see bench/sweep_overhead.py.
 """
 
 from __future__ import annotations
@@ -247,6 +250,11 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["overhead"]:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from sweep_overhead import main as overhead_main
+
+        sys.exit(overhead_main(sys.argv[2:]))
     import logging
 
     logging.disable(logging.CRITICAL)  # xetrack logs every failed query of the racing writers

@@ -1,12 +1,22 @@
 #!/usr/bin/env python3
-"""Run a parameter sweep of a training command where every row lands.
+"""Run a parameter sweep of your training command, unchanged, where every row lands.
 
-Each run gets its params (env EV_PARAMS, JSON) and its own shard DB (env EV_SHARD_DB, under
-<db dir>/shards/<version>/run-<hash of params>.db), plus EV_VERSION and EV_RUN_KEY. Runs go
-N at a time; a failed run is recorded with its exit code and last stderr line in the ledger
-(<shards>/sweep.json) and redone next time; runs already done are skipped. At the end the done
-shards are merged into --db (idempotent) and the RUNS are ranked by --metric (aggregated per
-track_id). Exits 1 if any run failed, after merging the others.
+Each run is the command with its values filled in: `{param}` placeholders
+(`-- python train.py --lr {learning_rate}`), and/or --append-args (--<param> <value>), and
+EV_PARAMS (JSON) in its environment. Every run has its own sandbox: it sees the repository's
+files, but the results DB and the model paths (--model-output; default: ev.yaml's
+production_model) are its own, so a script with fixed output paths runs N at a time. A run
+is done when it exits 0 having logged rows: its results DB, stamped with the bundle's lineage
+columns (ev_run = the run key, ev_commit, ev_dirty, ev_data_md5, ev_params, ev_gpus), becomes
+<db dir>/shards/<version>/run-<key>.db and its model files candidates
+models/candidates/<version>--<track_id><ext>. At the end new shards are merged into the
+results DB and the runs ranked by --metric (per run). A failed run is recorded in the ledger
+(<shards>/sweep.jsonl: exit code, last output line; output in run-<key>.log) and redone on
+the next invocation; done runs are skipped: re-running a finished sweep runs nothing.
+
+--gpus 0,1 gives each concurrent run its own CUDA_VISIBLE_DEVICES (workers default to the
+number of GPUs; never two runs on one GPU). Runs of an earlier sweep of the version that
+are still alive (the sweep was killed alone) make it refuse, unless --kill-stale.
 
 grid YAML: a mapping param: [values] (cartesian product; a scalar is fixed), or a list of
 such mappings (their runs concatenated).
@@ -28,20 +38,36 @@ PROG = "sweep.py"
 
 def build():
     p = cli.parser(PROG, __doc__,
-                   "python scripts/sweep.py --json --version e0.2.0 --grid grid.yaml --workers 2 "
-                   "-- python train.py --version e0.2.0",
-                   codes=(CONFLICT, REFUSED), dry_run=True)
+                   "python scripts/sweep.py --json --version e0.2.0 --grid grid.yaml "
+                   "--workers 2 -- python train.py --version e0.2.0 --lr {learning_rate}",
+                   codes=(CONFLICT, REFUSED), dry_run=True, code_notes={
+                       1: "a run or an operation failed (the others are merged; re-run to "
+                          "redo only the failed ones)",
+                       CONFLICT: "a run's rows conflict with rows already in the results DB "
+                                 "(same key, different values); nothing merged",
+                       REFUSED: "refused: another sweep of this version is running, or runs "
+                                "of an earlier one are still alive (see --kill-stale)"})
     p.add_argument("--version", required=True, help="experiment version, e.g. e0.2.0")
     p.add_argument("--grid", required=True, metavar="YAML", help="the grid file (see above)")
-    p.add_argument("--workers", type=int, default=1, help="runs at a time (default 1)")
-    p.add_argument("--db", default="results/experiments.db",
-                   help="main results DB, relative to the repo (default: %(default)s)")
-    p.add_argument("--metric", default="f1_score",
-                   help="column ranking the runs (default: %(default)s)")
-    p.add_argument("--mode", choices=("max", "min"), default="max",
-                   help="best = max or min of the metric over a run's rows (default: max)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="runs at a time (default: the number of --gpus, else 1)")
+    p.add_argument("--gpus", default=None, metavar="IDS",
+                   help="GPU ids, e.g. 0,1: one per concurrent run, as CUDA_VISIBLE_DEVICES")
+    p.add_argument("--model-output", action="append", metavar="PATH", default=None,
+                   help="a file (or folder) the command writes its model to; repeatable "
+                        "(default: ev.yaml's production_model, collected if written)")
+    p.add_argument("--db", default=None,
+                   help="main results DB, relative to the repo (default: ev.yaml's "
+                        "results_db)")
+    p.add_argument("--metric", default=None,
+                   help="column ranking the runs (default: ev.yaml's metric, else f1_score)")
+    p.add_argument("--mode", choices=("max", "min"), default=None,
+                   help="best = max or min of the metric (default: ev.yaml's mode)")
     p.add_argument("--append-args", action="store_true",
                    help="also append --<param> <value> to the command (underscores -> dashes)")
+    p.add_argument("--kill-stale", action="store_true",
+                   help="end the still-running runs of an earlier, killed sweep of this "
+                        "version first (they are redone)")
     p.add_argument("command", nargs="*", metavar="-- COMMAND",
                    help="the training command, after --; it runs in the repo root")
     return p
@@ -91,19 +117,25 @@ def text(report) -> str:
 
 
 def handler(args) -> int:
-    repo = find_repo(args.repo)
-    from _evlib.sweep import run_command_sweep
+    from _evlib import settings, training
+    from _evlib.cmdsweep import parse_gpus, run_command_sweep
 
+    repo = find_repo(args.repo)
     if not args.command:
         raise EVError("no training command given", code=USAGE,
                       hint="put it after --, e.g. -- python train.py --version e0.2.0")
+    s = settings.load(repo)
     grid = cli.resolve_path(args.grid)
     runs = load_grid(grid)
-    db = cli.resolve_path(args.db, repo) if os.path.isabs(args.db) else repo / args.db
+    db_rel = args.db or s.results_db
+    db = cli.resolve_path(db_rel, repo) if os.path.isabs(db_rel) else repo / db_rel
+    outs = [training.rel_inside(repo, p, "--model-output") for p in args.model_output or []]
     report = run_command_sweep(
         repo, args.command, runs, version=args.version, db=db, workers=args.workers,
-        append_args=args.append_args, dry_run=args.dry_run, metric=args.metric,
-        metric_mode=args.mode,
+        append_args=args.append_args, dry_run=args.dry_run,
+        metric=args.metric or s.metric or "f1_score", metric_mode=args.mode or s.mode,
+        model_outputs=outs or None, require_models=bool(outs), gpus=parse_gpus(args.gpus),
+        kill_stale=args.kill_stale, settings=s,
         on_progress=None if args.json else (lambda m: cli.progress(PROG, m)))
     failed = bool(report.get("failed"))
     if failed:

@@ -31,7 +31,9 @@ PROG = "tag_suggest.py"
 def build():
     p = cli.parser(PROG, __doc__, "python scripts/tag_suggest.py --version e0.2.0 "
                    "--description 'C sweep' --create --json",
-                   codes=(REFUSED, NOT_FOUND), dry_run=True)
+                   codes=(REFUSED, NOT_FOUND), dry_run=True, code_notes={
+                       REFUSED: "refused: the tag exists, or --create found uncommitted work "
+                                "(commit it, or --allow-dirty); nothing tagged"})
     p.add_argument("--version", default=None,
                    help="the version the runs were logged under (default: the one untagged "
                         "version in the results DB; for --kind exp: exp-NAME)")

@@ -11,6 +11,7 @@ default local-directory remote `storage`, committed; `$SKILL` is the bundle root
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import uuid
@@ -73,6 +74,24 @@ def test_every_doc_has_runnable_blocks_or_none_at_all():
     assert any(b.lang in RUNNABLE and b.norun is None for b in parse(ROOT / "SKILL.md"))
 
 
+def _outside(tmp_path: Path) -> dict[Path, set[str]]:
+    """What is beside the test's folder and at the root of the file system: a block must not
+    add anything there (a relative DVC remote made `dvc push -T` write to /dvc-store)."""
+    out = {}
+    for d in (Path("/"), tmp_path.parent):
+        try:
+            out[d] = {n for n in os.listdir(d) if d != tmp_path.parent or n != tmp_path.name}
+        except OSError:
+            out[d] = set()
+    return out
+
+
+def _check_outside(before: dict[Path, set[str]], tmp_path: Path, where: str) -> None:
+    after = _outside(tmp_path)
+    new = {str(d / n) for d in before for n in after[d] - before[d]}
+    assert not new, f"{where} wrote outside its project folders: {sorted(new)}"
+
+
 @pytest.mark.parametrize("doc", DOCS, ids=lambda d: d.name)
 def test_doc_blocks_run_in_order(doc, tmp_path, request):
     blocks = [b for b in parse(doc) if b.norun is None and (b.lang in RUNNABLE or b.file)]
@@ -85,6 +104,7 @@ def test_doc_blocks_run_in_order(doc, tmp_path, request):
         bucket = f"docs-{uuid.uuid4().hex[:10]}"
         make_bucket(endpoint, bucket)
         env.update(S3_ENDPOINT=endpoint, S3_BUCKET=bucket)
+    outside = _outside(tmp_path)
     for b in blocks:
         where = f"{doc.name}:{b.line}"
         if b.setup.strip():
@@ -101,3 +121,16 @@ def test_doc_blocks_run_in_order(doc, tmp_path, request):
         cp = sh(cmd, cwd=proj, env=env, check=False)
         assert cp.returncode == 0, (f"{where} exited {cp.returncode}\n--- block\n{b.code}"
                                     f"--- stdout\n{cp.stdout}--- stderr\n{cp.stderr}")
+        _check_outside(outside, tmp_path, where)
+
+
+def test_the_outside_check_sees_a_write_beside_the_project(tmp_path):
+    before = _outside(tmp_path)
+    stray = tmp_path.parent / f"stray-{uuid.uuid4().hex[:8]}"
+    stray.mkdir()
+    try:
+        with pytest.raises(AssertionError, match="wrote outside its project folders"):
+            _check_outside(before, tmp_path, "x.md:1")
+    finally:
+        stray.rmdir()
+    _check_outside(before, tmp_path, "x.md:1")

@@ -163,8 +163,10 @@ def test_cli_failure_recorded_and_rerun_redoes_only_it(git_repo, tmp_path):
         "fail=true; fix and re-run the same command (done runs are skipped)"]
     db = git_repo / "results" / "experiments.db"
     assert count_rows(db) == 6
-    ledger = json.loads((git_repo / "results/shards/e0.3.0/sweep.json").read_text())
-    assert ledger["runs"][bad["key"]]["status"] == "failed"
+    lines = [json.loads(x) for x in
+             (git_repo / "results/shards/e0.3.0/sweep.jsonl").read_text().splitlines()]
+    assert [ln["status"] for ln in lines if ln.get("key") == bad["key"]] == ["failed"]
+    assert len([ln for ln in lines if ln.get("status")]) == 4  # one line per run
     assert "ValueError: bad param" in (git_repo / f"results/shards/e0.3.0/run-{bad['key']}.log"
                                        ).read_text()
     assert [e["params"]["x"] for e in out["ranking"]] == [3, 2, 1]
@@ -285,7 +287,7 @@ def test_cli_refuses_a_second_sweep_of_the_same_version(git_repo, tmp_path):
     assert cp.stderr.strip().splitlines() == [
         f"sweep.py: error: another sweep of version e5 is running (lock {lock_dir}/sweep.lock); "
         "wait for it to finish, or use another --version"]
-    assert not (lock_dir / "sweep.json").exists()
+    assert not (lock_dir / "sweep.jsonl").exists()
 
 
 def test_cli_merged_runs_stay_done_when_their_shards_are_deleted(git_repo, tmp_path):
@@ -347,3 +349,187 @@ def test_cli_bad_grid_yaml_is_one_line_saying_where_and_how(git_repo, tmp_path):
     assert cp.stderr == (f"sweep.py: error: grid file {grid} is not valid YAML at line 2, "
                          "column 2: expected ',' or ']', but got ':'; write a mapping of "
                          "param: [values], e.g. 'C: [0.1, 1.0]', or a list of such mappings\n")
+
+
+# --- unchanged commands: sandboxes, placeholders, GPUs, stale runs -----------------------
+
+FAST_TRAIN = r'''
+import json, os, sqlite3, sys, time, uuid
+p = json.loads(os.environ["EV_PARAMS"])
+time.sleep(float(sys.argv[1]) if len(sys.argv) > 1 else 0)
+os.makedirs("results", exist_ok=True)
+con = sqlite3.connect("results/experiments.db")
+con.execute('CREATE TABLE IF NOT EXISTS "default" '
+            '(track_id TEXT, timestamp TEXT, x INTEGER, f1_score REAL)')
+con.execute('INSERT INTO "default" VALUES (?, ?, ?, ?)',
+            (uuid.uuid4().hex[:12], repr(time.time()), p["x"], p["x"] / 10))
+con.commit()
+'''
+
+
+def _per_key(db: Path, version: str) -> dict:
+    con = sqlite3.connect(db)
+    try:
+        return dict(con.execute('SELECT ev_run, count(DISTINCT track_id) FROM "default" '
+                                'WHERE version = ? GROUP BY ev_run', [version]).fetchall())
+    finally:
+        con.close()
+
+
+def test_cli_three_workers_run_the_seed_script_unchanged(tmp_path):
+    from run_support import TRAIN_PY, cache_objects_ok, make_project, rows
+
+    proj = make_project(tmp_path / "proj", tmp_path / "remote")
+    grid = _grid(tmp_path / "g.yaml", "learning_rate: [0.01, 0.1, 0.5]\n")
+    args = ["--json", "--version", "e0.2.0", "--grid", grid, "--workers", "3", "--",
+            "python", "train.py", "--version", "e0.2.0", "--lr", "{learning_rate}"]
+    cp = run_script("sweep.py", *args, cwd=proj)
+    assert cp.returncode == 0, cp.stderr
+    out = json.loads(cp.stdout)
+    assert out["counts"] == {"done": 3, "skipped": 0, "failed": 0}
+    got = rows(proj / "results/experiments.db", 'SELECT * FROM "default" ORDER BY 1')
+    by_key = {r["key"]: r for r in out["runs"]}
+    assert sorted(r["learning_rate"] for r in got) == [0.01, 0.1, 0.5]
+    for r in got:
+        run = by_key[r["ev_run"]]
+        assert json.loads(r["ev_params"]) == run["params"] == {
+            "learning_rate": r["learning_rate"]}
+        assert r["ev_command"] == ("python train.py --version e0.2.0 --lr "
+                                   f"{r['learning_rate']}")
+        assert r["track_id"] == run["track_id"] and r["version"] == "e0.2.0"
+        (cand,) = run["candidates"]
+        assert Path(cand).name == f"e0.2.0--{r['track_id']}.bin"
+        assert Path(cand).read_bytes() == f"weights lr={r['learning_rate']}\n".encode()
+    assert [e["params"]["learning_rate"] for e in out["ranking"]] == [0.1, 0.01, 0.5]
+    assert not (proj / "models/production/model.bin").exists()
+    # a finished sweep re-run runs nothing and exits 0
+    cp = run_script("sweep.py", *args, cwd=proj)
+    assert cp.returncode == 0, cp.stderr
+    assert json.loads(cp.stdout)["counts"] == {"done": 0, "skipped": 3, "failed": 0}
+    assert len(rows(proj / "results/experiments.db")) == 3
+    best = out["ranking"][0]["track_id"]
+    cp = run_script("model_manager.py", "promote", "--version", "e0.2.0", "--run-id", best,
+                    cwd=proj)
+    assert cp.returncode == 0, cp.stderr
+    assert (proj / "models/production/model.bin").read_bytes() == b"weights lr=0.1\n"
+    sh("dvc add -q results/experiments.db models/candidates && git add -A && "
+       "git commit -qm 'sweep e0.2.0'", cwd=proj)
+    assert sh(["git", "status", "--porcelain"], cwd=proj).stdout == ""
+    assert (proj / "train.py").read_text() == TRAIN_PY
+    assert cache_objects_ok(proj) >= 5
+
+
+def test_cli_gpus_one_run_per_gpu_at_a_time(git_repo, tmp_path):
+    from run_support import TRAIN_PY
+
+    (git_repo / "train.py").write_text(TRAIN_PY)
+    (git_repo / "data").mkdir()
+    (git_repo / "data/train.csv").write_text("x\n1\n")
+    sh("git add -A && git commit -qm train", cwd=git_repo)
+    grid = _grid(tmp_path / "g.yaml", "lr: [0.1, 0.2, 0.3, 0.4, 0.5]\n")
+    cmd = ["--", "python", "train.py", "--version", "g1", "--lr", "{lr}", "--sleep", "0.4"]
+    bad = run_script("sweep.py", "--version", "g1", "--grid", grid, "--gpus", "0,1",
+                     "--workers", "3", *cmd, cwd=git_repo)
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("sweep.py: error: --workers 3 is more than the 2 GPUs given")
+    cp = run_script("sweep.py", "--json", "--version", "g1", "--grid", grid, "--gpus", "0,1",
+                    *cmd, cwd=git_repo)
+    assert cp.returncode == 0, cp.stderr
+    con = sqlite3.connect(git_repo / "results/experiments.db")
+    got = con.execute('SELECT cuda, ev_gpus, t0, t1 FROM "default"').fetchall()
+    con.close()
+    assert len(got) == 5 and all(c == g and c in ("0", "1") for c, g, _, _ in got)
+    assert {c for c, *_ in got} == {"0", "1"}
+    overlaps = 0
+    for i, a in enumerate(got):
+        for b in got[i + 1:]:
+            if a[2] < b[3] and b[2] < a[3]:  # ran at the same time: never on one GPU
+                overlaps += 1
+                assert a[0] != b[0], (a, b)
+    assert overlaps >= 1  # two workers really ran side by side
+
+
+def _sandbox_states(repo: Path, version: str) -> list[dict]:
+    base = repo / ".ev/sweeps" / version
+    out = []
+    for d in sorted(base.iterdir()) if base.is_dir() else []:
+        try:
+            out.append(json.loads((d / "state.json").read_text()))
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+def _start_sweep(repo, args):
+    import subprocess
+    return subprocess.Popen([sys.executable, str(ROOT / "scripts/sweep.py"), *map(str, args)],
+                            cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_cli_stale_runs_of_a_killed_sweep_refuse_or_are_ended(git_repo, tmp_path):
+    import time
+
+    (tmp_path / "fast.py").write_text(FAST_TRAIN)
+    grid = _grid(tmp_path / "g.yaml", "x: [1, 2]\n")
+    args = ["--version", "s1", "--grid", grid, "--workers", "2", "--",
+            sys.executable, tmp_path / "fast.py", "30"]
+    proc = _start_sweep(git_repo, args)
+    deadline = time.monotonic() + 20
+    while len(_sandbox_states(git_repo, "s1")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.kill()  # the sweep alone: its two runs go on
+    proc.wait()
+    pids = sorted(st["pid"] for st in _sandbox_states(git_repo, "s1"))
+    assert len(pids) == 2 and all(os.path.exists(f"/proc/{p}") for p in pids)
+    cp = run_script("sweep.py", *args, cwd=git_repo)
+    assert cp.returncode == 4
+    assert cp.stderr.strip().splitlines() == [
+        f"sweep.py: error: 2 run(s) of an earlier sweep of s1 are still running (pids "
+        f"{pids[0]}, {pids[1]}); their rows would be lost or doubled; wait for them to end, "
+        f"or re-run with --kill-stale to end them first"]
+    assert not (git_repo / "results/experiments.db").exists()
+    cp = run_script("sweep.py", "--json", "--kill-stale", *args[:-1], "0.1", cwd=git_repo)
+    assert cp.returncode == 0, cp.stderr
+    out = json.loads(cp.stdout)
+    assert sorted(out["killed_stale"]) == pids
+    assert not any(os.path.exists(f"/proc/{p}") for p in pids)
+    assert _per_key(git_repo / "results/experiments.db", "s1") == {
+        r["key"]: 1 for r in out["runs"]}
+
+
+def test_cli_sweep_killed_alone_at_random_moments_never_doubles_a_run(git_repo, tmp_path):
+    import random
+    import time
+
+    (tmp_path / "fast.py").write_text(FAST_TRAIN)
+    grid = _grid(tmp_path / "g.yaml", "x: [1, 2, 3, 4, 5, 6]\n")
+    rng = random.Random(13)
+    outcomes = []
+    db = git_repo / "results/experiments.db"
+    for i in range(10):  # a fresh version each time, so every kill lands in real work
+        args = ["--version", f"k{i}", "--grid", grid, "--workers", "3", "--",
+                sys.executable, tmp_path / "fast.py", "0.2"]
+        proc = _start_sweep(git_repo, args)
+        time.sleep(rng.uniform(0.2, 1.0))
+        proc.kill()
+        proc.wait()
+        live = [st["pid"] for st in _sandbox_states(git_repo, f"k{i}")
+                if os.path.exists(f"/proc/{st['pid']}")]
+        cp = run_script("sweep.py", "--json", *(["--kill-stale"] if i % 2 else []), *args,
+                        cwd=git_repo)
+        outcomes.append((len(live), cp.returncode))
+        if cp.returncode == 4:
+            assert "are still running (pids" in cp.stderr
+            cp = run_script("sweep.py", "--json", "--kill-stale", *args, cwd=git_repo)
+        assert cp.returncode == 0, cp.stderr
+        out = json.loads(cp.stdout)
+        keys = {r["key"] for r in out["runs"]}
+        assert len(keys) == 6
+        assert _per_key(db, f"k{i}") == dict.fromkeys(keys, 1), (i, outcomes)
+        cp = run_script("sweep.py", "--json", *args, cwd=git_repo)  # finished: runs nothing
+        assert json.loads(cp.stdout)["counts"] == {"done": 0, "skipped": 6, "failed": 0}
+        assert not any(os.path.exists(f"/proc/{st['pid']}")
+                       for st in _sandbox_states(git_repo, f"k{i}"))
+    assert count_rows(db) == 60
+    assert any(n for n, _ in outcomes), outcomes  # some kills left runs going
+    print("kill outcomes (live orphans, exit of the re-run):", outcomes)

@@ -31,11 +31,14 @@ def fsync_file(path: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(dest: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+def atomic_path(dest: str | os.PathLike, suffix: str = "", *, durable: bool = True
+                ) -> Iterator[Path]:
     """Yield a temp path next to dest; on success fsync it and move it over dest.
 
     On any exception the temp file is removed and dest is untouched. The caller writes the
     complete file to the yielded path (and may validate it) inside the with block.
+    durable=False skips the fsyncs (still atomic for readers and for a killed writer; a power
+    loss may keep the old file): for state that is rebuilt when lost.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -44,22 +47,24 @@ def atomic_path(dest: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        fsync_file(tmp_path)
+        if durable:
+            fsync_file(tmp_path)
         os.replace(tmp_path, dest)
-        _fsync_dir(dest.parent)
+        if durable:
+            _fsync_dir(dest.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
 
 
-def write_bytes(dest: str | os.PathLike, data: bytes) -> None:
-    with atomic_path(dest) as tmp:
+def write_bytes(dest: str | os.PathLike, data: bytes, *, durable: bool = True) -> None:
+    with atomic_path(dest, durable=durable) as tmp:
         tmp.write_bytes(data)
 
 
-def write_text(dest: str | os.PathLike, text: str) -> None:
-    write_bytes(dest, text.encode("utf-8"))
+def write_text(dest: str | os.PathLike, text: str, *, durable: bool = True) -> None:
+    write_bytes(dest, text.encode("utf-8"), durable=durable)
 
 
 def copy_file(src: str | os.PathLike, dest: str | os.PathLike) -> None:

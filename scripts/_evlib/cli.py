@@ -26,8 +26,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parser(prog: str, description: str, example: str, *, codes: tuple[int, ...] = (),
-           repo: bool = True, dry_run: bool = False) -> argparse.ArgumentParser:
-    epilog = f"example:\n  {example.strip()}\n\n{epilog_codes(*codes)}"
+           repo: bool = True, dry_run: bool = False, code_notes: dict[int, str] | None = None
+           ) -> argparse.ArgumentParser:
+    epilog = f"example:\n  {example.strip()}\n\n{epilog_codes(*codes, notes=code_notes)}"
     p = _Parser(prog=prog, description=description, epilog=epilog,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common(p, repo=repo, dry_run=dry_run)

@@ -19,11 +19,12 @@ TABLE = {
 }
 
 
-def epilog_codes(*codes: int) -> str:
-    """The 'exit codes' paragraph of a script's --help."""
+def epilog_codes(*codes: int, notes: dict[int, str] | None = None) -> str:
+    """The 'exit codes' paragraph of a script's --help (notes: this script's own wording of a
+    code, so that it names only flags the script has)."""
     lines = ["exit codes:"]
-    for code in sorted({OK, FAILED, USAGE, *codes}):
-        lines.append(f"  {code}  {TABLE[code]}")
+    for code in sorted({OK, FAILED, USAGE, *codes, *(notes or {})}):
+        lines.append(f"  {code}  {(notes or {}).get(code, TABLE[code])}")
     return "\n".join(lines)
 
 

@@ -39,12 +39,12 @@ from pathlib import Path
 from typing import Any
 
 from . import EVENTS_TABLE
-from .atomic import write_text
 from .errors import USAGE, EVError
 from .runs import rank_runs
 from .sql import quote_ident, sqlite_connect, sqlite_tables
 
-LEDGER = "sweep.json"
+LEDGER = "sweep.jsonl"  # append-only, one JSON object per line
+LEGACY_LEDGER = "sweep.json"  # the format before: read once, never written
 
 
 # --- runs, keys and the grid ------------------------------------------------------------
@@ -181,32 +181,85 @@ def sweep_lock(directory: Path):
 # --- the ledger ---------------------------------------------------------------------------
 
 class Ledger:
-    """The sweep's state file: one entry per run key, rewritten atomically on every change."""
+    """The sweep's state: an append-only JSON-lines file, one line per change of a run.
+
+    O(1) per run (one short append, no rewrite of the whole state). Replaying the lines gives
+    each run's latest fields. A line torn by a kill is skipped on reading (and terminated
+    before the next append); a lost line costs at most a redone run, because "done" is
+    decided by the run's rows (its shard, or the results DB), not by the ledger alone.
+    A ledger of the old format (sweep.json) is read as the starting state.
+    """
 
     def __init__(self, directory: Path, version: str):
         self.path = directory / LEDGER
         self.lock = threading.Lock()
         self.data: dict = {"version": version, "runs": {}}
-        if self.path.exists():
+        self._fh = None
+        legacy = directory / LEGACY_LEDGER
+        if legacy.exists():
             try:
-                self.data = json.loads(self.path.read_text())
-                assert isinstance(self.data.get("runs"), dict)
+                old = json.loads(legacy.read_text())
+                assert isinstance(old.get("runs"), dict)
+                self.data["runs"] = old["runs"]
             except (ValueError, AssertionError) as exc:
-                raise EVError(f"sweep ledger {self.path} is not valid JSON", code=USAGE,
+                raise EVError(f"sweep ledger {legacy} is not valid JSON", code=USAGE,
                               hint="move it aside; the runs will be redone") from exc
+        if self.path.exists():
+            with open(self.path, encoding="utf-8", errors="replace") as fh:
+                for line in fh:
+                    try:
+                        rec = json.loads(line)
+                    except ValueError:
+                        continue  # a line torn by a kill
+                    if not isinstance(rec, dict):
+                        continue
+                    if isinstance(rec.get("merged"), list):
+                        for k in rec["merged"]:
+                            self.data["runs"].setdefault(k, {})["merged"] = True
+                    elif isinstance(rec.get("key"), str):
+                        k = rec.pop("key")
+                        self.data["runs"].setdefault(k, {}).update(rec)
 
     def entry(self, key: str) -> dict:
         return self.data["runs"].get(key, {})
+
+    def _append(self, rec: dict) -> None:
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "a+b")  # noqa: SIM115 - kept open for the sweep
+            size = self._fh.seek(0, os.SEEK_END)
+            if size:
+                self._fh.seek(size - 1)
+                if self._fh.read(1) != b"\n":  # a torn last line: end it first
+                    self._fh.write(b"\n")
+        self._fh.write(json.dumps(rec, sort_keys=True, default=str).encode("utf-8") + b"\n")
+        self._fh.flush()
 
     def update(self, key: str, *, write: bool = True, **fields) -> None:
         with self.lock:
             self.data["runs"].setdefault(key, {}).update(fields)
             if write:
-                self.save()
+                self._append({"key": key, **fields})
+
+    def mark_merged(self, keys: list[str]) -> None:
+        with self.lock:
+            for k in keys:
+                self.data["runs"].setdefault(k, {})["merged"] = True
+            if keys:
+                self._append({"merged": list(keys)})
 
     def save(self) -> None:
-        write_text(self.path, json.dumps(self.data, indent=2, sort_keys=True, default=str)
-                   + "\n")
+        """Make what was appended durable (once, at the end of a sweep)."""
+        with self.lock:
+            if self._fh is not None:
+                self._fh.flush()
+                os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        with self.lock:
+            if self._fh is not None:
+                self._fh.close()
+                self._fh = None
 
     def is_done(self, key: str, shard: Path, db: Path) -> bool:
         """Done = finished OK, and its rows are still somewhere: in its shard, or in db.
@@ -410,11 +463,8 @@ def merge_done(db: str | os.PathLike, directory: Path, ledger: Ledger, items: li
     if not shards:
         return None
     merge_report = merge_dbs(Path(db), shards, Path(db), strategy="merge")
-    with ledger.lock:
-        for it in items:
-            if Path(it["shard"]) in shards:
-                ledger.data["runs"][it["key"]]["merged"] = True
-        ledger.save()
+    ledger.mark_merged([it["key"] for it in items if Path(it["shard"]) in shards])
+    ledger.save()
     return merge_report
 
 
@@ -443,110 +493,3 @@ def finalize(db, directory: Path, ledger: Ledger, items: list[dict], *, merge: b
                 ids += tid if isinstance(tid, list) else [tid]
         report.update(rank_runs(db, metric, metric_mode, ids))
     return report
-
-
-# --- command-line sweeps (scripts/sweep.py) -----------------------------------------------
-
-def _last_line(text: str) -> str:
-    lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
-    return lines[-1] if lines else ""
-
-
-def run_command_sweep(repo: Path, command: list[str], runs: list[dict], *, version: str,
-                      db: Path, workers: int = 1, append_args: bool = False,
-                      dry_run: bool = False, metric: str | None = "f1_score",
-                      metric_mode: str = "max", on_progress: Callable[[str], None] | None = None
-                      ) -> dict:
-    """Run `command` once per run in repo, each with EV_PARAMS / EV_SHARD_DB / EV_VERSION set.
-
-    A run succeeds when the command exits 0 and its shard holds rows. Every run's stdout and
-    stderr go to run-<key>.log next to its shard. Failed runs are recorded (exit code and the
-    last stderr line) and redone on the next invocation; done runs are skipped. Then the done
-    shards are merged into db (idempotent) and the runs ranked by metric.
-    """
-    if workers < 1:
-        raise EVError("--workers must be at least 1", code=USAGE)
-    directory = shard_dir(db, version)
-    if dry_run:
-        ledger = Ledger(directory, version)  # reads only; nothing is written
-        items = plan(runs, directory, ledger, Path(db))
-        return {"version": version, "db": str(db), "shards": str(directory), "dry_run": True,
-                "command": command,
-                "runs": [{"key": it["key"], "params": it["params"], "shard": it["shard"],
-                          "status": "skip (done)" if it["done"] else "would run"}
-                         for it in items]}
-    with sweep_lock(directory):
-        return _run_command_sweep(repo, command, runs, version=version, db=db,
-                                  workers=workers, append_args=append_args, metric=metric,
-                                  metric_mode=metric_mode, on_progress=on_progress)
-
-
-def _run_command_sweep(repo, command, runs, *, version, db, workers, append_args, metric,
-                       metric_mode, on_progress) -> dict:
-    from .proc import run
-
-    directory = shard_dir(db, version)
-    ledger = Ledger(directory, version)
-    items = plan(runs, directory, ledger, Path(db))
-    todo = [it for it in items if not it["done"]]
-    total = len(todo)
-    counter = itertools.count(1)
-
-    def job(it):
-        shard = Path(it["shard"])
-        it["moved_aside"] = move_aside(shard)
-        ledger.update(it["key"], status="running", params=it["params"], shard=str(shard),
-                      started=time.time(), error=None, exit_code=None, merged=False)
-        cmd = list(command)
-        if append_args:
-            for name, value in it["params"].items():
-                cmd += [f"--{name.replace('_', '-')}", _arg(value)]
-        env = {"EV_PARAMS": json.dumps(it["params"], sort_keys=True, default=str),
-               "EV_SHARD_DB": str(shard), "EV_VERSION": version, "EV_RUN_KEY": it["key"]}
-        try:
-            cp = run(cmd, cwd=repo, check=False, env=env)
-            code, out, err = cp.returncode, cp.stdout, cp.stderr
-        except EVError as exc:  # command not found: a failed run, like any other
-            code, out, err = 127, "", exc.line()
-        write_text(directory / f"run-{it['key']}.log",
-                   f"$ {' '.join(cmd)}\n--- stdout ---\n{out}\n--- stderr ---\n{err}\n")
-        rows = shard_rows(shard)
-        track_ids = shard_track_ids(shard) if rows else []
-        if code == 0 and rows:
-            ledger.update(it["key"], status="done", exit_code=0, rows=rows,
-                          track_id=track_ids[0] if len(track_ids) == 1 else track_ids,
-                          error=None, finished=time.time())
-            state = "done"
-        else:
-            if code < 0:
-                error = killed_message(code)
-            elif code == 0:
-                error = ("exited 0 but wrote no rows to $EV_SHARD_DB; the training script "
-                         "must log to the path in EV_SHARD_DB")
-            else:
-                error = _last_line(err) or _last_line(out) or f"exit {code}"
-            ledger.update(it["key"], status="failed", exit_code=code, rows=rows,
-                          error=error, finished=time.time())
-            state = f"FAILED (exit {code}: {error})"
-        if on_progress:
-            on_progress(f"[{next(counter)}/{total}] run-{it['key']} {it['params']}: {state}")
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(job, todo))
-    report = finalize(db, directory, ledger, items, merge=True, metric=metric,
-                      metric_mode=metric_mode)
-    report["command"] = command
-    by_tid = {r["track_id"]: r for r in report["runs"] if isinstance(r["track_id"], str)}
-    for entry in report.get("ranking", []):
-        run_ = by_tid.get(entry["track_id"])
-        if run_:
-            entry["key"], entry["params"] = run_["key"], run_["params"]
-    return report
-
-
-def _arg(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (dict, list)):
-        return json.dumps(value)
-    return str(value)

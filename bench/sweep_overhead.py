@@ -1,0 +1,174 @@
+"""Overhead of run.py and sweep.py over the bare command (issues #14 and #18).
+
+(a) run.py: one run of a training command vs running it directly (same command, same
+    project): the seed-like xetrack script, and a one-row command;
+(b) sweep.py: N runs of a one-row command (N = 1, 50, 200) vs `xargs -P W` running the same
+    commands into separate DBs: ratio and overhead per run;
+(c) #18: 1,000 runs of a ~5 ms command (the sqlite3 CLI inserting one row) vs `xargs -P 2`.
+
+    python bench/sweep.py overhead [--runs 1,50,200] [--big 1000] [--workers 2] [--reps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "scripts"
+PY = sys.executable
+
+ONE_ROW = r'''
+import sqlite3, sys, time, uuid
+db, x = sys.argv[1], sys.argv[2]
+con = sqlite3.connect(db)
+con.execute('CREATE TABLE IF NOT EXISTS "default" (track_id TEXT, timestamp TEXT, x TEXT, '
+            'f1_score REAL)')
+con.execute('INSERT INTO "default" VALUES (?, ?, ?, ?)',
+            (uuid.uuid4().hex[:12], repr(time.time()), x, 0.5))
+con.commit()
+'''
+SQL = ('CREATE TABLE IF NOT EXISTS "default" (track_id TEXT, timestamp TEXT, x TEXT, '
+       'f1_score REAL); INSERT INTO "default" VALUES (lower(hex(randomblob(6))), '
+       "strftime('%Y-%m-%d %H:%M:%f','now'), '{x}', 0.5);")
+
+
+def sh(cmd, cwd, env=None, check=True):
+    e = dict(os.environ, DVC_NO_ANALYTICS="1", **(env or {}))
+    cp = subprocess.run(cmd, cwd=cwd, env=e, capture_output=True, text=True)
+    if check and cp.returncode != 0:
+        raise SystemExit(f"{cmd[:4]} exited {cp.returncode}: {cp.stderr[-800:]}")
+    return cp
+
+
+def project(base: Path) -> Path:
+    p = base / "proj"
+    p.mkdir(parents=True)
+    for c in (["git", "init", "-q", "-b", "main"], ["git", "config", "user.email", "b@x"],
+              ["git", "config", "user.name", "b"], ["dvc", "init", "-q"]):
+        sh(c, p)
+    (p / "data").mkdir()
+    (p / "data/train.csv").write_text("x\n" + "\n".join(map(str, range(100))) + "\n")
+    sh(["dvc", "add", "-q", "data/train.csv"], p)
+    (p / "one_row.py").write_text(ONE_ROW)
+    (p / "results").mkdir()
+    (p / ".gitignore").write_text("shards/\n/.ev/\n/out/\n")
+    sh(["git", "add", "-A"], p)
+    sh(["git", "commit", "-qm", "init"], p)
+    return p
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def best(fn, reps: int) -> float:
+    return min(timed(fn) for _ in range(reps))
+
+
+def reset(p: Path) -> None:
+    for d in ("results", ".ev", "out", "models"):
+        shutil.rmtree(p / d, ignore_errors=True)
+    (p / "results").mkdir()
+
+
+def xargs(p: Path, n: int, workers: int, cmd: str) -> None:
+    (p / "out").mkdir(exist_ok=True)
+    seq = "\n".join(str(i) for i in range(n)) + "\n"
+    subprocess.run(["xargs", "-P", str(workers), "-I{}", "sh", "-c", cmd], cwd=p, input=seq,
+                   text=True, check=True, capture_output=True)
+
+
+def sweep(p: Path, n: int, workers: int, command: list[str], version: str) -> None:
+    grid = p.parent / f"grid-{n}.yaml"
+    grid.write_text("x: [" + ", ".join(str(i) for i in range(n)) + "]\n")
+    sh([PY, str(SCRIPTS / "sweep.py"), "--json", "--version", version, "--grid", str(grid),
+        "--workers", str(workers), "--metric", "f1_score", "--", *command], p)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", default="1,50,200")
+    ap.add_argument("--big", type=int, default=1000)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args(argv)
+    out: dict = {"workers": a.workers, "cores": os.cpu_count()}
+    with tempfile.TemporaryDirectory(prefix="ev-bench-sweep-") as tmp:
+        p = project(Path(tmp))
+        # (a) run.py vs the command directly
+        direct = best(lambda: sh([PY, "one_row.py", "results/experiments.db", "1"], p), a.reps)
+        reset(p)
+        wrapped = best(lambda: sh([PY, str(SCRIPTS / "run.py"), "--json", "--version", "r1",
+                                   "--", PY, "one_row.py", "results/experiments.db", "1"], p),
+                       a.reps)
+        reset(p)
+        out["run_py"] = {"command_s": round(direct, 4), "run_py_s": round(wrapped, 4),
+                         "overhead_s": round(wrapped - direct, 4),
+                         "ratio": round(wrapped / direct, 2)}
+        try:
+            import xetrack  # noqa: F401
+            (p / "train_x.py").write_text(
+                "import sys\nfrom xetrack import Tracker\n"
+                "t = Tracker('results/experiments.db', params={'version': sys.argv[1]})\n"
+                "t.log({'f1_score': 0.5})\n")
+            d2 = best(lambda: sh([PY, "train_x.py", "r2"], p), a.reps)
+            reset(p)
+            w2 = best(lambda: sh([PY, str(SCRIPTS / "run.py"), "--version", "r2", "--", PY,
+                                  "train_x.py", "r2"], p), a.reps)
+            reset(p)
+            out["run_py_xetrack"] = {"command_s": round(d2, 4), "run_py_s": round(w2, 4),
+                                     "overhead_s": round(w2 - d2, 4),
+                                     "ratio": round(w2 / d2, 2)}
+        except ImportError:
+            pass
+        # (b) sweeps of a one-row python command vs xargs -P
+        rows = []
+        for n in [int(x) for x in a.runs.split(",")]:
+            base = best(lambda n=n: (reset(p), xargs(
+                p, n, a.workers, f'{PY} one_row.py out/run-{{}}.db {{}}')), a.reps)
+            swept = []
+            for r in range(a.reps):
+                reset(p)
+                swept.append(timed(lambda n=n, r=r: sweep(
+                    p, n, a.workers, [PY, "one_row.py", "results/experiments.db", "{x}"],
+                    f"b{n}-{r}")))
+            s_ = min(swept)
+            rows.append({"runs": n, "xargs_s": round(base, 3), "sweep_s": round(s_, 3),
+                         "ratio": round(s_ / base, 2),
+                         "overhead_per_run_ms": round((s_ - base) / n * 1000, 2)})
+        out["sweep_one_row_python"] = rows
+        # (c) 1,000 runs of a ~5 ms command (sqlite3 CLI)
+        if a.big and shutil.which("sqlite3"):
+            n = a.big
+            one = best(lambda: sh(["sqlite3", "out1.db", SQL.replace("{x}", "1")], p), 5)
+            reset(p)
+            base = timed(lambda: xargs(p, n, a.workers, "sqlite3 out/run-{}.db \"$0\"" if False
+                                       else f"sqlite3 out/run-{{}}.db \"{SQL.replace('{x}', '{}').replace(chr(34), chr(92) + chr(34))}\""))
+            reset(p)
+            s_ = timed(lambda: sweep(p, n, a.workers, ["sqlite3", "results/experiments.db", SQL],
+                                     "big"))
+            out["sweep_1000_sqlite3"] = {"runs": n, "command_ms": round(one * 1000, 2),
+                                         "xargs_s": round(base, 3), "sweep_s": round(s_, 3),
+                                         "ratio": round(s_ / base, 2),
+                                         "overhead_per_run_ms": round((s_ - base) / n * 1000,
+                                                                      2)}
+    if a.json:
+        print(json.dumps(out))
+    else:
+        print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

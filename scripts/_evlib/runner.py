@@ -1,0 +1,695 @@
+"""Run one training command, unchanged, for one run, and collect what it wrote.
+
+The command runs in a per-run sandbox: a folder (inside the repository, so the command's own
+``git``/``dvc`` calls find it) that mirrors the repository with symlinks, except the run's
+output paths (the results DB, the model paths), which are private: absent at the start and
+written into the sandbox. A script that writes the fixed paths ``results/experiments.db`` and
+``models/production/model.bin`` therefore writes its own copies, and N of them can run at once.
+
+Afterwards the run's results DB (its "shard") gets the bundle's lineage columns
+(``settings.LINEAGE_COLS``: ``ev_run``, ``ev_command``, ``ev_commit``, ``ev_dirty``,
+``ev_data_md5``, ``ev_params``, ``ev_gpus``, ``ev_seconds``, plus ``version``) on every row,
+and the model files become candidates ``<candidates>/<version>--<track_id><ext>``.
+
+Public API (stable; the Dask helper calls it on a worker):
+
+    spec = RunSpec(command=[...], version="e0.1.0", key="a1b2c3d4e5f6", params={...})
+    lin = lineage(repo, settings.load(repo))          # once per commit, not per run
+    res = execute(repo, spec, workdir, lineage=lin)   # runs it; touches nothing but workdir
+    res.ok, res.error, res.shard, res.models, res.track_ids, res.rows
+    collect_models(res, repo / "models/candidates")   # then merge res.shard into the DB
+
+`execute` is pure with respect to the project: it reads the repository, writes only under
+`workdir`, and returns paths inside `workdir`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import signal
+import sqlite3
+import subprocess
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import EVENTS_TABLE
+from .errors import FAILED, USAGE, EVError
+from .sql import quote_ident, sqlite_columns, sqlite_connect, sqlite_tables
+
+SANDBOX_ROOT = ".ev"  # <repo>/.ev/: per-run sandboxes (git- and dvc-ignored)
+# Never mirrored into a sandbox: the repository's own metadata (the command's git and dvc
+# calls find the real ones above the sandbox), and DVC stage files, which DVC would
+# otherwise find twice when it walks the workspace.
+_SKIP_TOP = {".git", ".dvc", SANDBOX_ROOT}
+_SKIP_ANY_SUFFIX = (".dvc",)
+_SKIP_ANY_NAME = {"dvc.yaml", "dvc.lock"}
+DB_SIDE = ("-journal", "-wal", "-shm")
+STATE = "state.json"
+RC_FILE = "rc"
+LOG_FILE = "log"
+
+
+@dataclass
+class RunSpec:
+    command: list[str]  # final argv (placeholders already filled in)
+    version: str
+    key: str  # the run key (ev_run): a sweep's hash of params, or run.py's own id
+    params: dict = field(default_factory=dict)  # recorded as ev_params
+    results_db: str = "results/experiments.db"  # repo-relative: where the command logs
+    model_outputs: list[str] = field(default_factory=list)  # repo-relative model paths
+    require_models: bool = True  # a model output the command did not write is an error
+    gpus: str | None = None  # CUDA_VISIBLE_DEVICES for this run (None: not set)
+    cwd: str = "."  # repo-relative directory the command starts in
+    env: dict = field(default_factory=dict)  # extra environment
+    export_params: bool = True  # set EV_PARAMS (a sweep's values); run.py's are only recorded
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class RunResult:
+    spec: RunSpec
+    workdir: str
+    exit_code: int | None = None
+    error: str | None = None  # one line; None when the run is good
+    error_code: int = FAILED  # the exit code that error maps to (USAGE: bad input)
+    shard: str | None = None  # the run's results DB, lineage stamped (inside workdir)
+    rows: int = 0
+    track_ids: list[str] = field(default_factory=list)
+    models: dict = field(default_factory=dict)  # output path -> file in workdir
+    log: str | None = None
+    seconds: float = 0.0
+    pid: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["ok"] = self.ok
+        return d
+
+
+# --- lineage ------------------------------------------------------------------------------
+
+def _bundle_outputs(s, extra: list[str] = ()) -> list[str]:
+    """Paths the bundle itself writes: never inputs, never make a run dirty."""
+    db_dir = os.path.dirname(s.results_db) or "."
+    return [s.results_db, os.path.join(db_dir, "shards").lstrip("./") or "shards",
+            s.candidates_dir, os.path.dirname(s.production_model) or s.production_model,
+            SANDBOX_ROOT, "ev.yaml.lock", *extra]
+
+
+def _under(path: str, roots: list[str]) -> bool:
+    path = path.rstrip("/")
+    return any(path == r.rstrip("/") or path.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+def dvc_outs(repo: Path) -> list:
+    """Every DVC output recorded in the working tree's .dvc files and dvc.lock files."""
+    from .dvcmeta import parse_outs
+    from .proc import git
+
+    listed = git(repo, "ls-files", "-z", "--cached", "--others", "--exclude-standard",
+                 "--", "*.dvc", "dvc.lock", "**/dvc.lock")
+    outs = []
+    root = repo.resolve()
+    for rel in filter(None, listed.split("\0")):
+        if rel.startswith(SANDBOX_ROOT + "/") or not (repo / rel).is_file():
+            continue
+        for o in parse_outs((repo / rel).read_text(encoding="utf-8", errors="replace"), rel):
+            full = (repo / o.path).resolve()
+            if full != root and root not in full.parents:
+                raise EVError(f"{rel} names an output outside the repository: {o.path}",
+                              code=USAGE, hint="fix that .dvc/dvc.lock file; DVC itself "
+                              "rejects such paths")
+            outs.append(o)
+    return outs
+
+
+def _dvc_changed(repo: Path) -> dict[str, str]:
+    """{output path: change} for DVC outputs whose workspace differs from what DVC recorded."""
+    from .proc import dvc_run
+
+    cp = dvc_run(repo, "status", "--json")
+    if cp.returncode != 0:
+        raise EVError(f"dvc status failed: {(cp.stderr or cp.stdout).strip().splitlines()[-1:]}",
+                      hint="run dvc status in the repository and fix what it reports")
+    try:
+        data = json.loads(cp.stdout or "{}")
+    except ValueError:
+        return {}
+    changed: dict[str, str] = {}
+    for stage, items in (data or {}).items():
+        for item in items if isinstance(items, list) else []:
+            if not isinstance(item, dict):
+                continue
+            for kind in ("changed outs", "changed deps"):
+                for p, what in (item.get(kind) or {}).items():
+                    changed[p] = str(what)
+            if "changed checksum" in item:
+                changed[stage] = "changed checksum"
+    return changed
+
+
+def lineage(repo: Path, s=None, *, extra_outputs: list[str] = ()) -> dict:
+    """The lineage every run trained now shares: ev_commit, ev_dirty, ev_data_md5.
+
+    ev_dirty is true when git shows uncommitted changes or DVC shows a tracked input that
+    differs from its .dvc record (the bundle's own outputs excluded: results DB, shards,
+    candidates, production). ev_data_md5 maps every DVC-tracked input to the md5 of the data
+    the run reads: DVC's recorded md5 when unchanged, the file's own md5 when it changed.
+    """
+    from . import settings as settings_mod
+    from .atomic import md5_file
+    from .repo import dirty_paths, head_commit
+
+    s = s or settings_mod.load(repo)
+    own = _bundle_outputs(s, list(extra_outputs))
+    dirty = [p for p in dirty_paths(repo) if not _under(p.strip('"'), own)]
+    outs = [o for o in dvc_outs(repo) if not _under(o.path, own)]
+    changed = _dvc_changed(repo) if outs else {}
+    data: dict[str, str] = {}
+    for o in sorted(outs, key=lambda o: o.path):
+        if o.path in changed and not o.is_dir and (repo / o.path).is_file():
+            data[o.path] = md5_file(repo / o.path)
+        elif o.path in changed:
+            data[o.path] = f"{o.md5} ({changed[o.path]})"
+        else:
+            data[o.path] = o.md5
+    dvc_dirty = sorted(p for p in changed if not _under(p, own)
+                       and not _under(p.removesuffix(".dvc"), own))
+    return {"ev_commit": head_commit(repo), "ev_dirty": bool(dirty or dvc_dirty),
+            "ev_data_md5": json.dumps(data, sort_keys=True),
+            "dirty_paths": dirty + [f"{p} (dvc)" for p in dvc_dirty]}
+
+
+# --- the sandbox --------------------------------------------------------------------------
+
+def _private_names(private: list[str]) -> set[str]:
+    out = set()
+    for p in private:
+        out.add(p)
+        out.update(p + side for side in DB_SIDE)
+    return out
+
+
+def mirror(repo: Path, tree: Path, private: list[str]) -> None:
+    """tree/ = the repository as symlinks, with the private paths (and their parents) real.
+
+    On an existing tree (a reused sandbox) only the missing links are added.
+    """
+    private = [os.path.normpath(p).replace(os.sep, "/") for p in private]
+    names = _private_names(private)
+    parents = _parents(private)
+
+    def walk(src: Path, dst: Path, prefix: str) -> None:
+        dst.mkdir(parents=True, exist_ok=True)
+        have = set(os.listdir(dst))
+        with os.scandir(src) as it:
+            for entry in it:
+                rel = prefix + entry.name
+                if (not prefix and entry.name in _SKIP_TOP) or rel in names:
+                    continue
+                if entry.name in _SKIP_ANY_NAME or entry.name.endswith(_SKIP_ANY_SUFFIX):
+                    continue
+                if rel in parents and entry.is_dir(follow_symlinks=False):
+                    walk(Path(entry.path), dst / entry.name, rel + "/")
+                elif entry.name not in have:
+                    os.symlink(entry.path, dst / entry.name)
+
+    walk(repo, tree, "")
+    for p in private:
+        (tree / p).parent.mkdir(parents=True, exist_ok=True)
+
+
+def clean(result_tree: Path, private: list[str]) -> None:
+    """Empty a reused sandbox: the private outputs and whatever else a run created there."""
+    import shutil
+
+    fake = RunResult(spec=RunSpec(command=[], version="", key="", results_db=private[0],
+                                  model_outputs=private[1:]), workdir=str(result_tree.parent))
+    for rel in [*extras(fake), *sorted(_private_names(private))]:
+        p = result_tree / rel
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif os.path.lexists(p):
+            p.unlink()
+
+
+def _stat(path: Path):
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _proc_start(pid: int) -> float | None:
+    """When the process with this pid started (epoch seconds), from /proc; None if none."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            ticks = int(fh.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+    return _boot_time() + ticks / os.sysconf("SC_CLK_TCK")
+
+
+_BOOT: list[float] = []
+
+
+def _boot_time() -> float:
+    if not _BOOT:
+        with open("/proc/stat", encoding="ascii") as fh:
+            _BOOT.append(next(float(ln.split()[1]) for ln in fh if ln.startswith("btime ")))
+    return _BOOT[0]
+
+
+def alive(state: dict) -> bool:
+    """The run's process still lives: its pid exists and started when the state says (a
+    reused pid started later). The start is read only here, never on the hot path."""
+    pid, started = state.get("pid"), state.get("started")
+    if not pid or started is None:
+        return False
+    start = _proc_start(pid)
+    return start is not None and abs(start - float(started)) < 3.0
+
+
+def read_state(workdir: Path) -> dict:
+    try:
+        return json.loads((Path(workdir) / STATE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_state(workdir: Path, state: dict) -> None:
+    from .atomic import write_text
+
+    # Atomic (never torn) but not fsynced: a state lost to a power cut means a redone run.
+    write_text(Path(workdir) / STATE, json.dumps(state, sort_keys=True, default=str) + "\n",
+               durable=False)
+
+
+def kill_group(state: dict, wait_s: float = 10.0) -> bool:
+    """End a run's whole process group (it runs in its own session). True if it is gone."""
+    pid = state.get("pid")
+    if not alive(state):
+        return True
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return True
+        deadline = time.monotonic() + wait_s / 2
+        while time.monotonic() < deadline:
+            if not alive(state):
+                return True
+            try:  # reap it if it is our own child
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            time.sleep(0.05)
+    return not alive(state)
+
+
+# --- running ------------------------------------------------------------------------------
+
+def last_line(text: str) -> str:
+    lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def tail(path: Path, n: int = 65536) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - n))
+            return fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _tee(pipe, log, stream) -> None:
+    for chunk in iter(lambda: pipe.read1(65536), b""):
+        log.write(chunk)
+        try:
+            stream.write(chunk.decode("utf-8", "replace"))
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    pipe.close()
+
+
+def shell_code(code: int) -> int:
+    """The command's exit code as Python reports it: -N when a signal N ended it (the
+    wrapping sh reports 128+N)."""
+    return -(code - 128) if 128 < code < 128 + 65 else code
+
+
+def read_rc(workdir: Path) -> int | None:
+    """The exit code the wrapper recorded (a run whose parent died), or None."""
+    try:
+        return shell_code(int((Path(workdir) / RC_FILE).read_text().strip()))
+    except (OSError, ValueError):
+        return None
+
+
+def describe_exit(code: int) -> str:
+    if code < 0 or code > 128:
+        num = -code if code < 0 else code - 128
+        try:
+            return f"killed by {signal.Signals(num).name}"
+        except ValueError:
+            return f"killed by signal {num}"
+    return f"exit {code}"
+
+
+def execute(repo: Path, spec: RunSpec, workdir: Path, *, lineage: dict,
+            stream=None, on_start=None, reuse: bool = False) -> RunResult:
+    """Run spec.command in a sandbox under workdir; stamp its rows; find its model files.
+
+    The command's stdout+stderr go to workdir/log; with stream (a text file object such as
+    sys.stderr) also to it, as they come. on_start(state) is called
+    once the process runs (state has pid and start time). reuse=True: workdir may hold the
+    sandbox of an earlier run (of the same outputs), which is emptied and reused: a worker
+    that runs many runs pays for its sandbox once. Never raises for a failed run: check
+    result.ok / result.error.
+    """
+    repo, workdir = Path(repo).resolve(), Path(workdir)
+    tree = workdir / "tree"
+    private = [spec.results_db, *spec.model_outputs]
+    if workdir.exists() and not reuse:
+        raise EVError(f"run directory {workdir} exists already", code=FAILED,
+                      hint="remove it (a run left by a killed process), then re-run")
+    if reuse and tree.is_dir():
+        clean(tree, private)
+        for name in (RC_FILE, LOG_FILE):
+            with contextlib.suppress(FileNotFoundError):
+                (workdir / name).unlink()
+    mirror(repo, tree, private)
+    cwd = (tree / spec.cwd).resolve() if spec.cwd not in ("", ".") else tree
+    if not cwd.is_dir():
+        cwd = tree
+    db = tree / spec.results_db
+    env = dict(os.environ)
+    env.update({"EV_VERSION": spec.version, "EV_RUN_KEY": spec.key,
+                "EV_SHARD_DB": str(db), "EV_RUN_DIR": str(tree), "PWD": str(cwd)})
+    env.pop("EV_PARAMS", None)
+    if spec.export_params:
+        env["EV_PARAMS"] = json.dumps(spec.params, sort_keys=True, default=str)
+    if spec.gpus is not None:
+        env["CUDA_VISIBLE_DEVICES"] = spec.gpus
+    env.update({k: str(v) for k, v in spec.env.items()})
+    env.setdefault("DVC_NO_ANALYTICS", "1")
+    rc_file = workdir / RC_FILE
+    env["EV_RC_FILE"] = str(rc_file)
+    watched = {p: _stat(repo / p) for p in private}
+    result = RunResult(spec=spec, workdir=str(workdir))
+    # sh records the exit code in a file, so a run whose parent was killed can still be
+    # judged; its own session lets a whole run (with its children) be ended at once.
+    wrapped = ["/bin/sh", "-c", '"$@"; rc=$?; echo "$rc" > "$EV_RC_FILE"; exit "$rc"', "sh",
+               *spec.command]
+    log_path = workdir / LOG_FILE
+    t0 = time.monotonic()
+    out = open(log_path, "wb")  # noqa: SIM115
+    tee = None
+    try:
+        try:
+            proc = subprocess.Popen(wrapped, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                    stdout=out if stream is None else subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        except OSError as exc:
+            result.exit_code, result.error = 127, f"cannot start the command: {exc}"
+            return result
+        if stream is not None:
+            tee = threading.Thread(target=_tee, args=(proc.stdout, out, stream), daemon=True)
+            tee.start()
+        state = {"pid": proc.pid, "key": spec.key,
+                 "version": spec.version, "phase": "running", "started": time.time(),
+                 "spec": spec.to_dict(), "lineage": lineage}
+        result.pid = proc.pid
+        write_state(workdir, state)
+        if on_start:
+            on_start(state)
+        try:
+            code = proc.wait()
+        except BaseException:  # interrupted: end the run too, never leave it writing
+            kill_group(state)
+            proc.wait()
+            raise
+    finally:
+        if tee is not None:
+            tee.join(timeout=10)
+        out.close()
+    result.seconds = time.monotonic() - t0
+    result.exit_code = shell_code(code)
+    code = result.exit_code
+    result.log = str(log_path)
+    changed = [p for p in private if _stat(repo / p) != watched[p]]
+    if changed:
+        result.error = (f"the command wrote {changed[0]} in the repository itself, not in its "
+                        f"run directory (an absolute path?); write it relative to the current "
+                        f"directory, or to $EV_SHARD_DB")
+        return result
+    if code != 0:
+        result.rows, result.track_ids = _shard_info(tree / spec.results_db)
+        last = last_line(tail(log_path))
+        result.error = (f"the command failed ({describe_exit(code)})"
+                        + (f": {last}" if last else "") + "; nothing was collected")
+        return result
+    return finish(result, lineage)
+
+
+def finish(result: RunResult, lineage: dict) -> RunResult:
+    """After a good exit: stamp the rows with lineage, find the model files."""
+    spec = result.spec
+    tree = Path(result.workdir) / "tree"
+    db = tree / spec.results_db
+    rows, tids = _shard_info(db)
+    if not rows:
+        result.error = (f"the command exited 0 but logged no run to {spec.results_db} (no "
+                        f"xetrack rows in its run directory); log with xetrack to "
+                        f"{spec.results_db} relative to the current directory, or to "
+                        f"$EV_SHARD_DB")
+        return result
+    try:
+        stamp(db, spec, lineage, result.seconds)
+    except EVError as exc:
+        result.error, result.error_code = exc.line(), exc.code
+        return result
+    result.shard, result.rows, result.track_ids = str(db), rows, tids
+    for p in spec.model_outputs:
+        f = tree / p
+        if f.exists() and not f.is_symlink():
+            result.models[p] = str(f)
+        elif spec.require_models:
+            result.error = (f"the command exited 0 but wrote nothing at --model-output {p}; "
+                            f"check the path it saves its model to")
+            return result
+    if result.models and len(tids) != 1:
+        result.error = (f"the command logged {len(tids)} runs (track_ids) but its model "
+                        f"files can be one run's candidates only; log one run per command")
+    return result
+
+
+def _shard_info(db: Path) -> tuple[int, list[str]]:
+    if not db.is_file():
+        return 0, []
+    try:
+        con = sqlite_connect(db)
+        try:
+            if EVENTS_TABLE not in sqlite_tables(con):
+                return 0, []
+            t = quote_ident(EVENTS_TABLE)
+            rows = con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+            tids = [r[0] for r in con.execute(
+                f"SELECT DISTINCT track_id FROM {t} WHERE track_id IS NOT NULL ORDER BY 1")]
+            return rows, tids
+        finally:
+            con.close()
+    except sqlite3.DatabaseError:
+        return 0, []
+
+
+def lineage_values(spec: RunSpec, lineage: dict, seconds: float | None = None) -> dict:
+    return {"ev_run": spec.key, "ev_command": shlex.join(spec.command),
+            "ev_commit": lineage.get("ev_commit"),
+            "ev_dirty": 1 if lineage.get("ev_dirty") else 0,
+            "ev_data_md5": lineage.get("ev_data_md5") or "{}",
+            "ev_params": json.dumps(spec.params, sort_keys=True, default=str),
+            "ev_gpus": spec.gpus if spec.gpus is not None else "",
+            "ev_seconds": round(seconds, 3) if seconds is not None else None}
+
+
+_TYPES = {"ev_dirty": "INTEGER", "ev_seconds": "REAL"}
+
+
+def stamp(db: Path, spec: RunSpec, lineage: dict, seconds: float | None = None) -> None:
+    """Write the lineage columns (and version) on every row of the run's results DB."""
+    values = lineage_values(spec, lineage, seconds)
+    con = sqlite_connect(db)
+    # One transaction, not fsynced: the file is the run's own until it is renamed into the
+    # shards folder, and a shard that a power cut tore reads as not done (the run is redone).
+    con.isolation_level = None
+    con.execute("PRAGMA synchronous=OFF")
+    try:
+        t = quote_ident(EVENTS_TABLE)
+        cols = {c[0] for c in sqlite_columns(con, EVENTS_TABLE)}
+        if "version" in cols:
+            other = [r[0] for r in con.execute(
+                f"SELECT DISTINCT version FROM {t} WHERE version IS NOT NULL "
+                f"AND CAST(version AS TEXT) != ?", [spec.version])]
+            if other:
+                raise EVError(f"the command logged version {other[0]!r} but the run is "
+                              f"--version {spec.version}", code=USAGE,
+                              hint="pass the same version to both, or let the bundle set it")
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            for name in [*values, "version"]:
+                if name not in cols:
+                    con.execute(f"ALTER TABLE {t} ADD COLUMN {quote_ident(name)} "
+                                f"{_TYPES.get(name, 'TEXT')}")
+            sets = ", ".join(f"{quote_ident(k)} = ?" for k in values)
+            con.execute(f"UPDATE {t} SET {sets}, version = ?", [*values.values(), spec.version])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+    finally:
+        con.close()
+
+
+# --- collecting ---------------------------------------------------------------------------
+
+def candidate_names(result: RunResult) -> dict[str, str]:
+    """{output path: candidate file name} for the run's model files."""
+    spec = result.spec
+    if not result.models:
+        return {}
+    tid = result.track_ids[0]
+    many = len(spec.model_outputs) > 1
+    out = {}
+    for p in result.models:
+        name = os.path.basename(p.rstrip("/"))
+        stem, dot, ext = name.partition(".")
+        suffix = (f".{stem}" if many else "") + (f".{ext}" if dot else "")
+        out[p] = f"{spec.version}--{tid}{suffix}"
+    return out
+
+
+def collect_models(result: RunResult, candidates_dir: Path, names: dict | None = None
+                   ) -> dict[str, str]:
+    """Move the run's model files into candidates_dir (idempotent). {output: candidate}."""
+    import filecmp
+
+    names = names or candidate_names(result)
+    candidates_dir.mkdir(parents=True, exist_ok=True)
+    done = {}
+    for p, name in names.items():
+        src, dest = Path(result.models[p]), candidates_dir / name
+        if src.exists():
+            if dest.exists():
+                same = src.is_file() and dest.is_file() and filecmp.cmp(src, dest, False)
+                if not same:
+                    raise EVError(f"candidate {dest} exists already with other content",
+                                  code=FAILED, hint="move it aside, then re-run")
+            else:
+                try:
+                    os.replace(src, dest)  # same file system: a rename, no copy
+                except OSError:
+                    import shutil
+                    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+                    (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp)
+                    os.replace(tmp, dest)
+        elif not dest.exists():
+            raise EVError(f"model file {src} is gone and {dest} does not exist", code=FAILED)
+        done[p] = str(dest)
+    return done
+
+
+def _parents(private: list[str]) -> set[str]:
+    private = [os.path.normpath(p).replace(os.sep, "/") for p in private]
+    return {"/".join(p.split("/")[:i]) for p in private for i in range(1, p.count("/") + 1)}
+
+
+def extras(result: RunResult) -> list[str]:
+    """Paths the command created in its sandbox besides its declared outputs (repo-relative):
+    files written into a folder that is private to the run (e.g. a plot beside the model)."""
+    spec = result.spec
+    tree = Path(result.workdir) / "tree"
+    private = [spec.results_db, *spec.model_outputs]
+    names, parents = _private_names(private), _parents(private)
+    found: list[str] = []
+
+    def walk(d: Path, prefix: str) -> None:
+        with os.scandir(d) as it:
+            for e in it:
+                rel = prefix + e.name
+                if e.is_symlink() or rel in names or e.name == "__pycache__":
+                    continue
+                if e.is_dir(follow_symlinks=False) and (rel in parents or not prefix and
+                                                        rel == "."):
+                    walk(Path(e.path), rel + "/")
+                else:
+                    found.append(rel)
+
+    if tree.is_dir():
+        walk(tree, "")
+    return sorted(found)
+
+
+_EXTRAS_LOCK = threading.Lock()
+
+
+def collect_extras(result: RunResult, repo: Path, spill: Path | None) -> dict:
+    """Move the run's extra files into the repository where nothing is there yet (folders
+    are merged); the others (another run wrote the same path) go under spill/."""
+    moved, kept = [], []
+    tree = Path(result.workdir) / "tree"
+
+    def put(src: Path, rel: str) -> None:
+        dest = Path(repo) / rel
+        if src.is_dir() and not src.is_symlink() and dest.is_dir() and not dest.is_symlink():
+            for child in sorted(os.listdir(src)):
+                put(src / child, f"{rel}/{child}")
+        elif not os.path.lexists(dest):
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dest)
+            moved.append(rel)
+        elif spill is not None:
+            (spill / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, spill / rel)
+            kept.append(str(spill / rel))
+
+    with _EXTRAS_LOCK:
+        for rel in extras(result):
+            put(tree / rel, rel)
+    return {"moved": moved, "kept": kept}
+
+
+def remove_workdir(workdir: Path) -> None:
+    import shutil
+
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def ensure_ignored(repo: Path) -> None:
+    """Make <repo>/.ev/ ignored by git (info/exclude: nothing tracked changes)."""
+    from .proc import git, git_ok
+
+    if git_ok(repo, "check-ignore", "-q", f"{SANDBOX_ROOT}/x"):
+        return
+    common = Path(git(repo, "rev-parse", "--git-common-dir"))
+    if not common.is_absolute():
+        common = repo / common
+    exclude = common / "info" / "exclude"
+    exclude.parent.mkdir(parents=True, exist_ok=True)
+    with open(exclude, "a", encoding="utf-8") as fh:
+        fh.write(f"\n/{SANDBOX_ROOT}/\n")

@@ -1,0 +1,188 @@
+"""run.py: any training command, unchanged, lands right (rows once, lineage, candidates)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from conftest import run_script, sh
+from run_support import TRAIN_PY, cache_objects_ok, make_project, rows, sha
+
+
+@pytest.fixture(scope="module")
+def proj(tmp_path_factory):
+    base = tmp_path_factory.mktemp("run")
+    return make_project(base / "proj", base / "remote")
+
+
+def run_py(proj, *args, cwd=None):
+    return run_script("run.py", "--json", *args, cwd=cwd or proj)
+
+
+def test_sequential_runs_land_once_with_lineage(proj):
+    head = sh(["git", "rev-parse", "HEAD"], cwd=proj).stdout.strip()
+    data_md5 = json.loads(Path(proj / "data/train.csv.dvc").read_text().split("md5: ")[1]
+                          .split()[0].join('""'))
+    out = []
+    for lr in ("0.05", "0.1"):
+        cp = run_py(proj, "--version", "e0.1.0", "--", "python", "train.py",
+                    "--version", "e0.1.0", "--lr", lr)
+        assert cp.returncode == 0, cp.stderr
+        out.append(json.loads(cp.stdout))
+    db = proj / "results/experiments.db"
+    got = rows(db, 'SELECT * FROM "default" ORDER BY learning_rate')
+    assert [r["track_id"] for r in got] == [o["track_id"] for o in out]
+    assert [r["f1_score"] for r in got] == [0.95, 1.0]
+    for r, o, lr in zip(got, out, ("0.05", "0.1"), strict=True):
+        assert r["ev_run"] == o["run_key"] and r["version"] == "e0.1.0"
+        assert r["ev_commit"] == head == r["git_commit"]  # the script's own column too
+        assert r["ev_dirty"] == 0
+        assert json.loads(r["ev_data_md5"]) == {"data/train.csv": data_md5}
+        assert json.loads(r["ev_params"]) == {"version": "e0.1.0", "lr": lr}
+        assert r["ev_command"] == f"python train.py --version e0.1.0 --lr {lr}"
+        assert r["ev_gpus"] == "" and r["ev_seconds"] > 0
+        cand = proj / o["candidates"]["models/production/model.bin"]
+        assert cand.name == f"e0.1.0--{o['track_id']}.bin"
+        assert cand.read_bytes() == f"weights lr={float(lr)}\n".encode()
+    assert not (proj / "models/production/model.bin").exists()  # training never writes it
+    assert (proj / "train.py").read_text() == TRAIN_PY
+    assert not list((proj / ".ev/runs").iterdir())
+    assert sh(["git", "status", "--porcelain", ".ev"], cwd=proj).stdout == ""
+    assert cache_objects_ok(proj) >= 1
+
+
+def test_promote_a_run_py_candidate(proj):
+    cp = run_py(proj, "--version", "e0.2.0", "--", "python", "train.py", "--version", "e0.2.0",
+                "--lr", "0.2")
+    assert cp.returncode == 0, cp.stderr
+    tid = json.loads(cp.stdout)["track_id"]
+    cp = run_script("model_manager.py", "promote", "--version", "e0.2.0", "--run-id", tid,
+                    cwd=proj)
+    assert cp.returncode == 0, cp.stderr
+    assert (proj / "models/production/model.bin").read_bytes() == b"weights lr=0.2\n"
+    # a later run still never writes production
+    before = sha(proj / "models/production/model.bin")
+    cp = run_py(proj, "--version", "e0.2.0", "--", "python", "train.py", "--version", "e0.2.0")
+    assert cp.returncode == 0, cp.stderr
+    assert sha(proj / "models/production/model.bin") == before
+    assert (proj / "train.py").read_text() == TRAIN_PY
+    assert cache_objects_ok(proj) >= 2
+
+
+def test_failures_say_so_and_collect_nothing(proj):
+    db = proj / "results/experiments.db"
+    n = len(rows(db)) if db.exists() else 0
+    cp = run_py(proj, "--version", "e0.3.0", "--", "python", "train.py", "--version", "e0.3.0",
+                "--fail")
+    assert cp.returncode == 1
+    err = cp.stderr.strip().splitlines()[-1]
+    assert err.startswith("run.py: error: the command failed (exit 1): training diverged: "
+                          "loss is nan; nothing was collected; its output: .ev/logs/e0.3.0--")
+    log = proj / err.rsplit("its output: ", 1)[1]
+    assert "training diverged" in log.read_text()
+    assert json.loads(cp.stdout)["status"] == "error"
+    cp = run_py(proj, "--version", "e0.3.0", "--", "python", "-c", "print('no tracker')")
+    assert cp.returncode == 1
+    assert "the command exited 0 but logged no run to results/experiments.db" in cp.stderr
+    cp = run_py(proj, "--version", "e0.3.1", "--", "python", "train.py", "--version", "e0.3.0")
+    assert cp.returncode == 2
+    assert "the command logged version 'e0.3.0' but the run is --version e0.3.1" in cp.stderr
+    cp = run_py(proj, "--version", "e0.3.0", "--model-output", "models/other.pt", "--",
+                "python", "train.py", "--version", "e0.3.0")
+    assert cp.returncode == 1
+    assert "wrote nothing at --model-output models/other.pt" in cp.stderr
+    assert len(rows(db)) == n if db.exists() else True
+    assert not list((proj / ".ev/runs").iterdir())
+
+
+def test_dry_run_writes_nothing(proj):
+    before = sorted(str(p) for p in proj.rglob("*") if ".git/" not in str(p))
+    cp = run_py(proj, "--dry-run", "--version", "e0.4.0", "--", "python", "train.py",
+                "--version", "e0.4.0")
+    assert cp.returncode == 0, cp.stderr
+    r = json.loads(cp.stdout)
+    assert r["dry_run"] is True and r["private"] == ["results/experiments.db",
+                                                     "models/production/model.bin"]
+    assert sorted(str(p) for p in proj.rglob("*") if ".git/" not in str(p)) == before
+
+
+def test_dirty_data_is_recorded_with_the_md5_of_what_was_read(tmp_path):
+    proj = make_project(tmp_path / "p", tmp_path / "r")
+    (proj / "data/train.csv").unlink()  # a new file (the cache object stays intact)
+    (proj / "data/train.csv").write_text("x,y\n9,9\n")
+    cp = run_py(proj, "--version", "e1.0.0", "--", "python", "train.py", "--version", "e1.0.0")
+    assert cp.returncode == 0, cp.stderr
+    r = rows(proj / "results/experiments.db")[0]
+    assert r["ev_dirty"] == 1 and r["n_rows"] == 2
+    import hashlib
+    assert json.loads(r["ev_data_md5"]) == {
+        "data/train.csv": hashlib.md5(b"x,y\n9,9\n").hexdigest()}  # noqa: S324
+
+
+def test_killed_while_collecting_is_completed_by_the_next_run(tmp_path, monkeypatch):
+    from _evlib import merge, settings, training
+
+    proj = make_project(tmp_path / "p", tmp_path / "r")
+    s = settings.load(proj)
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt  # stands for a SIGKILL between the two collection steps
+
+    monkeypatch.setattr(merge, "merge_dbs", boom)
+    monkeypatch.chdir(proj)
+    with pytest.raises(KeyboardInterrupt):
+        training.run(proj, s, ["python", "train.py", "--version", "e0.1.0"], version="e0.1.0",
+                     db_rel=s.results_db, model_outputs=[s.production_model],
+                     require_models=False)
+    monkeypatch.undo()
+    left = list((proj / ".ev/runs").iterdir())
+    assert len(left) == 1 and not (proj / "results/experiments.db").exists()
+    assert len(list((proj / "models/candidates").iterdir())) == 1  # moved before the kill
+    cp = run_py(proj, "--version", "e0.1.1", "--", "python", "train.py", "--version", "e0.1.1")
+    assert cp.returncode == 0, cp.stderr
+    r = json.loads(cp.stdout)
+    assert [x["action"] for x in r["recovered"]] == ["completed"]
+    got = rows(proj / "results/experiments.db", 'SELECT version FROM "default" ORDER BY 1')
+    assert got == [{"version": "e0.1.0"}, {"version": "e0.1.1"}]
+    assert len(list((proj / "models/candidates").iterdir())) == 2
+    assert not list((proj / ".ev/runs").iterdir())
+    con = sqlite3.connect(proj / "results/experiments.db")
+    assert con.execute('SELECT count(DISTINCT track_id) FROM "default"').fetchone()[0] == 2
+    con.close()
+
+
+def test_worktree_experiment_with_run_py_then_promote_in_main(tmp_path):
+    proj = make_project(tmp_path / "proj", tmp_path / "remote")
+    cp = run_script("worktree.py", "create", "lr", cwd=proj)
+    assert cp.returncode == 0, cp.stderr
+    wt = tmp_path / "exp-lr"
+    cp = run_py(wt, "--version", "exp-lr", "--", "python", "train.py", "--version", "exp-lr",
+                "--lr", "0.11")
+    assert cp.returncode == 0, cp.stderr
+    out = json.loads(cp.stdout)
+    head = sh(["git", "rev-parse", "HEAD"], cwd=wt).stdout.strip()
+    (r,) = rows(wt / "results/experiments.db")
+    assert (r["ev_commit"], r["ev_dirty"], r["version"]) == (head, 0, "exp-lr")
+    cand = wt / out["candidates"]["models/production/model.bin"]
+    assert cand.read_bytes() == b"weights lr=0.11\n"
+    sh("dvc add -q results/experiments.db models/candidates", cwd=wt)
+    assert run_script("worktree.py", "privatize", cwd=wt).returncode == 0
+    sh("git add -A && git commit -qm 'exp: lr 0.11'", cwd=wt)
+    assert sh(["git", "status", "--porcelain"], cwd=wt).stdout == ""
+    cp = run_script("merge_artifacts.py", "--strategy", "merge", "--base-db",
+                    "results/experiments.db", "--exp-db", wt / "results/experiments.db",
+                    "--new-base", cwd=proj)
+    assert cp.returncode == 0, cp.stderr
+    mm = ["model_manager.py"]
+    cp = run_script(*mm, "add-candidate", "--run-id", out["track_id"], "--model", cand,
+                    cwd=proj)
+    assert cp.returncode == 0, cp.stderr
+    cp = run_script(*mm, "promote", "--version", "exp-lr", "--run-id", out["track_id"],
+                    cwd=proj)
+    assert cp.returncode == 0, cp.stderr
+    assert (proj / "models/production/model.bin").read_bytes() == b"weights lr=0.11\n"
+    for d in (proj, wt):
+        assert (d / "train.py").read_text() == TRAIN_PY
+    assert cache_objects_ok(proj) >= 3
