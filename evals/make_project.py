@@ -162,13 +162,36 @@ def version_done(proj: Path, version: str, run: str, description: str) -> None:
     sh(proj, "dvc", "push", "-q", "-T")
 
 
+def done_runs(shards: Path) -> list[str]:
+    """track_ids of the runs a sweep's ledger calls done (sweep.jsonl: one JSON object per
+    line, a run's latest fields win; the older sweep.json: one object)."""
+    runs: dict[str, dict] = {}
+    try:
+        runs = dict(json.loads((shards / "sweep.json").read_text())["runs"])
+    except (OSError, ValueError, KeyError):
+        pass
+    try:
+        lines = (shards / "sweep.jsonl").read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a line torn by the kill
+        if isinstance(rec, dict) and isinstance(rec.get("key"), str):
+            runs.setdefault(rec["key"], {}).update(rec)
+    return [r["track_id"] for r in runs.values() if r.get("status") == "done"
+            and r.get("track_id")]
+
+
 def crashed_sweep(proj: Path, version: str, done_before_kill: int = 2) -> list[str]:
     """Start sweep.py with one worker, SIGKILL its whole process group once `done_before_kill`
     runs are done (as a machine that reboots would); return the track_ids of the done runs."""
     (proj / "grid.yaml").write_text("lr: [" + ", ".join(map(str, SWEEP_GRID)) + "]\n")
     sh(proj, "git", "add", "grid.yaml")
     sh(proj, "git", "commit", "-q", "-m", "grid for the learning-rate sweep")
-    ledger = proj / "results" / "shards" / version / "sweep.json"
+    ledger = proj / "results" / "shards" / version / "sweep.jsonl"
     cmd = [PY, str(SCRIPTS / "sweep.py"), "--version", version, "--grid", "grid.yaml",
            "--workers", "1", "--metric", "f1_score", "--", PY, "train.py", "--version", version]
     proc = subprocess.Popen(cmd, cwd=proj, env=env(), stdout=subprocess.DEVNULL,
@@ -177,11 +200,7 @@ def crashed_sweep(proj: Path, version: str, done_before_kill: int = 2) -> list[s
     try:
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:
-            try:
-                runs = json.loads(ledger.read_text())["runs"].values()
-            except (OSError, ValueError, KeyError):
-                runs = []
-            done = [r["track_id"] for r in runs if r.get("status") == "done"]
+            done = done_runs(ledger.parent)
             if len(done) >= done_before_kill:
                 os.killpg(proc.pid, signal.SIGKILL)
                 break
@@ -347,7 +366,7 @@ def copy_workspace(src: Path, dest: Path) -> Path:
     src, dest = src.resolve(), dest.resolve()
     shutil.copytree(src, dest, symlinks=True)
     proj = dest / "project"
-    for path in [proj / ".git" / START, *(proj / "results" / "shards").glob("*/sweep.json")]:
+    for path in [proj / ".git" / START, *(proj / "results" / "shards").glob("*/sweep.json*")]:
         if path.exists():
             path.write_text(path.read_text().replace(str(src), str(dest)))
     # The tracked .dvc/config keeps its committed URL; the copy's own remote goes into the
