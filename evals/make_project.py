@@ -193,7 +193,8 @@ def crashed_sweep(proj: Path, version: str, done_before_kill: int = 2) -> list[s
     sh(proj, "git", "commit", "-q", "-m", "grid for the learning-rate sweep")
     ledger = proj / "results" / "shards" / version / "sweep.jsonl"
     cmd = [PY, str(SCRIPTS / "sweep.py"), "--version", version, "--grid", "grid.yaml",
-           "--workers", "1", "--metric", "f1_score", "--", PY, "train.py", "--version", version]
+           "--workers", "1", "--metric", "f1_score", "--", "python", "train.py", "--version", version,
+           "--lr", "{lr}"]
     proc = subprocess.Popen(cmd, cwd=proj, env=env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     done: list[str] = []
