@@ -300,13 +300,16 @@ def _prod_matches(p: Project, runs: dict, tids: list[str]) -> tuple[bool, str]:
     return False, f"{PROD} sha256 {sha[:12]} matches none of: " + "; ".join(evid)
 
 
-def production_is_best(where: str = "") -> Check:
+def production_is_best(where: str = "", version: str | None = None) -> Check:
+    """Production is the best run's candidate (and, given `version`, that run is of it)."""
     def fn(p: Project):
         runs = p.runs()
         tids, top = best_run(runs)
         if not tids:
             return False, f"no run with {METRIC} in {DB}"
         ok, ev = _prod_matches(p, runs, tids)
+        if version and not any(runs[t].get("version") == version for t in tids):
+            ok, ev = False, f"the best run is not of {version}; " + ev
         return ok, f"best {METRIC}={top} ({', '.join(tids)}); {ev}"
     return ("production-best", "Production (models/production/model.bin) is byte for byte the "
                                f"candidate model of the run with the best {METRIC}{where}", fn)
@@ -764,7 +767,7 @@ TASKS: dict[str, list[Check]] = {
     ],
     "worktree-experiment": [
         exp_run_merged("exp-poly", "features", "poly2"), start_runs_kept(),
-        production_is_best(" (the experiment's, which beats production)"),
+        production_is_best(" (the experiment's run, which beats production)", "exp-poly"),
         ledger_appended(1, "promote", best_ids), exp_tag("poly"), main_tag_with("exp-poly"),
         worktree_gone("poly"), file_unchanged("train.py"), workspace_matches(),
         remote_complete(), cache_intact(), tree_clean(),

@@ -259,6 +259,8 @@ def build_rollback(ws: Path) -> dict:
     sh(proj, "dvc", "unprotect", "results/experiments.db")
     run = train(proj, "e0.2.0", "--lr", "2.0")
     version_done(proj, "e0.2.0", run, "lr=2.0")
+    # as a fresh `dvc pull` with this cache type leaves it: tracked files are cache links
+    sh(proj, "dvc", "checkout", "-q", "--relink")
     return {}
 
 
@@ -373,6 +375,9 @@ def copy_workspace(src: Path, dest: Path) -> Path:
     # The tracked .dvc/config keeps its committed URL; the copy's own remote goes into the
     # untracked config.local, which overrides it (and worktree.py copies it into worktrees).
     sh(proj, "dvc", "remote", "modify", "--local", "storage", "url", str(dest / "dvc-store"))
+    if "cache.type" in (proj / ".dvc" / "config").read_text().replace("[cache]\n    type",
+                                                                      "cache.type"):
+        sh(proj, "dvc", "checkout", "-q", "--relink")  # copying broke the links: remake them
     return proj
 
 

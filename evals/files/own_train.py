@@ -24,7 +24,7 @@ cols = [c for c in train.columns if c.startswith('x')]
 x = np.hstack([train[cols].to_numpy(), np.ones((len(train), 1))])
 y = train['label'].to_numpy()
 w = np.zeros(x.shape[1])
-for epoch in range(args.epochs):
+for _ in range(args.epochs):
     p = 1 / (1 + np.exp(-x @ w))
     w -= args.lr * x.T @ (p - y) / len(y)
 train_loss = float(-np.mean(y * np.log(p + 1e-9) + (1 - y) * np.log(1 - p + 1e-9)))
