@@ -38,6 +38,7 @@ PROD = "models/production/model.bin"
 LEDGER = "models/production/ledger.jsonl"
 CANDIDATES = "models/candidates"
 METRIC = "f1_score"
+MD5_RE = re.compile(r"[0-9a-f]{32}(\.dir)?")
 
 
 class Usage(Exception):
@@ -66,9 +67,11 @@ def parse_dvc(text: str) -> list[dict]:
     import yaml
 
     try:
-        return [o for o in (yaml.safe_load(text) or {}).get("outs") or [] if o.get("md5")]
-    except yaml.YAMLError:
+        outs = (yaml.safe_load(text) or {}).get("outs") or []
+    except (yaml.YAMLError, AttributeError):
         return []
+    # only well-formed hashes: an md5 becomes a path under the cache or the remote
+    return [o for o in outs if isinstance(o, dict) and MD5_RE.fullmatch(str(o.get("md5")))]
 
 
 def read_db(path: Path) -> dict[str, dict]:
@@ -437,7 +440,8 @@ def remote_complete() -> Check:
                         continue
                     if md5.endswith(".dir"):
                         try:
-                            todo += [e["md5"] for e in json.loads(f.read_text())]
+                            todo += [e["md5"] for e in json.loads(f.read_text())
+                                     if MD5_RE.fullmatch(str(e.get("md5")))]
                         except (ValueError, KeyError, TypeError):
                             bad.append(f"{md5}: not a directory listing")
         if not (p.remote_dir().parent.parent).is_dir():
@@ -474,7 +478,10 @@ def workspace_matches() -> Check:
     def fn(p: Project):
         bad, n = [], 0
         for rel, o in p.dvc_outs("HEAD"):
-            target = p.path / Path(rel).parent / o.get("path", "")
+            target = (p.path / Path(rel).parent / str(o.get("path", ""))).resolve()
+            if not target.is_relative_to(p.path):
+                bad.append(f"{rel} names a path outside the project: {o.get('path')!r}")
+                continue
             n += 1
             md5 = o["md5"]
             if md5.endswith(".dir"):
@@ -482,7 +489,8 @@ def workspace_matches() -> Check:
                 if not target.is_dir() or not listing.is_file():
                     bad.append(f"{target.relative_to(p.path)} missing")
                     continue
-                want = {e["relpath"]: e["md5"] for e in json.loads(listing.read_text())}
+                want = {e["relpath"]: e["md5"] for e in json.loads(listing.read_text())
+                        if MD5_RE.fullmatch(str(e.get("md5")))}
                 have = {str(f.relative_to(target)): p.md5_of(f) for f in target.rglob("*")
                         if f.is_file()}
                 if want != have:
