@@ -23,7 +23,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _evlib import cli  # noqa: E402
-from _evlib.errors import USAGE, EVError  # noqa: E402
+from _evlib.errors import REFUSED, USAGE, EVError  # noqa: E402
 from _evlib.repo import find_repo  # noqa: E402
 
 PROG = "run.py"
@@ -32,7 +32,12 @@ PROG = "run.py"
 def build():
     p = cli.parser(PROG, __doc__,
                    "python scripts/run.py --json --version e0.1.0 -- python train.py "
-                   "--version e0.1.0 --lr 0.01", dry_run=True)
+                   "--version e0.1.0 --lr 0.01", dry_run=True, codes=(REFUSED,), code_notes={
+                       1: "the command failed or logged no run (nothing collected; its output "
+                          "is in .ev/logs/), or collecting failed",
+                       2: "usage error, or the command logged another version than --version",
+                       REFUSED: "refused: another merge into the results DB held its lock "
+                                "too long; re-run"})
     p.add_argument("--version", required=True, help="experiment version, e.g. e0.1.0")
     p.add_argument("--model-output", action="append", metavar="PATH", default=None,
                    help="a file (or folder) the command writes its model to; repeatable "

@@ -134,3 +134,14 @@ def test_the_outside_check_sees_a_write_beside_the_project(tmp_path):
     finally:
         stray.rmdir()
     _check_outside(before, tmp_path, "x.md:1")
+
+
+@pytest.mark.parametrize("script", ["run.py", "sweep.py", "init_project.py", "tag_suggest.py"])
+def test_help_exit_codes_name_only_flags_the_script_has(script):
+    from conftest import run_script
+
+    out = run_script(script, "--help").stdout
+    body, codes = out.split("exit codes:")
+    named = set(re.findall(r"--[a-z][a-z-]*", codes))
+    assert named <= set(re.findall(r"--[a-z][a-z-]*", body)), named
+    assert re.findall(r"^  (\d) ", codes, re.M)[:3] == ["0", "1", "2"]

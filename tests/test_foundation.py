@@ -82,6 +82,7 @@ def _minimal_args(script: str) -> list[str]:
         "tag_suggest.py": [],
         "experiments.py": ["list"],
         "sweep.py": ["--version", "e0.1.0", "--grid", "g.yaml", "--", "true"],
+        "run.py": ["--version", "e0.1.0", "--", "true"],
         "worktree.py": ["list"],
     }.get(script, [])
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -119,6 +121,21 @@ def test_dirty_data_is_recorded_with_the_md5_of_what_was_read(tmp_path):
     import hashlib
     assert json.loads(r["ev_data_md5"]) == {
         "data/train.csv": hashlib.md5(b"x,y\n9,9\n").hexdigest()}  # noqa: S324
+    # clean again, then a DVC-tracked folder changed (this one DVC itself is asked about)
+    sh("dvc add -q data/train.csv && mkdir feats && echo 1 > feats/a.txt && dvc add -q feats "
+       "&& git add -A && git commit -qm 'feats'", cwd=proj)
+    cp = run_py(proj, "--version", "e1.0.1", "--", "python", "train.py", "--version", "e1.0.1")
+    assert cp.returncode == 0, cp.stderr
+    assert rows(proj / "results/experiments.db", 'SELECT ev_dirty FROM "default" WHERE '
+                "version = 'e1.0.1'") == [{"ev_dirty": 0}]
+    (proj / "feats/a.txt").unlink()
+    (proj / "feats/a.txt").write_text("2\n")
+    cp = run_py(proj, "--version", "e1.0.2", "--", "python", "train.py", "--version", "e1.0.2")
+    assert cp.returncode == 0, cp.stderr
+    (r,) = rows(proj / "results/experiments.db", 'SELECT * FROM "default" WHERE '
+                "version = 'e1.0.2'")
+    assert r["ev_dirty"] == 1
+    assert json.loads(r["ev_data_md5"])["feats"].endswith(" (modified)")
 
 
 def test_killed_while_collecting_is_completed_by_the_next_run(tmp_path, monkeypatch):
@@ -139,6 +156,11 @@ def test_killed_while_collecting_is_completed_by_the_next_run(tmp_path, monkeypa
     monkeypatch.undo()
     left = list((proj / ".ev/runs").iterdir())
     assert len(left) == 1 and not (proj / "results/experiments.db").exists()
+    state = json.loads((left[0] / "state.json").read_text())
+    assert state["owner_pid"] == os.getpid()  # alive: another run.py would leave it alone
+    dead = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True)
+    state["owner_pid"] = int(dead.stdout)  # its run.py is gone now (as if SIGKILLed)
+    (left[0] / "state.json").write_text(json.dumps(state))
     assert len(list((proj / "models/candidates").iterdir())) == 1  # moved before the kill
     cp = run_py(proj, "--version", "e0.1.1", "--", "python", "train.py", "--version", "e0.1.1")
     assert cp.returncode == 0, cp.stderr
@@ -186,3 +208,18 @@ def test_worktree_experiment_with_run_py_then_promote_in_main(tmp_path):
     for d in (proj, wt):
         assert (d / "train.py").read_text() == TRAIN_PY
     assert cache_objects_ok(proj) >= 3
+
+
+def test_production_stays_private_when_the_model_output_is_elsewhere(proj):
+    prod = proj / "models/production/model.bin"
+    before = sha(prod) if prod.exists() else None
+    cp = run_py(proj, "--version", "e0.5.0", "--model-output", "model.pt", "--", "bash", "-c",
+                "python train.py --version e0.5.0 --lr 0.3 && "
+                "cp models/production/model.bin model.pt")
+    assert cp.returncode == 0, cp.stderr
+    out = json.loads(cp.stdout)
+    cand = proj / out["candidates"]["model.pt"]
+    assert cand.name == f"e0.5.0--{out['track_id']}.pt"
+    assert cand.read_bytes() == b"weights lr=0.3\n"
+    assert (sha(prod) if prod.exists() else None) == before
+    assert not (proj / "model.pt").exists()

@@ -147,8 +147,15 @@ def run_command_sweep(repo: Path, command: list[str], runs: list[dict], *, versi
                       metric_mode: str = "max", model_outputs: list[str] | None = None,
                       require_models: bool = False, gpus: list[str] | None = None,
                       kill_stale: bool = False, settings=None,
-                      on_progress: Callable[[str], None] | None = None) -> dict:
-    """Run `command` once per run (see the module doc); merge; rank. Returns the report."""
+                      on_progress: Callable[[str], None] | None = None,
+                      executor=None) -> dict:
+    """Run `command` once per run (see the module doc); merge; rank. Returns the report.
+
+    executor: None runs each run here (runner.execute, one reused sandbox per worker); an
+    object with execute(repo, spec, workdir, lineage=...) like runner.execute's
+    (dask_exec.DaskExecutor) runs them elsewhere and lands their files here; the rest
+    (candidates, ledger, merge, ranking) is the same code.
+    """
     from . import settings as settings_mod
 
     s = settings or settings_mod.load(repo)
@@ -157,6 +164,9 @@ def run_command_sweep(repo: Path, command: list[str], runs: list[dict], *, versi
     workers = 1 if workers is None else workers
     if workers < 1:
         raise EVError("--workers must be at least 1", code=USAGE)
+    if executor is not None and gpus is not None:
+        raise EVError("--gpus names this machine's GPUs; on a Dask cluster use "
+                      "--gpus-per-run N", code=USAGE, hint="start workers with --resources GPU=k")
     if gpus is not None and workers > len(gpus):
         raise EVError(f"--workers {workers} is more than the {len(gpus)} GPUs given: two runs "
                       f"would share a GPU", code=USAGE,
@@ -176,6 +186,8 @@ def run_command_sweep(repo: Path, command: list[str], runs: list[dict], *, versi
         ledger = Ledger(directory, version)  # reads only
         items = plan(runs, directory, keys_in_db(db, version), ledger)
         live = stale_runs(repo, version)
+        if executor is not None and any(not it["done"] for it in items):
+            executor.preflight(runner.lineage(repo, s, extra_outputs=outs))
         return {"version": version, "db": str(db), "shards": str(directory), "dry_run": True,
                 "command": command, "stale": [st["pid"] for st in live],
                 "runs": [{"key": it["key"], "params": it["params"], "shard": it["shard"],
@@ -190,7 +202,7 @@ def run_command_sweep(repo: Path, command: list[str], runs: list[dict], *, versi
                           workers=workers, append_args=append_args, metric=metric,
                           metric_mode=metric_mode, outs=outs, require=require, gpus=gpus,
                           kill_stale=kill_stale, ledger=ledger, directory=directory,
-                          on_progress=on_progress)
+                          on_progress=on_progress, executor=executor)
         finally:
             ledger.save()
             ledger.close()
@@ -216,7 +228,8 @@ def _handle_stale(repo: Path, version: str, kill_stale: bool, on_progress) -> li
 
 
 def _sweep(repo, s, command, runs, *, version, db, db_rel, workers, append_args, metric,
-           metric_mode, outs, require, gpus, kill_stale, ledger, directory, on_progress):
+           metric_mode, outs, require, gpus, kill_stale, ledger, directory, on_progress,
+           executor=None):
     runner.ensure_ignored(repo)
     killed = _handle_stale(repo, version, kill_stale, on_progress)
     base = sandboxes(repo, version)
@@ -242,6 +255,10 @@ def _sweep(repo, s, command, runs, *, version, db, db_rel, workers, append_args,
     todo = [it for it in items if not it["done"]]
     if todo:
         lin = runner.lineage(repo, s, extra_outputs=outs)
+        if executor is not None:  # refusals first (nothing submitted), then the cluster
+            executor.preflight(lin)
+            executor.connect()
+            workers = executor.concurrency
     total = len(todo)
     counter = itertools.count(1)
     # One sandbox per worker slot, reused run after run (a sandbox costs file-system
@@ -254,20 +271,31 @@ def _sweep(repo, s, command, runs, *, version, db, db_rel, workers, append_args,
     def job(it):
         slot = slots.get()
         gpu = gpus[slot] if gpus else None
-        wd = base / f"w{slot}"
         try:
             spec = runner.RunSpec(command=fill(command, it["params"], append_args),
                                   version=version, key=it["key"], params=it["params"],
                                   results_db=db_rel, model_outputs=outs,
-                                  require_models=require, gpus=gpu)
-            res = runner.execute(repo, spec, wd, lineage=lin, reuse=True)
-            _after(it, res, wd, gpu)
+                                  require_models=require, gpus=gpu,
+                                  protect=[] if s.production_model in outs
+                                  else [s.production_model])
+            if executor is None:
+                wd = base / f"w{slot}"
+                res = runner.execute(repo, spec, wd, lineage=lin, reuse=True,
+                                     log=directory / f"run-{it['key']}.log")
+                _after(it, res, wd, gpu)
+            else:  # a fresh directory per run: the executor lands its files there
+                wd = base / it["key"]
+                if wd.exists():
+                    runner.remove_workdir(wd)
+                res = executor.execute(repo, spec, wd, lineage=lin)
+                _after(it, res, wd, gpu)
+                runner.remove_workdir(wd)
         finally:
             slots.put(slot)
 
     def _after(it, res, wd, gpu):
         log = directory / f"run-{it['key']}.log"
-        if res.log and Path(res.log).exists():
+        if res.log and Path(res.log) != log and Path(res.log).exists():
             os.replace(res.log, log)
         if res.ok:
             it["candidates"] = _land(repo, s, res, directory, ledger)
@@ -288,18 +316,27 @@ def _sweep(repo, s, command, runs, *, version, db, db_rel, workers, append_args,
                           error=error, finished=time.time(), gpus=gpu)
             state = f"FAILED ({runner.describe_exit(res.exit_code or 0)}: {error})"
         it["result"] = res
+        if executor is not None:
+            state += executor.describe(it["key"], Path(it["shard"]), metric, metric_mode)
         if on_progress:
             on_progress(f"[{next(counter)}/{total}] run-{it['key']} {it['params']}: {state}")
 
-    if todo:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for f in [pool.submit(job, it) for it in todo]:
-                f.result()
+    try:
+        if todo:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                for f in [pool.submit(job, it) for it in todo]:
+                    f.result()
+    finally:
+        if executor is not None:
+            executor.close()
     for i in range(workers):
         runner.remove_workdir(base / f"w{i}")
-    return _finalize(db, directory, ledger, items, in_db, version=version, metric=metric,
-                     metric_mode=metric_mode, command=command, killed=killed,
-                     recovered=recovered, gpus=gpus)
+    report = _finalize(db, directory, ledger, items, in_db, version=version, metric=metric,
+                       metric_mode=metric_mode, command=command, killed=killed,
+                       recovered=recovered, gpus=gpus)
+    if executor is not None:
+        executor.annotate(report)
+    return report
 
 
 def _land(repo: Path, s, res: runner.RunResult, directory: Path, ledger: Ledger) -> dict:

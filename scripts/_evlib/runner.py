@@ -67,6 +67,12 @@ class RunSpec:
     cwd: str = "."  # repo-relative directory the command starts in
     env: dict = field(default_factory=dict)  # extra environment
     export_params: bool = True  # set EV_PARAMS (a sweep's values); run.py's are only recorded
+    protect: list[str] = field(default_factory=list)  # also private, never collected (the
+    # production model: a script that writes it writes its own copy, which is dropped)
+
+    @property
+    def private(self) -> list[str]:
+        return list(dict.fromkeys([self.results_db, *self.model_outputs, *self.protect]))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -159,6 +165,49 @@ def _dvc_changed(repo: Path) -> dict[str, str]:
     return changed
 
 
+MD5_CACHE = f"{SANDBOX_ROOT}/md5-cache.json"
+
+
+def _files_changed(repo: Path, outs: list, md5s: dict | None = None
+                   ) -> dict[str, str] | None:
+    """{path: change} for DVC file outputs, in-process: the md5 of each file (remembered by
+    inode, size and mtime, like DVC's own state) against its .dvc record. None when an
+    output is a folder or has a DVC 2 hash (then `dvc status` decides)."""
+    from .atomic import md5_file, write_text
+
+    if any(o.is_dir or o.legacy for o in outs):
+        return None
+    cache_path = repo / MD5_CACHE
+    try:
+        cache = json.loads(cache_path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    changed, dirty = {}, False
+    for o in outs:
+        f = repo / o.path
+        try:
+            st = f.stat()
+        except FileNotFoundError:
+            changed[o.path] = "deleted"
+            continue
+        sig = [st.st_ino, st.st_size, st.st_mtime_ns]
+        hit = cache.get(o.path)
+        if hit and hit[:3] == sig:
+            md5 = hit[3]
+        else:
+            md5 = md5_file(f)
+            cache[o.path] = [*sig, md5]
+            dirty = True
+        if md5s is not None:
+            md5s[o.path] = md5
+        if md5 != o.md5:
+            changed[o.path] = "modified"
+    if dirty:
+        with contextlib.suppress(OSError):
+            write_text(cache_path, json.dumps(cache, sort_keys=True), durable=False)
+    return changed
+
+
 def lineage(repo: Path, s=None, *, extra_outputs: list[str] = ()) -> dict:
     """The lineage every run trained now shares: ev_commit, ev_dirty, ev_data_md5.
 
@@ -175,11 +224,14 @@ def lineage(repo: Path, s=None, *, extra_outputs: list[str] = ()) -> dict:
     own = _bundle_outputs(s, list(extra_outputs))
     dirty = [p for p in dirty_paths(repo) if not _under(p.strip('"'), own)]
     outs = [o for o in dvc_outs(repo) if not _under(o.path, own)]
-    changed = _dvc_changed(repo) if outs else {}
+    md5s: dict[str, str] = {}
+    changed = (_files_changed(repo, outs, md5s) if outs else {})
+    if changed is None:  # folders or DVC 2 hashes: ask DVC
+        changed = _dvc_changed(repo)
     data: dict[str, str] = {}
     for o in sorted(outs, key=lambda o: o.path):
         if o.path in changed and not o.is_dir and (repo / o.path).is_file():
-            data[o.path] = md5_file(repo / o.path)
+            data[o.path] = md5s.get(o.path) or md5_file(repo / o.path)
         elif o.path in changed:
             data[o.path] = f"{o.md5} ({changed[o.path]})"
         else:
@@ -235,7 +287,7 @@ def clean(result_tree: Path, private: list[str]) -> None:
     import shutil
 
     fake = RunResult(spec=RunSpec(command=[], version="", key="", results_db=private[0],
-                                  model_outputs=private[1:]), workdir=str(result_tree.parent))
+                                  protect=private[1:]), workdir=str(result_tree.parent))
     for rel in [*extras(fake), *sorted(_private_names(private))]:
         p = result_tree / rel
         if p.is_dir() and not p.is_symlink():
@@ -270,6 +322,15 @@ def _boot_time() -> float:
         with open("/proc/stat", encoding="ascii") as fh:
             _BOOT.append(next(float(ln.split()[1]) for ln in fh if ln.startswith("btime ")))
     return _BOOT[0]
+
+
+def owner() -> dict:
+    """This process, as a state's owner_pid/owner_started (see alive)."""
+    return {"owner_pid": os.getpid(), "owner_started": _proc_start(os.getpid())}
+
+
+def owner_alive(state: dict) -> bool:
+    return alive({"pid": state.get("owner_pid"), "started": state.get("owner_started")})
 
 
 def alive(state: dict) -> bool:
@@ -372,19 +433,20 @@ def describe_exit(code: int) -> str:
 
 
 def execute(repo: Path, spec: RunSpec, workdir: Path, *, lineage: dict,
-            stream=None, on_start=None, reuse: bool = False) -> RunResult:
+            stream=None, on_start=None, reuse: bool = False,
+            state_extra: dict | None = None, log: Path | None = None) -> RunResult:
     """Run spec.command in a sandbox under workdir; stamp its rows; find its model files.
 
     The command's stdout+stderr go to workdir/log; with stream (a text file object such as
     sys.stderr) also to it, as they come. on_start(state) is called
     once the process runs (state has pid and start time). reuse=True: workdir may hold the
     sandbox of an earlier run (of the same outputs), which is emptied and reused: a worker
-    that runs many runs pays for its sandbox once. Never raises for a failed run: check
-    result.ok / result.error.
+    that runs many runs pays for its sandbox once. log: where the output goes (default
+    workdir/log). Never raises for a failed run: check result.ok / result.error.
     """
     repo, workdir = Path(repo).resolve(), Path(workdir)
     tree = workdir / "tree"
-    private = [spec.results_db, *spec.model_outputs]
+    private = spec.private
     if workdir.exists() and not reuse:
         raise EVError(f"run directory {workdir} exists already", code=FAILED,
                       hint="remove it (a run left by a killed process), then re-run")
@@ -416,7 +478,7 @@ def execute(repo: Path, spec: RunSpec, workdir: Path, *, lineage: dict,
     # judged; its own session lets a whole run (with its children) be ended at once.
     wrapped = ["/bin/sh", "-c", '"$@"; rc=$?; echo "$rc" > "$EV_RC_FILE"; exit "$rc"', "sh",
                *spec.command]
-    log_path = workdir / LOG_FILE
+    log_path = Path(log) if log is not None else workdir / LOG_FILE
     t0 = time.monotonic()
     out = open(log_path, "wb")  # noqa: SIM115
     tee = None
@@ -433,7 +495,7 @@ def execute(repo: Path, spec: RunSpec, workdir: Path, *, lineage: dict,
             tee.start()
         state = {"pid": proc.pid, "key": spec.key,
                  "version": spec.version, "phase": "running", "started": time.time(),
-                 "spec": spec.to_dict(), "lineage": lineage}
+                 "spec": spec.to_dict(), "lineage": lineage, **(state_extra or {})}
         result.pid = proc.pid
         write_state(workdir, state)
         if on_start:
@@ -624,7 +686,7 @@ def extras(result: RunResult) -> list[str]:
     files written into a folder that is private to the run (e.g. a plot beside the model)."""
     spec = result.spec
     tree = Path(result.workdir) / "tree"
-    private = [spec.results_db, *spec.model_outputs]
+    private = spec.private
     names, parents = _private_names(private), _parents(private)
     found: list[str] = []
 

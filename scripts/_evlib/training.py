@@ -71,8 +71,8 @@ def recover(repo: Path, s, on_progress=None) -> list[dict]:
         return done
     for wd in sorted(base.iterdir()):
         state = runner.read_state(wd)
-        if runner.alive(state):
-            continue
+        if runner.alive(state) or runner.owner_alive(state):
+            continue  # still running, or its run.py is still collecting it
         if state.get("phase") == "collecting":
             res = _result_from_state(wd, state)
             collected = collect(repo, s, res, Path(state["db"]), names=state.get("names"))
@@ -125,7 +125,9 @@ def run(repo: Path, s, command: list[str], *, version: str, db_rel: str,
     spec = runner.RunSpec(command=list(command), version=version, key=key,
                           params=command_params(command), results_db=db_rel,
                           model_outputs=model_outputs, require_models=require_models,
-                          cwd=cwd_rel, export_params=False)
+                          cwd=cwd_rel, export_params=False,
+                          protect=[s.production_model] if s.production_model not in
+                          model_outputs else [])
     if dry_run:
         return {"dry_run": True, "version": version, "run_key": key, "command": command,
                 "db": str(db), "private": [db_rel, *model_outputs],
@@ -141,7 +143,8 @@ def run(repo: Path, s, command: list[str], *, version: str, db_rel: str,
     lin = runner.lineage(repo, s, extra_outputs=model_outputs)
     wd = repo / RUNS_DIR / f"{version}--{key}"
     wd.parent.mkdir(parents=True, exist_ok=True)
-    res = runner.execute(repo, spec, wd, lineage=lin, stream=stream)
+    res = runner.execute(repo, spec, wd, lineage=lin, stream=stream,
+                         state_extra=runner.owner())
     report = {"version": version, "run_key": key, "command": command, "db": str(db),
               "exit_code": res.exit_code, "seconds": round(res.seconds, 3),
               "lineage": {k: v for k, v in lin.items()}, "recovered": recovered}
