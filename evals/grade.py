@@ -74,11 +74,13 @@ def parse_dvc(text: str) -> list[dict]:
     return [o for o in outs if isinstance(o, dict) and MD5_RE.fullmatch(str(o.get("md5")))]
 
 
-def read_db(path: Path) -> dict[str, dict]:
-    """{track_id: {"rows": n, column: last non-null value}} of a xetrack DB (read-only)."""
+def read_db(path: Path, immutable: bool = False) -> dict[str, dict]:
+    """{track_id: {"rows": n, column: last non-null value}} of a xetrack DB (read-only; a
+    live DB's -wal or journal is part of it, so only a private copy is read immutable)."""
     if not path.is_file():
         return {}
-    con = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
+    con = sqlite3.connect(f"file:{path}?mode=ro{'&immutable=1' if immutable else ''}",
+                          uri=True)
     try:
         cur = con.execute('SELECT * FROM "default" ORDER BY timestamp')
         cols = [d[0] for d in cur.description]
@@ -210,7 +212,7 @@ class Project:
                 with tempfile.TemporaryDirectory() as tmp:
                     copy = Path(tmp) / "db.sqlite"
                     copy.write_bytes(path.read_bytes())
-                    runs = read_db(copy)
+                    runs = read_db(copy, immutable=True)
             self._db_at[rev] = runs
         return self._db_at[rev]
 

@@ -213,6 +213,7 @@ def crashed_sweep(proj: Path, version: str, done_before_kill: int = 2) -> list[s
             except ProcessLookupError:
                 pass
         proc.wait(timeout=30)
+    done = done_runs(ledger.parent)  # what the ledger says now that nothing runs
     if len(done) < done_before_kill or len(done) >= len(SWEEP_GRID):
         raise BuildError(f"the sweep was not stopped half-way ({len(done)} runs done)")
     return sorted(done)

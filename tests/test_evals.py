@@ -194,3 +194,15 @@ def test_grading_the_wrong_task_is_refused(outcomes):
     cp = grade_cli("sweep-lr", outcomes["what-changed"]["untouched"]["project"])
     assert cp.returncode == 2
     assert "was made for task 'what-changed', not 'sweep-lr'" in cp.stderr
+
+
+def test_remote_check_agrees_with_dvc_status_c(outcomes):
+    """grade.py's own remote walk says what `dvc status -c` says (here for HEAD; the grader
+    also walks every tag)."""
+    for state, in_sync in (("reference", True), ("untouched", False)):
+        proj = outcomes["sequential-baseline"][state]["project"]
+        cp = run(["dvc", "status", "-c", "--json"], cwd=proj)
+        assert cp.returncode == 0, cp.stderr
+        assert (json.loads(cp.stdout or "{}") == {}) is in_sync
+        _, res = graded(outcomes["sequential-baseline"][state], "sequential-baseline")
+        assert next(e for e in res["expectations"] if e["id"] == "remote")["passed"] is in_sync
