@@ -58,8 +58,10 @@ def run(cmd: list[str]) -> int:
 
 def cmd_test(extra: list[str]) -> int:
     shell_files = sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("scripts/*.sh"))
+    shell_files += sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("evals/*/*.sh"))
     shell_files += [".ci/run"]
-    py_paths = [p for p in ("scripts", "tests", "bench", "assets", "dev.py") if (ROOT / p).exists()]
+    py_paths = [p for p in ("scripts", "tests", "bench", "assets", "evals", "dev.py")
+                if (ROOT / p).exists()]
     steps = [
         [str(BIN / "ruff"), "check", *py_paths],
         [str(BIN / "shellcheck"), *shell_files],
