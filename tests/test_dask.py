@@ -267,6 +267,9 @@ def test_worker_killed_mid_sweep(env):
     # the killed run started twice (once on the dead worker) and landed once, elsewhere
     starts = [m for m in marks_of(e, keys) if m["key"] == first["key"]]
     assert len(starts) == 2 and len(runs[first["key"]]) == 1
+    # the dead worker's commands were ended with it (a watchdog), never finishing on their own
+    ended = [m["key"] for m in marks_of(e, keys) if m["ended"]]
+    assert sorted(ended) == sorted(keys)
 
 
 def test_driver_killed_then_rerun(env):
