@@ -16,6 +16,7 @@ Modules:
   history - the read side of past versions (tags, outputs and runs at a revision)
   tagging - tag_suggest's write side (bump, message, lineage, create checks)
   merge, sweep, worktree, models - the logic behind each script
+  dask_exec, dask_task - sweep.py --executor dask: the driver side, the worker side
   runner  - one run of an unchanged command in a sandbox: stamp lineage, find its models
   lineage - commit, dirty state (git + DVC outputs) and input md5s shared by a commit's runs
   training - run.py (one run, collected; killed runs completed or removed)
