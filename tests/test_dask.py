@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import SCRIPTS, free_port, init_dvc, init_git, run_script, sh
+from conftest import SCRIPTS, free_port, init_dvc, init_git, make_bucket, run_script, s3_objects, sh
 
 dask_support = pytest.importorskip("dask_support")
 pytest.importorskip("distributed")
@@ -64,8 +64,9 @@ def model_bytes(lr: float, size: int) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    """The project (hidden from workers), its git and DVC remotes, and the cluster."""
+def env(tmp_path_factory, s3_server):
+    """The project (hidden from workers), its git and DVC remotes, and the cluster (whose
+    workers get the S3 server's test credentials from the environment, as real ones would)."""
     root = tmp_path_factory.mktemp("dask")
     home = root / "home"  # the workers see an empty tmpfs here
     remotes = root / "remotes"
@@ -84,7 +85,8 @@ def env(tmp_path_factory):
         env={"EV_TEST_MARKS": str(marks), "EV_TEST_PROJECT": str(proj / "README.md")})
     cluster.start()
     try:
-        yield {"proj": proj, "remotes": remotes, "marks": marks, "cluster": cluster}
+        yield {"proj": proj, "remotes": remotes, "marks": marks, "cluster": cluster,
+               "s3": s3_server}
     finally:
         cluster.stop()
 
@@ -267,6 +269,9 @@ def test_worker_killed_mid_sweep(env):
     # the killed run started twice (once on the dead worker) and landed once, elsewhere
     starts = [m for m in marks_of(e, keys) if m["key"] == first["key"]]
     assert len(starts) == 2 and len(runs[first["key"]]) == 1
+    # the dead worker's commands were ended with it (a watchdog), never finishing on their own
+    ended = [m["key"] for m in marks_of(e, keys) if m["ended"]]
+    assert sorted(ended) == sorted(keys)
 
 
 def test_driver_killed_then_rerun(env):
@@ -461,3 +466,43 @@ def _alive(pid: int) -> bool:
         return False
     with open(f"/proc/{pid}/stat") as fh:  # a zombie (exited, not yet reaped) is gone
         return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_s3_dvc_remote_inputs_and_big_model(env):
+    """A team's setup: the DVC remote is S3 (moto on 127.0.0.1); the inputs come from it and a
+    model above the threshold goes back through it."""
+    import hashlib
+
+    e = env
+    home = e["proj"].parent  # hidden from the workers, like the main project
+    proj = init_git(home / "proj-s3")
+    make_bucket(e["s3"], "dask-sweeps")
+    sh(["dvc", "init", "-q"], cwd=proj)
+    sh(["dvc", "remote", "add", "-d", "s3", "s3://dask-sweeps/store"], cwd=proj)
+    sh(["dvc", "remote", "modify", "s3", "endpointurl", e["s3"]], cwd=proj)
+    sh(["git", "init", "-q", "--bare", str(e["remotes"] / "git-s3.git")])
+    sh(["git", "remote", "add", "origin", str(e["remotes"] / "git-s3.git")], cwd=proj)
+    (proj / "train.py").write_text(TRAIN)
+    (proj / "data").mkdir()
+    (proj / "data" / "train.csv").write_text("x,y\n5,1\n")
+    sh("dvc add -q data/train.csv && git add -A && git commit -qm s3 && "
+       "git push -q origin main && dvc push -q", cwd=proj)
+    size = 200_000
+    g = write_grid(proj, "s1", grid([0.81, 0.82], size=size))
+    cp = run_script("sweep.py", "--repo", proj, "--json", "--version", "s1", "--grid", g,
+                    "--executor", "dask", "--scheduler", e["cluster"].address,
+                    "--model-output", "models/production/model.bin",
+                    "--transfer-threshold", "100000", *CMD, cwd=proj)
+    assert cp.returncode == 0, cp.stderr
+    rep = report(cp)
+    assert rep["executor"]["dvc_remote"] == "s3"
+    assert all(r["transfers"]["models/production/model.bin"] == "dvc" for r in rep["runs"])
+    runs = check_end_state({**e, "proj": proj}, "s1", [0.81, 0.82], size=size)
+    assert len(runs) == 2
+    objs = s3_objects(e["s3"], "dask-sweeps")
+    for key, data in objs.items():  # every object on the remote is what its name says
+        want = "".join(key.split("/")[-2:]).removesuffix(".dir")
+        assert hashlib.md5(data).hexdigest() == want, key  # noqa: S324
+    for lr in (0.81, 0.82):
+        md5 = hashlib.md5(model_bytes(lr, size)).hexdigest()  # noqa: S324
+        assert f"store/files/md5/{md5[:2]}/{md5[2:]}" in objs

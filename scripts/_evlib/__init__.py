@@ -22,6 +22,7 @@ Modules:
           merge_sqlite, merge_parquet and their shared merge_common)
   plots   - charts (matplotlib, optional): versions, sweep, curves; figures returned
   report  - experiments.py report: the history as one self-contained HTML file
+  dask_exec, dask_task - sweep.py --executor dask: the driver side, the worker side
   runner  - one run of an unchanged command in a sandbox: stamp lineage, find its models
   lineage - commit, dirty state (git + DVC outputs) and input md5s shared by a commit's runs
   training - run.py (one run, collected; killed runs completed or removed)

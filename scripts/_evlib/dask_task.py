@@ -262,6 +262,34 @@ def ship(path: Path, spec, base: Path) -> dict:
     return {"via": "dvc", "kind": kind, "size": size, "dvc": record}
 
 
+# A run's command lives in its own session (runner.execute), so it would outlive a worker
+# that is SIGKILLed. This watchdog (a process of its own, polling once a second) ends the
+# run's process group when the worker is gone, and itself when the run's marker is.
+_WATCHDOG = """
+import json, os, signal, sys, time
+worker, marker, workdir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+while os.path.exists(marker):
+    try:
+        os.kill(worker, 0)
+    except ProcessLookupError:
+        try:
+            with open(os.path.join(workdir, "state.json")) as fh:
+                os.killpg(json.load(fh)["pid"], signal.SIGKILL)
+        except (OSError, ValueError, KeyError):
+            pass
+        break
+    time.sleep(1)
+"""
+
+
+def _watchdog(marker: Path, workdir: Path) -> None:
+    marker.write_text("")
+    subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(marker),
+                      str(workdir)],
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL, start_new_session=True)
+
+
 def _worker_name() -> str:
     try:
         from distributed import get_worker
@@ -286,11 +314,16 @@ def run_task(spec: dict) -> dict:
     run = runner.RunSpec(**spec["run"])
     gpus = _gpu_slots(base, spec["gpus"]) if spec.get("gpus") else []
     workdir = co / ".ev" / "runs" / uuid.uuid4().hex
+    marker = workdir.with_name(workdir.name + ".watch")
     try:
         if gpus:
             run.gpus = ",".join(d for d, _ in gpus)
+        workdir.parent.mkdir(parents=True, exist_ok=True)
+        _watchdog(marker, workdir)
         res = runner.execute(co, run, workdir, lineage=spec["lineage"])
     finally:
+        with contextlib.suppress(FileNotFoundError):
+            marker.unlink()
         for _, fd in gpus:
             os.close(fd)
     t_done = time.time()
