@@ -361,7 +361,8 @@ def _finalize(db, directory, ledger, items, in_db, *, version, metric, metric_mo
     # merge costs what the new rows cost.
     new = [Path(it["shard"]) for it in items
            if not it["in_db"] and (it.get("landed") or (it["done"] and it.get("shard_ok")))]
-    merged = merge_dbs(Path(db), new, Path(db), strategy="merge") if new else None
+    merged = (merge_dbs(Path(db), new, Path(db), strategy="merge", new_base_dirs=True)
+              if new else None)
     if new:
         ledger.mark_merged([it["key"] for it in items if Path(it["shard"]) in set(new)])
     after = keys_in_db(db, version)

@@ -106,7 +106,9 @@ def _ledger_table(entries: list[dict], metric: str) -> str:
         cells.append(m.get(metric) if isinstance(m, dict) else None)
         model = e.get("model")
         cells.append((model.get("md5") or "")[:12] if isinstance(model, dict) else None)
-        rest = {k: v for k, v in e.items() if k not in cols and k not in ("metrics", "model")}
+        # seq and id are the ledger's own bookkeeping (parse_ledger numbers old ledgers)
+        rest = {k: v for k, v in e.items()
+                if k not in cols and k not in ("metrics", "model", "seq", "id")}
         other = json.dumps(rest, default=str, sort_keys=True) if rest else ""
         cells.append(other if len(other) <= 300 else other[:297] + "...")
         out.append("<tr>" + "".join(f"<td>{_e(c if c is not None else '-')}</td>"

@@ -462,7 +462,7 @@ def merge_done(db: str | os.PathLike, directory: Path, ledger: Ledger, items: li
             shards.append(shard)
     if not shards:
         return None
-    merge_report = merge_dbs(Path(db), shards, Path(db), strategy="merge")
+    merge_report = merge_dbs(Path(db), shards, Path(db), strategy="merge", new_base_dirs=True)
     ledger.mark_merged([it["key"] for it in items if Path(it["shard"]) in shards])
     ledger.save()
     return merge_report
