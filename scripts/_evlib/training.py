@@ -105,7 +105,9 @@ def collect(repo: Path, s, res: runner.RunResult, db: Path, names: dict | None =
     cands = runner.collect_models(res, repo / s.candidates_dir, names)
     extra = runner.collect_extras(res, repo, repo / runner.SANDBOX_ROOT / "kept" /
                                   Path(res.workdir).name)
-    merged = merge_dbs(db, [Path(res.shard)], db, strategy="merge") if res.shard else None
+    # new_base_dirs: a project's first run makes results/ (run.py is how it gets its DB)
+    merged = (merge_dbs(db, [Path(res.shard)], db, strategy="merge", new_base_dirs=True)
+              if res.shard else None)
     runner.remove_workdir(Path(res.workdir))
     return {"candidates": cands, "merged": merged, "extras": extra}
 
