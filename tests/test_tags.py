@@ -40,6 +40,20 @@ def test_param_values_cannot_forge_fields_and_lineage_parses(dvc_repo):
     assert tag.lineage["params"]["note"] == "a | f1_score=1.0 | x\n{"  # exact, parsed
 
 
+def test_a_run_without_a_model_param_has_no_model_field(dvc_repo):
+    from xetrack import Tracker
+
+    repo = dvc_repo
+    (repo / "results").mkdir()
+    t = Tracker(str(repo / "results/experiments.db"), params={"version": "e0.1.0", "arch": "mlp"})
+    t.log({"f1_score": 0.5})
+    sh(["dvc", "add", "-q", "results/experiments.db"], cwd=repo)
+    commit_all(repo, "runs")
+    res, _ = ts(repo, "--description", "no model param")
+    assert res["message"].splitlines()[0] == (
+        "arch=mlp | f1_score=0.5 | data=none | no model param")
+
+
 def test_create_refuses_uncommitted_data_and_records_the_data_a_run_read(dvc_repo):
     from xetrack import Tracker
 

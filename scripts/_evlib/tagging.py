@@ -214,7 +214,8 @@ def suggest(repo: Path, *, version: str | None, kind: str, name: str | None, db:
     params = run_params(chosen, s.metric_cols)
     metrics = run_metrics(chosen, s.metric_cols)
     value = chosen.values.get(s.metric)
-    parts = [f"model={esc(chosen.model or 'unknown')}"]
+    # no `model` param logged: the field is left out (a made-up value would look recorded)
+    parts = [f"model={esc(chosen.model)}"] if chosen.model else []
     hp = hyperparams(params)
     if show_params is not None:  # --params: only these, in this order
         missing = [k for k in show_params if k not in hp]
