@@ -276,6 +276,7 @@ def _sweep(repo, s, command, runs, *, version, db, db_rel, workers, append_args,
                                   version=version, key=it["key"], params=it["params"],
                                   results_db=db_rel, model_outputs=outs,
                                   require_models=require, gpus=gpu,
+                                  candidates_dir=s.candidates_dir,
                                   protect=[] if s.production_model in outs
                                   else [s.production_model])
             if executor is None:

@@ -127,7 +127,7 @@ def run(repo: Path, s, command: list[str], *, version: str, db_rel: str,
     spec = runner.RunSpec(command=list(command), version=version, key=key,
                           params=command_params(command), results_db=db_rel,
                           model_outputs=model_outputs, require_models=require_models,
-                          cwd=cwd_rel, export_params=False,
+                          cwd=cwd_rel, export_params=False, candidates_dir=s.candidates_dir,
                           protect=[s.production_model] if s.production_model not in
                           model_outputs else [])
     if dry_run:
