@@ -132,12 +132,13 @@ def production_marks(ledger: list[dict]) -> tuple[set, dict | None]:
     """(promoted (version, run) pairs, the current production entry) from ledger entries.
 
     Read defensively: entries written by other versions of the bundle may lack fields."""
-    from .models import production_stack
+    from .registry import replay
 
     promoted = {(e.get("version"), e.get("run_id")) for e in ledger
                 if isinstance(e, dict) and e.get("action") == "promote"}
     try:
-        stack = production_stack([e for e in ledger if isinstance(e, dict)])
+        stacks = replay([e for e in ledger if isinstance(e, dict)])
+        stack = stacks[-1] if stacks else []
     except (KeyError, TypeError, AttributeError):
         stack = []
     return promoted, (stack[-1] if stack else None)
@@ -413,10 +414,10 @@ def fig_curves(c: Curves, title: str, mode: str | None = None):
 def read_ledger_safe(repo: Path, warn=None) -> list[dict]:
     """The production ledger's entries ([] if none); an unreadable one is warned, not fatal:
     a chart of the versions does not need it."""
-    from .models import read_ledger
+    from .registry import alias, read_ledger
 
     try:
-        return [e for e in read_ledger(repo) if isinstance(e, dict)]
+        return [e for e in read_ledger(repo, alias(repo)) if isinstance(e, dict)]
     except (EVError, OSError, UnicodeDecodeError) as exc:
         if warn:
             warn(f"production ledger not read ({exc}); versions are charted without marks")
