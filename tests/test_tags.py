@@ -135,3 +135,18 @@ def test_a_production_change_with_no_new_runs_gets_its_own_tag(dvc_repo):
     assert history.all_tags(repo)["e0.2.1"].lineage["run"] == a
     again, _ = ts(repo, "--create")  # the re-run of a done create
     assert again["unchanged"] is True
+    # untagged runs in the DB too: the error says how to tag the production change
+    cp = run_script("model_manager.py", "promote", "--run-id", b, "--reason", "b again",
+                    "--commit", cwd=repo)
+    assert cp.returncode == 0, cp.stderr
+    from xetrack import Tracker
+    for v in ("e0.3.0", "e0.4.0"):
+        Tracker(str(repo / "results/experiments.db"), params={"version": v}).log(
+            {"f1_score": 0.1})
+    _, cp = ts(repo, rc=2)
+    assert cp.stderr.strip() == (
+        "tag_suggest.py: error: several untagged versions in experiments.db: e0.3.0, e0.4.0; "
+        "pass --version to choose one; to tag the production change (promote since e0.2.1): "
+        "--version e0.2.0 --tag e0.2.2")
+    res, _ = ts(repo, "--version", "e0.2.0", "--tag", "e0.2.2")
+    assert (res["production_change"], res["name"]) == (True, "e0.2.2")

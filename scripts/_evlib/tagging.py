@@ -161,12 +161,19 @@ def suggest(repo: Path, *, version: str | None, kind: str, name: str | None, db:
         try:
             version = pick_version(repo, db, tags)
         except EVError as exc:
-            if exc.code != NOT_FOUND:
-                raise
             prod = production_suggest(repo, last, tags, tag_name=tag_name, bump=bump,
                                       description=description)
             if prod is None:
                 raise
+            if exc.code != NOT_FOUND:  # untagged runs too: say how to tag the production change
+                rv = prod["lineage"].get("run_version")
+                if not rv:
+                    raise
+                how = f"--version {rv} --tag {prod['name']}" if rv in tags else f"--version {rv}"
+                raise EVError(exc.message, code=exc.code,
+                              hint=f"pass --version to choose one; to tag the production "
+                                   f"change ({prod['lineage']['action']} since {last}): {how}"
+                              ) from None
             return prod
     elif version in tags and tag_name and tag_name != version:
         # rows of an already tagged version under a new tag: a production change, if the
