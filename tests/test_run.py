@@ -282,3 +282,15 @@ def test_a_script_writing_into_the_candidates_folder_writes_its_own_copy(tmp_pat
          *[f"e0.2.0--{r['track_id']}.own-{r['params']['lr']}.bin" for r in runs]])
     assert (cands / f"e0.1.0--{out['track_id']}.own-0.3.bin").read_text() == "w 0.3"
     assert (cands / "e0.0.1--old-run-1.bin").read_text() == "old"
+
+
+def test_a_version_that_cannot_be_a_tag_is_refused_before_anything_runs(proj):
+    line = ("error: bad version 'e0 1': letters, digits, '.', '_', '+' and '-' only (no '--'), "
+            "starting with a letter or digit; use a tag-like name such as e0.2.0")
+    (proj / "g.yaml").write_text("lr: [1]\n")
+    for script, extra in (("run.py", []), ("sweep.py", ["--grid", "g.yaml"])):
+        cp = run_script(script, "--version", "e0 1", *extra, "--", "touch", "ran", cwd=proj)
+        assert (cp.returncode, cp.stderr) == (2, f"{script}: {line}\n")
+    assert not (proj / "ran").exists() and not (proj / "results/shards/e0 1").exists()
+    assert not [p for p in (proj / ".ev").rglob("*") if "e0 1" in p.name]
+    (proj / "g.yaml").unlink()
