@@ -250,6 +250,7 @@ t = Tracker("results/experiments.db", params={"version": sys.argv[2], "learning_
 t.log({"f1_score": 0.5})
 Path("models/candidates").mkdir(parents=True, exist_ok=True)
 Path(f"models/candidates/own-{lr}.bin").write_text(f"w {lr}")
+Path(f"models/candidates/{sys.argv[2]}--{t.track_id}.pkl").write_text("named")
 if len(sys.argv) > 3:
     raise SystemExit("diverged")
 '''
@@ -269,17 +270,21 @@ def test_a_script_writing_into_the_candidates_folder_writes_its_own_copy(tmp_pat
     cp = run_py(proj, "--version", "e0.1.0", "--", "python", "own.py", "0.3", "e0.1.0")
     assert cp.returncode == 0, cp.stderr
     out = json.loads(cp.stdout)
-    assert out["candidates"] == {
-        "models/candidates/own-0.3.bin": f"models/candidates/e0.1.0--{out['track_id']}.own-0.3.bin"}
+    tid = out["track_id"]
+    assert out["candidates"] == {  # a file already named after the run keeps its name
+        "models/candidates/own-0.3.bin": f"models/candidates/e0.1.0--{tid}.own-0.3.bin",
+        f"models/candidates/e0.1.0--{tid}.pkl": f"models/candidates/e0.1.0--{tid}.pkl"}
     cp = run_script("sweep.py", "--json", "--version", "e0.2.0", "--grid", "grid.yaml", "--",
                     "python", "own.py", "{lr}", "e0.2.0", cwd=proj)
     assert cp.returncode == 0, cp.stderr
     runs = json.loads(cp.stdout)["runs"]
-    assert [r["candidates"] for r in runs] == [
-        [str(cands / f"e0.2.0--{r['track_id']}.own-{r['params']['lr']}.bin")] for r in runs]
+    assert [sorted(r["candidates"]) for r in runs] == [sorted(
+        [str(cands / f"e0.2.0--{r['track_id']}.own-{r['params']['lr']}.bin"),
+         str(cands / f"e0.2.0--{r['track_id']}.pkl")]) for r in runs]
     assert sorted(os.listdir(cands)) == sorted(
-        ["e0.0.1--old-run-1.bin", f"e0.1.0--{out['track_id']}.own-0.3.bin",
-         *[f"e0.2.0--{r['track_id']}.own-{r['params']['lr']}.bin" for r in runs]])
+        ["e0.0.1--old-run-1.bin", f"e0.1.0--{tid}.own-0.3.bin", f"e0.1.0--{tid}.pkl",
+         *[f"e0.2.0--{r['track_id']}.own-{r['params']['lr']}.bin" for r in runs],
+         *[f"e0.2.0--{r['track_id']}.pkl" for r in runs]])
     assert (cands / f"e0.1.0--{out['track_id']}.own-0.3.bin").read_text() == "w 0.3"
     assert (cands / "e0.0.1--old-run-1.bin").read_text() == "old"
 

@@ -529,7 +529,8 @@ def candidate_names(result: RunResult) -> dict[str, str]:
     for p in result.models:
         name = os.path.basename(p.rstrip("/"))
         if p not in spec.model_outputs:  # its own file in the candidates folder: name kept
-            out[p] = f"{spec.version}--{tid}.{name}"
+            own = f"{spec.version}--{tid}"  # (already named after the run: as it is)
+            out[p] = name if name == own or name.startswith(own + ".") else f"{own}.{name}"
             continue
         stem, dot, ext = name.partition(".")
         suffix = (f".{stem}" if many else "") + (f".{ext}" if dot else "")
