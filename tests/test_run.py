@@ -166,6 +166,8 @@ def test_killed_while_collecting_is_completed_by_the_next_run(tmp_path, monkeypa
     assert cp.returncode == 0, cp.stderr
     r = json.loads(cp.stdout)
     assert [x["action"] for x in r["recovered"]] == ["completed"]
+    assert (f"run.py: warning: completed the collection of run {state['key']} (version "
+            f"e0.1.0) left by a killed run.py") in cp.stderr.splitlines()
     got = rows(proj / "results/experiments.db", 'SELECT version FROM "default" ORDER BY 1')
     assert got == [{"version": "e0.1.0"}, {"version": "e0.1.1"}]
     assert len(list((proj / "models/candidates").iterdir())) == 2
