@@ -87,15 +87,16 @@ class Demo:
         git(self.proj, "init", "-q", "-b", "main")
         git(self.proj, "config", "user.name", "Demo")
         git(self.proj, "config", "user.email", "demo@example.com")
-        dvc(self.proj, "init", "-q")
-        dvc(self.proj, "config", "core.analytics", "false")
-        dvc(self.proj, "remote", "add", "-d", "storage", str(self.root / "dvc-remote"))
         for name in ("train.py", "prepare_data.py"):
             shutil.copy(SKILL / "assets" / name, self.proj / name)
         shutil.copy(SKILL / "assets" / "gitignore.starter", self.proj / ".gitignore")
         shutil.copy(SKILL / "assets" / "dvcignore.starter", self.proj / ".dvcignore")
         shutil.copy(SKILL / "assets" / "params.yaml", self.proj / "params.yaml")
         self.py(self.proj / "prepare_data.py")
+        # the documented setup: DVC, an absolute remote, ignore lines, ev.yaml (SKILL.md)
+        self.tool("init_project.py", "--remote", str(self.root / "dvc-remote"),
+                  "--metric", "f1_score")
+        dvc(self.proj, "config", "core.analytics", "false")
         dvc(self.proj, "add", "data/train.parquet", "data/test.parquet")
         self.commit("project skeleton: training code, data tracked by DVC")
         self.say(f"project at {self.proj}")
@@ -103,12 +104,15 @@ class Demo:
     # --- workflow 1 ----------------------------------------------------------------------
     def sequential(self) -> None:
         self.step("workflow 1: sequential experiment e0.1.0")
-        run_ = json.loads(self.py(self.proj / "train.py", "--version", "e0.1.0"))
-        self.say(f"run {run_['track_id']}: f1={run_['f1_score']}")
-        self.tool("model_manager.py", "promote", "--version", "e0.1.0", "--run-id",
-                  run_["track_id"])
+        run_ = self.tool("run.py", "--version", "e0.1.0", "--", sys.executable, "train.py",
+                         "--version", "e0.1.0")
+        (ranked,) = self.tool("model_manager.py", "list", "--version", "e0.1.0")["runs"]
+        self.say(f"run {run_['track_id']}: f1={ranked['f1_score']}")
         dvc(self.proj, "add", "results/experiments.db", "models/candidates")
         self.commit("experiment: e0.1.0 - logreg baseline")
+        self.tool("model_manager.py", "promote", "--version", "e0.1.0", "--run-id",
+                  run_["track_id"], "--reason", "baseline")
+        self.commit(f"promote e0.1.0 ({run_['track_id']})")
         self.tag("e0.1.0", "logreg baseline")
         dvc(self.proj, "push", "-T")
 
@@ -125,9 +129,11 @@ class Demo:
             self.say(f"  {r['rank']}. {r['track_id']}: {col}={r['value']} {r.get('params', '')}")
         best = ranked[0]["track_id"]
         self.summary["merges"].append({"what": "sweep shards", **(res.get("merged") or {})})
-        self.tool("model_manager.py", "promote", "--version", "e0.2.0", "--run-id", best)
         dvc(self.proj, "add", "results/experiments.db", "models/candidates")
         self.commit("sweep: e0.2.0 - 4 configs")
+        self.tool("model_manager.py", "promote", "--version", "e0.2.0", "--run-id", best,
+                  "--reason", f"best {col} of the C sweep")
+        self.commit(f"promote e0.2.0 ({best})")
         self.tag("e0.2.0", "C sweep, best promoted")
         dvc(self.proj, "push", "-T")
 
@@ -141,8 +147,8 @@ class Demo:
         forest = self.root / "exp-forest"
         more = self.root / "exp-more-data"
         # forest: a different model
-        out = json.loads(self.py(forest / "train.py", "--version", "exp-forest", "--model",
-                                 "forest", cwd=forest))
+        out = self.tool("run.py", "--version", "exp-forest", "--", sys.executable, "train.py",
+                        "--version", "exp-forest", "--model", "forest", cwd=forest)
         self.summary["forest_run"] = out["track_id"]
         dvc(forest, "add", "results/experiments.db", "models/candidates")
         self.tool("worktree.py", "privatize", cwd=forest)
@@ -152,8 +158,8 @@ class Demo:
         # more-data: 30 held-back samples added to the training set
         self.py(more / "prepare_data.py", "--extra", "30", cwd=more)
         dvc(more, "add", "data/train.parquet")
-        json.loads(self.py(more / "train.py", "--version", "exp-more-data", "--C", "0.1",
-                           cwd=more))
+        self.tool("run.py", "--version", "exp-more-data", "--", sys.executable, "train.py",
+                  "--version", "exp-more-data", "--C", "0.1", cwd=more)
         dvc(more, "add", "results/experiments.db", "models/candidates")
         self.tool("worktree.py", "privatize", cwd=more)
         self.commit("exp: 30 more training samples", cwd=more)
@@ -186,11 +192,13 @@ class Demo:
         self.tool("model_manager.py", "add-candidate", "--run-id", best["run_id"],
                   "--version", best["version"], "--model",
                   str(wt / "models" / "candidates" / f"{best['version']}--{best['run_id']}.pkl"))
-        self.tool("model_manager.py", "promote", "--run-id", best["run_id"],
-                  "--version", best["version"])
         dvc(self.proj, "add", "results/experiments.db", "data/train.parquet",
             "models/candidates")
-        self.commit(f"merge worktree experiments; promote {best['version']}")
+        self.commit(f"merge worktree experiments (best run: {best['run_id']})")
+        self.tool("model_manager.py", "promote", "--run-id", best["run_id"],
+                  "--version", best["version"], "--reason",
+                  f"best f1_score of every run ({best['f1_score']})")
+        self.commit(f"promote {best['version']} ({best['run_id']})")
         self.tag(best["version"], f"{best['version']} promoted, 2 experiments merged", None,
                  "--tag", "e1.0.0")
         dvc(self.proj, "push", "-T")

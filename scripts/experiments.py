@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _evlib import cli, history  # noqa: E402
-from _evlib.errors import NOT_FOUND, REFUSED, USAGE, EVError, epilog_codes  # noqa: E402
+from _evlib.errors import NOT_FOUND, REFUSED, USAGE, EVError, epilog_codes, refused_note  # noqa: E402
 from _evlib.repo import find_repo  # noqa: E402
 
 PROG = "experiments.py"
@@ -38,7 +38,7 @@ PROG = "experiments.py"
 
 def build():
     p = cli.parser(PROG, __doc__, "python scripts/experiments.py list --sort metric --json",
-                   codes=(REFUSED, NOT_FOUND))
+                   codes=(REFUSED, NOT_FOUND), code_notes=refused_note("--force"))
     sub = cli.subparsers(p)
 
     def common(sp, dry=False, db=True, ranking=True):
@@ -76,7 +76,7 @@ def build():
                     "the working tree is not touched.",
         epilog="example:\n  python scripts/experiments.py get e0.1.0 "
                "models/candidates/e0.1.0--run.pkl -o /tmp/old.pkl\n\n"
-               + epilog_codes(REFUSED, NOT_FOUND),
+               + epilog_codes(NOT_FOUND, notes=refused_note("--force")),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     common(sp, dry=True, db=False, ranking=False)
     sp.add_argument("version")
@@ -292,10 +292,9 @@ def _chart_common(sp):
 def _chart_epilog(*examples: str) -> dict:
     import argparse
 
-    from _evlib.errors import epilog_codes
-
     lines = "\n  ".join(examples)
-    return {"epilog": f"examples:\n  {lines}\n\n{epilog_codes(REFUSED, NOT_FOUND)}",
+    codes = epilog_codes(NOT_FOUND, notes=refused_note("--force"))
+    return {"epilog": f"examples:\n  {lines}\n\n{codes}",
             "formatter_class": argparse.RawDescriptionHelpFormatter}
 
 

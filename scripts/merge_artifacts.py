@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _evlib import cli, merge  # noqa: E402
-from _evlib.errors import CONFLICT, REFUSED, USAGE, EVError  # noqa: E402
+from _evlib.errors import CONFLICT, REFUSED, USAGE, EVError, refused_note  # noqa: E402
 from _evlib.repo import find_repo  # noqa: E402
 
 PROG = "merge_artifacts.py"
@@ -38,7 +38,8 @@ EXAMPLE = ("python scripts/merge_artifacts.py --strategy merge --base-db results
 
 
 def build():
-    p = cli.parser(PROG, __doc__, EXAMPLE, codes=(CONFLICT, REFUSED), dry_run=True)
+    p = cli.parser(PROG, __doc__, EXAMPLE, codes=(CONFLICT, REFUSED), dry_run=True,
+                   code_notes=refused_note("--force"))
     p.add_argument("--strategy", choices=("merge", "rebase"), default="merge",
                    help="merge (union, default) or rebase (experiment rows win by key)")
     p.add_argument("--data-strategy", choices=("merge", "rebase"), default=None,

@@ -24,7 +24,7 @@ from _evlib import cli  # noqa: E402
 from _evlib import models as m  # noqa: E402
 from _evlib import registry as reg  # noqa: E402
 from _evlib.dvcmeta import first_md5  # noqa: E402
-from _evlib.errors import NOT_FOUND, REFUSED, USAGE, EVError, epilog_codes  # noqa: E402
+from _evlib.errors import NOT_FOUND, REFUSED, USAGE, EVError, epilog_codes, refused_note  # noqa: E402
 from _evlib.repo import find_repo, require_dvc  # noqa: E402
 
 PROG = "model_manager.py"
@@ -69,14 +69,21 @@ EXAMPLES = {
 }
 
 
+# the flag that overrides each subcommand's safety check (its exit 4 line names only it)
+OVERRIDE = {"add-candidate": "--force", "promote": "--force", "rollback": "--force",
+            "get": "--force", "prune": "--yes"}
+
+
 def _add_parser(sub, name: str, help: str):
-    epilog = f"example:\n  {EXAMPLES[name]}\n\n{epilog_codes(REFUSED, NOT_FOUND)}"
+    notes = refused_note(OVERRIDE[name]) if name in OVERRIDE else None
+    epilog = f"example:\n  {EXAMPLES[name]}\n\n{epilog_codes(REFUSED, NOT_FOUND, notes=notes)}"
     return sub.add_parser(name, help=help, description=help, epilog=epilog,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def build() -> argparse.ArgumentParser:
-    p = cli.parser(PROG, __doc__, EXAMPLE, codes=(REFUSED, NOT_FOUND))
+    p = cli.parser(PROG, __doc__, EXAMPLE, codes=(REFUSED, NOT_FOUND),
+                   code_notes=refused_note("--force", "--yes"))
     sub = cli.subparsers(p)
 
     sp = _add_parser(sub, "add-candidate", "copy a trained model into models/candidates/")

@@ -81,7 +81,7 @@ def handler(args) -> int:
     report = training.run(
         repo, s, args.command, version=args.version, db_rel=db_rel, model_outputs=outs,
         require_models=require, run_key=args.run_key, cwd_rel=cwd_rel, dry_run=args.dry_run,
-        stream=sys.stderr, on_progress=None if args.json else (lambda m: cli.progress(PROG, m)))
+        stream=sys.stderr, on_progress=lambda m: cli.warn(PROG, m))  # recovery: always said
     cli.emit(args, report, lambda: text(report))
     return 0
 

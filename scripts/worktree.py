@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _evlib import cli  # noqa: E402
 from _evlib import teardown as tdlib  # noqa: E402
 from _evlib import worktree as wtlib  # noqa: E402
-from _evlib.errors import NOT_FOUND, REFUSED, USAGE, EVError  # noqa: E402
+from _evlib.errors import NOT_FOUND, REFUSED, USAGE, EVError, refused_note  # noqa: E402
 from _evlib.repo import find_repo, main_worktree  # noqa: E402
 
 PROG = "worktree.py"
@@ -50,7 +50,8 @@ def _sub(sp, name: str, help_: str, example: str, dry_run: bool = True):
 
 def build():
     p = cli.parser(PROG, __doc__, 'python "$SKILL/scripts/worktree.py" create transformer-pii',
-                   codes=(REFUSED, NOT_FOUND), dry_run=True)
+                   codes=(REFUSED, NOT_FOUND), dry_run=True,
+                   code_notes=refused_note("--force"))
     sp = cli.subparsers(p)
     c = _sub(sp, "create", "create ../exp-NAME on branch exp/NAME sharing main's DVC cache",
              "worktree.py create transformer-pii --base e0.1.0 --private results/ --json")

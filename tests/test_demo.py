@@ -33,6 +33,18 @@ def test_demo_runs_the_three_workflows_end_to_end(tmp_path):
     versions = dict(con.execute('SELECT version, count(DISTINCT track_id) FROM "default" '
                                 'GROUP BY version').fetchall())
     assert versions == {"e0.1.0": 1, "e0.2.0": 4, "exp-forest": 1, "exp-more-data": 1}
+    # ... through run.py / sweep.py (their lineage on every row), set up by init_project.py,
+    # every promotion with its reason
+    assert con.execute('SELECT count(*) FROM "default" WHERE ev_run IS NULL OR ev_commit IS '
+                       'NULL').fetchone() == (0,)
+    assert dict(con.execute('SELECT version, count(DISTINCT ev_command) FROM "default" '
+                            'GROUP BY version').fetchall()) == {
+        "e0.1.0": 1, "e0.2.0": 1, "exp-forest": 1, "exp-more-data": 1}
+    assert yaml.safe_load((proj / "ev.yaml").read_text())["metric"] == "f1_score"
+    ledger = [json.loads(ln) for ln in
+              (proj / "models/production/ledger.jsonl").read_text().splitlines()]
+    assert [e["reason"] for e in ledger][:1] == ["baseline"] and all(
+        e["reason"] for e in ledger)
     f1 = [r[0] for r in con.execute('SELECT f1_score FROM "default" WHERE f1_score IS NOT NULL')]
     assert len(f1) == 7 and all(0.8 < v <= 1.0 for v in f1)
     merges = [m for m in out["merges"] if m["what"] == "worktree results"]

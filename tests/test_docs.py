@@ -136,12 +136,44 @@ def test_the_outside_check_sees_a_write_beside_the_project(tmp_path):
     _check_outside(before, tmp_path, "x.md:1")
 
 
-@pytest.mark.parametrize("script", ["run.py", "sweep.py", "init_project.py", "tag_suggest.py"])
+SCRIPTS = sorted(p.name for p in (ROOT / "scripts").glob("*.py"))
+FLAG = re.compile(r"--[a-z][a-z-]*")
+
+
+def _help_parts(out: str) -> tuple[str, str]:
+    """(the help without its exit codes, the exit codes paragraph)."""
+    body, _, codes = out.partition("exit codes:")
+    return body, codes
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
 def test_help_exit_codes_name_only_flags_the_script_has(script):
+    """Top level: every flag the exit codes name is one of the script's (or a subcommand's);
+    each subcommand's exit codes name only its own flags."""
     from conftest import run_script
 
     out = run_script(script, "--help").stdout
-    body, codes = out.split("exit codes:")
-    named = set(re.findall(r"--[a-z][a-z-]*", codes))
-    assert named <= set(re.findall(r"--[a-z][a-z-]*", body)), named
+    body, codes = _help_parts(out)
+    assert codes, f"{script} --help has no exit codes"
     assert re.findall(r"^  (\d) ", codes, re.M)[:3] == ["0", "1", "2"]
+    subs = re.findall(r"^    ([a-z][a-z-]+)(?:\s|$)", body.split("positional arguments:")[-1]
+                      .split("options:")[0], re.M) if "COMMAND" in out.split("\n")[0] else []
+    every = set(FLAG.findall(body))
+    for sub in subs:
+        sub_body, sub_codes = _help_parts(run_script(script, sub, "--help").stdout)
+        assert set(FLAG.findall(sub_codes)) <= set(FLAG.findall(sub_body)), (sub, sub_codes)
+        every |= set(FLAG.findall(sub_body))
+    assert set(FLAG.findall(codes)) <= every, (script, codes)
+
+
+def test_a_refusal_names_the_override_flags_of_its_own_subcommand():
+    from conftest import run_script
+
+    lines = {s: [ln for ln in run_script("model_manager.py", s, "--help").stdout.splitlines()
+                 if ln.startswith("  4  ")] for s in ("prune", "promote", "list")}
+    assert lines == {
+        "prune": ["  4  refused by a safety check; nothing changed (see the message, or --yes)"],
+        "promote": ["  4  refused by a safety check; nothing changed (see the message, or "
+                    "--force)"],
+        "list": ["  4  refused by a safety check; nothing changed (the message says what to "
+                 "do)"]}

@@ -74,6 +74,44 @@ def test_script_outside_a_repo_is_one_line_usage_error(script, tmp_path):
     assert json.loads(cp.stdout)["status"] == "error"
 
 
+@pytest.mark.parametrize("script", USER_SCRIPTS)
+def test_a_usage_error_with_json_prints_one_error_object(script, tmp_path):
+    cp = run_script(script, "--json", "--no-such-flag", cwd=tmp_path)
+    assert cp.returncode == 2, (cp.stdout, cp.stderr)
+    (line,) = cp.stdout.splitlines()
+    out = json.loads(line)
+    (err,) = cp.stderr.splitlines()
+    assert (out["status"], out["code"]) == ("error", 2)
+    assert err == f"{script}: error: {out['error']}"
+    assert "--no-such-flag" in out["error"] or "required" in out["error"]
+
+
+def test_json_after_the_command_separator_is_the_commands_not_the_scripts(tmp_path):
+    cp = run_script("run.py", "--", "python", "--json", cwd=tmp_path)
+    assert cp.returncode == 2 and cp.stdout == ""  # --version missing; no --json of its own
+
+
+def test_interrupted_and_unexpected_errors_print_one_json_object(capsys):
+    from _evlib import cli
+
+    def build():
+        return cli.parser("x.py", "test", "x.py --json")
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    def broken(args):
+        raise RuntimeError("boom")
+
+    assert cli.main("x.py", build, interrupted, ["--json"]) == 130
+    assert json.loads(capsys.readouterr().out) == {
+        "status": "error", "code": 130,
+        "error": "interrupted; nothing was left half-written, re-run to finish"}
+    assert cli.main("x.py", build, broken, ["--json"]) == 1
+    assert json.loads(capsys.readouterr().out) == {
+        "status": "error", "code": 1, "error": "RuntimeError: boom"}
+
+
 def _minimal_args(script: str) -> list[str]:
     """Enough arguments for each script to get past argparse to the repo check."""
     return {

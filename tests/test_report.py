@@ -149,7 +149,7 @@ def test_versions_table_and_embedded_data(report):
 def test_ledger_section_shows_actions_reasons_and_unknown_fields(report):
     page = parse(report["text"])
     head, *rows = page.rows["ledger"]
-    assert head == ["time", "action", "version", "run_id", "reason", "alias", "f1_score",
+    assert head == ["seq", "time", "action", "version", "run_id", "reason", "alias", "f1_score",
                     "model md5", "other fields"]
     got = [dict(zip(head, r, strict=True)) for r in rows]
     assert [(g["action"], g["version"], g["reason"]) for g in got] == [
@@ -157,6 +157,7 @@ def test_ledger_section_shows_actions_reasons_and_unknown_fields(report):
         ("promote", "e1.0.0", "-"), ("rollback", "e0.2.0", "regression in prod")]
     assert got[1]["alias"] == "champion" and got[0]["model md5"] == "a" * 12
     assert got[2]["f1_score"] == "0.91"
+    assert [g["seq"] for g in got] == ["1", "2", "3", "4"]  # what rollback --to N takes
     assert json.loads(got[2]["other fields"]) == {"future_field": {"x": 1}}
 
 

@@ -166,6 +166,8 @@ def test_killed_while_collecting_is_completed_by_the_next_run(tmp_path, monkeypa
     assert cp.returncode == 0, cp.stderr
     r = json.loads(cp.stdout)
     assert [x["action"] for x in r["recovered"]] == ["completed"]
+    assert (f"run.py: warning: completed the collection of run {state['key']} (version "
+            f"e0.1.0) left by a killed run.py") in cp.stderr.splitlines()
     got = rows(proj / "results/experiments.db", 'SELECT version FROM "default" ORDER BY 1')
     assert got == [{"version": "e0.1.0"}, {"version": "e0.1.1"}]
     assert len(list((proj / "models/candidates").iterdir())) == 2
@@ -239,3 +241,63 @@ def test_run_from_a_subfolder_keeps_parent_relative_outputs_private(tmp_path):
     assert [r["version"] for r in rows(proj / "results/experiments.db")] == ["s1"]
     assert (proj / out["candidates"]["models/production/model.bin"]).is_file()
     assert not (proj / "models/production/model.bin").exists()
+
+
+OWN_CANDIDATE_PY = '''\
+import sys
+from pathlib import Path
+from xetrack import Tracker
+lr = sys.argv[1]
+t = Tracker("results/experiments.db", params={"version": sys.argv[2], "learning_rate": lr})
+t.log({"f1_score": 0.5})
+Path("models/candidates").mkdir(parents=True, exist_ok=True)
+Path(f"models/candidates/own-{lr}.bin").write_text(f"w {lr}")
+Path(f"models/candidates/{sys.argv[2]}--{t.track_id}.pkl").write_text("named")
+if len(sys.argv) > 3:
+    raise SystemExit("diverged")
+'''
+
+
+def test_a_script_writing_into_the_candidates_folder_writes_its_own_copy(tmp_path):
+    proj = make_project(tmp_path / "p", tmp_path / "r")
+    (proj / "own.py").write_text(OWN_CANDIDATE_PY)
+    (proj / "models/candidates").mkdir(parents=True)
+    (proj / "models/candidates/e0.0.1--old-run-1.bin").write_text("old")  # linked in sandboxes
+    (proj / "grid.yaml").write_text("lr: ['0.1', '0.2']\n")
+    sh("git add -A && git commit -qm own", cwd=proj)
+    cands = proj / "models/candidates"
+    cp = run_py(proj, "--version", "e0.1.0", "--", "python", "own.py", "0.3", "e0.1.0", "fail")
+    assert cp.returncode == 1
+    assert sorted(os.listdir(cands)) == ["e0.0.1--old-run-1.bin"]  # a failed run: nothing
+    cp = run_py(proj, "--version", "e0.1.0", "--", "python", "own.py", "0.3", "e0.1.0")
+    assert cp.returncode == 0, cp.stderr
+    out = json.loads(cp.stdout)
+    tid = out["track_id"]
+    assert out["candidates"] == {  # a file already named after the run keeps its name
+        "models/candidates/own-0.3.bin": f"models/candidates/e0.1.0--{tid}.own-0.3.bin",
+        f"models/candidates/e0.1.0--{tid}.pkl": f"models/candidates/e0.1.0--{tid}.pkl"}
+    cp = run_script("sweep.py", "--json", "--version", "e0.2.0", "--grid", "grid.yaml", "--",
+                    "python", "own.py", "{lr}", "e0.2.0", cwd=proj)
+    assert cp.returncode == 0, cp.stderr
+    runs = json.loads(cp.stdout)["runs"]
+    assert [sorted(r["candidates"]) for r in runs] == [sorted(
+        [str(cands / f"e0.2.0--{r['track_id']}.own-{r['params']['lr']}.bin"),
+         str(cands / f"e0.2.0--{r['track_id']}.pkl")]) for r in runs]
+    assert sorted(os.listdir(cands)) == sorted(
+        ["e0.0.1--old-run-1.bin", f"e0.1.0--{tid}.own-0.3.bin", f"e0.1.0--{tid}.pkl",
+         *[f"e0.2.0--{r['track_id']}.own-{r['params']['lr']}.bin" for r in runs],
+         *[f"e0.2.0--{r['track_id']}.pkl" for r in runs]])
+    assert (cands / f"e0.1.0--{out['track_id']}.own-0.3.bin").read_text() == "w 0.3"
+    assert (cands / "e0.0.1--old-run-1.bin").read_text() == "old"
+
+
+def test_a_version_that_cannot_be_a_tag_is_refused_before_anything_runs(proj):
+    line = ("error: bad version 'e0 1': letters, digits, '.', '_', '+' and '-' only (no '--'), "
+            "starting with a letter or digit; use a tag-like name such as e0.2.0")
+    (proj / "g.yaml").write_text("lr: [1]\n")
+    for script, extra in (("run.py", []), ("sweep.py", ["--grid", "g.yaml"])):
+        cp = run_script(script, "--version", "e0 1", *extra, "--", "touch", "ran", cwd=proj)
+        assert (cp.returncode, cp.stderr) == (2, f"{script}: {line}\n")
+    assert not (proj / "ran").exists() and not (proj / "results/shards/e0 1").exists()
+    assert not [p for p in (proj / ".ev").rglob("*") if "e0 1" in p.name]
+    (proj / "g.yaml").unlink()

@@ -216,6 +216,17 @@ def test_cli_sigkilled_run_costs_only_its_rows(git_repo, tmp_path):
             if r["shard"] in ok_shards} == ok_shards
 
 
+def test_cli_progress_names_a_killed_run_once(git_repo, tmp_path):
+    (tmp_path / "fake_train.py").write_text(FAKE_TRAIN)
+    grid = _grid(tmp_path / "g.yaml", "- {x: 4, kill: true}\n")
+    cp = run_script("sweep.py", "--version", "e1", "--grid", grid, "--", sys.executable,
+                    tmp_path / "fake_train.py", cwd=git_repo,
+                    env={"COUNT_FILE": str(tmp_path / "calls.txt")})
+    assert cp.returncode == 1
+    (line,) = [ln for ln in cp.stderr.splitlines() if ln.startswith("sweep.py: [1/1]")]
+    assert line.endswith(": FAILED (killed by SIGKILL)"), line
+
+
 def test_cli_dry_run_writes_nothing(git_repo, tmp_path):
     grid = _grid(tmp_path / "g.yaml", "C: [0.1, 1.0]\nmodel: logreg\n")
     cp = run_script("sweep.py", "--json", "--dry-run", "--version", "e2", "--grid", grid,

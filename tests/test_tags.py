@@ -40,6 +40,20 @@ def test_param_values_cannot_forge_fields_and_lineage_parses(dvc_repo):
     assert tag.lineage["params"]["note"] == "a | f1_score=1.0 | x\n{"  # exact, parsed
 
 
+def test_a_run_without_a_model_param_has_no_model_field(dvc_repo):
+    from xetrack import Tracker
+
+    repo = dvc_repo
+    (repo / "results").mkdir()
+    t = Tracker(str(repo / "results/experiments.db"), params={"version": "e0.1.0", "arch": "mlp"})
+    t.log({"f1_score": 0.5})
+    sh(["dvc", "add", "-q", "results/experiments.db"], cwd=repo)
+    commit_all(repo, "runs")
+    res, _ = ts(repo, "--description", "no model param")
+    assert res["message"].splitlines()[0] == (
+        "arch=mlp | f1_score=0.5 | data=none | no model param")
+
+
 def test_create_refuses_uncommitted_data_and_records_the_data_a_run_read(dvc_repo):
     from xetrack import Tracker
 
@@ -121,3 +135,18 @@ def test_a_production_change_with_no_new_runs_gets_its_own_tag(dvc_repo):
     assert history.all_tags(repo)["e0.2.1"].lineage["run"] == a
     again, _ = ts(repo, "--create")  # the re-run of a done create
     assert again["unchanged"] is True
+    # untagged runs in the DB too: the error says how to tag the production change
+    cp = run_script("model_manager.py", "promote", "--run-id", b, "--reason", "b again",
+                    "--commit", cwd=repo)
+    assert cp.returncode == 0, cp.stderr
+    from xetrack import Tracker
+    for v in ("e0.3.0", "e0.4.0"):
+        Tracker(str(repo / "results/experiments.db"), params={"version": v}).log(
+            {"f1_score": 0.1})
+    _, cp = ts(repo, rc=2)
+    assert cp.stderr.strip() == (
+        "tag_suggest.py: error: several untagged versions in experiments.db: e0.3.0, e0.4.0; "
+        "pass --version to choose one; to tag the production change (promote since e0.2.1): "
+        "--version e0.2.0 --tag e0.2.2")
+    res, _ = ts(repo, "--version", "e0.2.0", "--tag", "e0.2.2")
+    assert (res["production_change"], res["name"]) == (True, "e0.2.2")

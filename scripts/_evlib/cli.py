@@ -20,9 +20,23 @@ from .errors import FAILED, USAGE, EVError, epilog_codes
 
 
 class _Parser(argparse.ArgumentParser):
+    last_error: str | None = None  # the usage error's line, for main's --json object
+
     def error(self, message: str):  # one line, exit 2, like every other usage error
-        self.exit(USAGE, f"{self.prog}: error: {' '.join(message.split())}; "
-                         f"see {self.prog} --help\n")
+        line = f"{' '.join(message.split())}; see {self.prog} --help"
+        _Parser.last_error = line
+        self.exit(USAGE, f"{self.prog}: error: {line}\n")
+
+
+def _json_asked(argv: list[str]) -> bool:
+    """--json among the script's own arguments (not in the command after --)."""
+    own = argv[:argv.index("--")] if "--" in argv else argv
+    return "--json" in own
+
+
+def _print_json_error(code: int, error: str, **data) -> None:
+    print(json.dumps({"status": "error", "code": code, "error": error, **data}, default=str,
+                     ensure_ascii=False))
 
 
 def parser(prog: str, description: str, example: str, *, codes: tuple[int, ...] = (),
@@ -92,7 +106,13 @@ def main(prog: str, build: Callable[[], argparse.ArgumentParser],
          handler: Callable[[argparse.Namespace], int | None],
          argv: list[str] | None = None) -> int:
     """Parse, run handler, map EVError to its one line and exit code."""
-    args = build().parse_args(argv)
+    _Parser.last_error = None
+    try:
+        args = build().parse_args(argv)
+    except SystemExit as exc:  # a usage error: with --json its object too (never only text)
+        if exc.code == USAGE and _json_asked(list(sys.argv[1:] if argv is None else argv)):
+            _print_json_error(USAGE, _Parser.last_error or "usage error")
+        raise
     want_json = getattr(args, "json", False)
     try:
         rc = handler(args)
@@ -100,12 +120,13 @@ def main(prog: str, build: Callable[[], argparse.ArgumentParser],
     except EVError as exc:
         print(f"{prog}: error: {exc.line()}", file=sys.stderr)
         if want_json:
-            print(json.dumps({"status": "error", "code": exc.code, "error": exc.line(),
-                              **exc.data}, default=str, ensure_ascii=False))
+            _print_json_error(exc.code, exc.line(), **exc.data)
         return exc.code
     except KeyboardInterrupt:
-        print(f"{prog}: error: interrupted; nothing was left half-written, re-run to finish",
-              file=sys.stderr)
+        line = "interrupted; nothing was left half-written, re-run to finish"
+        print(f"{prog}: error: {line}", file=sys.stderr)
+        if want_json:
+            _print_json_error(130, line)
         return 130
     except Exception as exc:  # a bug or an unexpected failure: still one line, never exit 0
         where = os.environ.get("EV_TRACEBACK")
@@ -115,8 +136,7 @@ def main(prog: str, build: Callable[[], argparse.ArgumentParser],
         print(f"{prog}: error: {type(exc).__name__}: {msg}; "
               f"re-run with EV_TRACEBACK=1 for the traceback", file=sys.stderr)
         if want_json:
-            print(json.dumps({"status": "error", "code": FAILED,
-                              "error": f"{type(exc).__name__}: {msg}"}))
+            _print_json_error(FAILED, f"{type(exc).__name__}: {msg}")
         return FAILED
 
 

@@ -276,6 +276,7 @@ def _sweep(repo, s, command, runs, *, version, db, db_rel, workers, append_args,
                                   version=version, key=it["key"], params=it["params"],
                                   results_db=db_rel, model_outputs=outs,
                                   require_models=require, gpus=gpu,
+                                  candidates_dir=s.candidates_dir,
                                   protect=[] if s.production_model in outs
                                   else [s.production_model])
             if executor is None:
@@ -314,7 +315,8 @@ def _sweep(repo, s, command, runs, *, version, db, db_rel, workers, append_args,
                 error = runner.last_line(runner.tail(log)) or f"exit {code}"
             ledger.update(it["key"], status="failed", exit_code=res.exit_code, rows=res.rows,
                           error=error, finished=time.time(), gpus=gpu)
-            state = f"FAILED ({runner.describe_exit(res.exit_code or 0)}: {error})"
+            state = (f"FAILED ({error})" if code < 0 else  # the signal is the error
+                     f"FAILED ({runner.describe_exit(code)}: {error})")
         it["result"] = res
         if executor is not None:
             state += executor.describe(it["key"], Path(it["shard"]), metric, metric_mode)

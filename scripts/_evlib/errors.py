@@ -14,7 +14,7 @@ TABLE = {
     FAILED: "an operation failed (git, dvc, database or file system); nothing half-written",
     USAGE: "usage error or bad input; nothing written",
     CONFLICT: "conflicting rows; nothing written (choose with --on-conflict)",
-    REFUSED: "refused by a safety check; nothing changed (see the message, or --force/--yes)",
+    REFUSED: "refused by a safety check; nothing changed (the message says what to do)",
     NOT_FOUND: "the run, version, tag or file asked for does not exist",
 }
 
@@ -26,6 +26,12 @@ def epilog_codes(*codes: int, notes: dict[int, str] | None = None) -> str:
     for code in sorted({OK, FAILED, USAGE, *codes, *(notes or {})}):
         lines.append(f"  {code}  {(notes or {}).get(code, TABLE[code])}")
     return "\n".join(lines)
+
+
+def refused_note(*flags: str) -> dict[int, str]:
+    """notes= for epilog_codes: the REFUSED line naming the flags this script has."""
+    return {REFUSED: f"refused by a safety check; nothing changed (see the message, or "
+                     f"{'/'.join(flags)})"}
 
 
 class EVError(Exception):

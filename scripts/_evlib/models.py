@@ -32,6 +32,7 @@ CANDIDATES = "models/candidates"
 DEFAULT_DB = "results/experiments.db"
 _CAND_RE = re.compile(r"^(?P<version>.+?)--(?P<run>[^.]+)(?P<suffix>\..*)?$")
 _RUN_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
+_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
 def hashes(path: str | os.PathLike) -> tuple[str, str]:
@@ -126,10 +127,11 @@ def check_name(value: str, what: str) -> str:
     if what == "run id" and not _RUN_ID_RE.match(value or ""):
         raise EVError(f"bad run id {value!r}: use letters, digits, '_' and '-' only",
                       code=USAGE, hint="pass the run's xetrack track_id")
-    if what == "version" and (not value or "/" in value or "--" in value
-                              or value.startswith(".")):
-        raise EVError(f"bad version {value!r}: no '/', no '--', not starting with '.'",
-                      code=USAGE, hint="use a tag-like name such as e0.2.0")
+    if what == "version" and (not _VERSION_RE.match(value or "") or "--" in value):
+        # it names a git tag, a shard folder and candidate files: a tag-safe name only
+        raise EVError(f"bad version {value!r}: letters, digits, '.', '_', '+' and '-' only "
+                      f"(no '--'), starting with a letter or digit", code=USAGE,
+                      hint="use a tag-like name such as e0.2.0")
     if what == "run id" and "--" in value:
         raise EVError(f"bad run id {value!r}: '--' separates version and run id",
                       code=USAGE, hint="pass the run's xetrack track_id")

@@ -159,7 +159,7 @@ def replay(entries: list[dict]) -> list[list[dict]]:
             stack = list(after[to]) if e.get("mode") == "to" and to in after else stack[:-1]
             if not stack or stack[-1]["md5"] != (e.get("model") or {}).get("md5"):
                 stack = [*stack, _state(e)]
-        after[e["seq"]] = stack
+        after[e.get("seq")] = stack  # entries of older bundles may lack seq
         out.append(stack)
     return out
 

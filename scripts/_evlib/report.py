@@ -22,7 +22,7 @@ from pathlib import Path
 from . import history, plots
 
 MAX_SWEEPS = 8  # sweep charts for the newest versions with several runs (size stays small)
-LEDGER_COLS = ("time", "action", "version", "run_id", "reason", "alias", "aliases", "source")
+LEDGER_COLS = ("seq", "time", "action", "version", "run_id", "reason", "alias", "aliases", "source")
 
 
 def _e(v) -> str:

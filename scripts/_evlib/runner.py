@@ -70,10 +70,22 @@ class RunSpec:
     export_params: bool = True  # set EV_PARAMS (a sweep's values); run.py's are only recorded
     protect: list[str] = field(default_factory=list)  # also private, never collected (the
     # production model: a script that writes it writes its own copy, which is dropped)
+    candidates_dir: str = ""  # a real folder in the sandbox (never a link to the project's):
+    # a file the command writes there is one of the run's models, collected only if it is good
 
     @property
     def private(self) -> list[str]:
         return list(dict.fromkeys([self.results_db, *self.model_outputs, *self.protect]))
+
+    @property
+    def real_dir(self) -> str:
+        """The candidates folder, unless it is (inside) a private output already."""
+        c = os.path.normpath(self.candidates_dir).replace(os.sep, "/") if self.candidates_dir \
+            else ""
+        if not c or any(c == q or c.startswith(q + "/") for q in
+                        (os.path.normpath(p).replace(os.sep, "/") for p in self.private)):
+            return ""
+        return c
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -119,14 +131,15 @@ def _private_names(private: list[str]) -> set[str]:
     return out
 
 
-def mirror(repo: Path, tree: Path, private: list[str], cwd: str = ".") -> None:
-    """tree/ = the repository as symlinks, with the private paths (and their parents) real.
+def mirror(repo: Path, tree: Path, private: list[str], cwd: str = ".", real: str = "") -> None:
+    """tree/ = the repository as symlinks, with the private paths (and their parents) and the
+    folder `real` (the candidates folder: its files linked one by one) real.
 
     On an existing tree (a reused sandbox) only the missing links are added.
     """
     private = [os.path.normpath(p).replace(os.sep, "/") for p in private]
     names = _private_names(private)
-    parents = _parents(private, cwd)
+    parents = _parents(private, cwd, real)
 
     def walk(src: Path, dst: Path, prefix: str) -> None:
         dst.mkdir(parents=True, exist_ok=True)
@@ -146,14 +159,16 @@ def mirror(repo: Path, tree: Path, private: list[str], cwd: str = ".") -> None:
     walk(repo, tree, "")
     for p in private:
         (tree / p).parent.mkdir(parents=True, exist_ok=True)
+    if real:
+        (tree / real).mkdir(parents=True, exist_ok=True)
 
 
-def clean(result_tree: Path, private: list[str], cwd: str = ".") -> None:
+def clean(result_tree: Path, private: list[str], cwd: str = ".", real: str = "") -> None:
     """Empty a reused sandbox: the private outputs and whatever else a run created there."""
     import shutil
 
     fake = RunResult(spec=RunSpec(command=[], version="", key="", results_db=private[0],
-                                  protect=private[1:], cwd=cwd),
+                                  protect=private[1:], cwd=cwd, candidates_dir=real),
                      workdir=str(result_tree.parent))
     for rel in [*extras(fake), *sorted(_private_names(private))]:
         p = result_tree / rel
@@ -318,11 +333,11 @@ def execute(repo: Path, spec: RunSpec, workdir: Path, *, lineage: dict,
         raise EVError(f"run directory {workdir} exists already", code=FAILED,
                       hint="remove it (a run left by a killed process), then re-run")
     if reuse and tree.is_dir():
-        clean(tree, private, spec.cwd)
+        clean(tree, private, spec.cwd, spec.real_dir)
         for name in (RC_FILE, LOG_FILE):
             with contextlib.suppress(FileNotFoundError):
                 (workdir / name).unlink()
-    mirror(repo, tree, private, spec.cwd)
+    mirror(repo, tree, private, spec.cwd, spec.real_dir)
     cwd = tree / spec.cwd if spec.cwd not in ("", ".") else tree
     if not cwd.is_dir() or cwd.is_symlink():
         cwd = tree
@@ -422,6 +437,12 @@ def finish(result: RunResult, lineage: dict) -> RunResult:
             result.error = (f"the command exited 0 but wrote nothing at --model-output {p}; "
                             f"check the path it saves its model to")
             return result
+    cdir = tree / spec.real_dir if spec.real_dir else None
+    if cdir is not None and cdir.is_dir():  # files it wrote into the candidates folder itself
+        for e in sorted(os.scandir(cdir), key=lambda e: e.name):
+            rel = f"{spec.real_dir}/{e.name}"
+            if not e.is_symlink() and rel not in result.models and rel not in spec.private:
+                result.models[rel] = e.path
     if result.models and len(tids) != 1:
         result.error = (f"the command logged {len(tids)} runs (track_ids) but its model "
                         f"files can be one run's candidates only; log one run per command")
@@ -507,6 +528,10 @@ def candidate_names(result: RunResult) -> dict[str, str]:
     out = {}
     for p in result.models:
         name = os.path.basename(p.rstrip("/"))
+        if p not in spec.model_outputs:  # its own file in the candidates folder: name kept
+            own = f"{spec.version}--{tid}"  # (already named after the run: as it is)
+            out[p] = name if name == own or name.startswith(own + ".") else f"{own}.{name}"
+            continue
         stem, dot, ext = name.partition(".")
         suffix = (f".{stem}" if many else "") + (f".{ext}" if dot else "")
         out[p] = f"{spec.version}--{tid}{suffix}"
@@ -543,10 +568,13 @@ def collect_models(result: RunResult, candidates_dir: Path, names: dict | None =
     return done
 
 
-def _parents(private: list[str], cwd: str = ".") -> set[str]:
-    """Folders that are real in a sandbox: the private paths' parents, and the directory the
-    command starts in with its parents (so that `..` from there stays in the sandbox)."""
+def _parents(private: list[str], cwd: str = ".", real: str = "") -> set[str]:
+    """Folders that are real in a sandbox: the private paths' parents, `real` with its
+    parents, and the directory the command starts in with its parents (so that `..` from
+    there stays in the sandbox)."""
     private = [os.path.normpath(p).replace(os.sep, "/") for p in private]
+    if real:
+        private.append(os.path.normpath(real).replace(os.sep, "/") + "/_")
     out = {"/".join(p.split("/")[:i]) for p in private for i in range(1, p.count("/") + 1)}
     c = os.path.normpath(cwd or ".").replace(os.sep, "/")
     if c != ".":
@@ -560,7 +588,8 @@ def extras(result: RunResult) -> list[str]:
     spec = result.spec
     tree = Path(result.workdir) / "tree"
     private = spec.private
-    names, parents = _private_names(private), _parents(private, spec.cwd)
+    names, parents = _private_names(private), _parents(private, spec.cwd, spec.real_dir)
+    names |= set(result.models)  # the run's models are collected as candidates, not extras
     found: list[str] = []
 
     def walk(d: Path, prefix: str) -> None:

@@ -109,8 +109,9 @@ def expand_grid(spec: Any) -> list[dict]:
 
 
 def shard_dir(db: str | os.PathLike, version: str) -> Path:
-    if not version or "/" in version or version in (".", ".."):
-        raise EVError(f"bad version {version!r}", code=USAGE, hint="use a name like e0.2.0")
+    from .models import check_name
+
+    check_name(version, "version")
     return Path(db).parent / "shards" / version
 
 

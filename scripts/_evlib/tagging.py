@@ -161,12 +161,19 @@ def suggest(repo: Path, *, version: str | None, kind: str, name: str | None, db:
         try:
             version = pick_version(repo, db, tags)
         except EVError as exc:
-            if exc.code != NOT_FOUND:
-                raise
             prod = production_suggest(repo, last, tags, tag_name=tag_name, bump=bump,
                                       description=description)
             if prod is None:
                 raise
+            if exc.code != NOT_FOUND:  # untagged runs too: say how to tag the production change
+                rv = prod["lineage"].get("run_version")
+                if not rv:
+                    raise
+                how = f"--version {rv} --tag {prod['name']}" if rv in tags else f"--version {rv}"
+                raise EVError(exc.message, code=exc.code,
+                              hint=f"pass --version to choose one; to tag the production "
+                                   f"change ({prod['lineage']['action']} since {last}): {how}"
+                              ) from None
             return prod
     elif version in tags and tag_name and tag_name != version:
         # rows of an already tagged version under a new tag: a production change, if the
@@ -214,7 +221,8 @@ def suggest(repo: Path, *, version: str | None, kind: str, name: str | None, db:
     params = run_params(chosen, s.metric_cols)
     metrics = run_metrics(chosen, s.metric_cols)
     value = chosen.values.get(s.metric)
-    parts = [f"model={esc(chosen.model or 'unknown')}"]
+    # no `model` param logged: the field is left out (a made-up value would look recorded)
+    parts = [f"model={esc(chosen.model)}"] if chosen.model else []
     hp = hyperparams(params)
     if show_params is not None:  # --params: only these, in this order
         missing = [k for k in show_params if k not in hp]

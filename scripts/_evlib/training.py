@@ -105,6 +105,7 @@ def collect(repo: Path, s, res: runner.RunResult, db: Path, names: dict | None =
     cands = runner.collect_models(res, repo / s.candidates_dir, names)
     extra = runner.collect_extras(res, repo, repo / runner.SANDBOX_ROOT / "kept" /
                                   Path(res.workdir).name)
+    # new_base_dirs: a project's first run makes results/ (run.py is how it gets its DB)
     merged = (merge_dbs(db, [Path(res.shard)], db, strategy="merge", new_base_dirs=True)
               if res.shard else None)
     runner.remove_workdir(Path(res.workdir))
@@ -126,7 +127,7 @@ def run(repo: Path, s, command: list[str], *, version: str, db_rel: str,
     spec = runner.RunSpec(command=list(command), version=version, key=key,
                           params=command_params(command), results_db=db_rel,
                           model_outputs=model_outputs, require_models=require_models,
-                          cwd=cwd_rel, export_params=False,
+                          cwd=cwd_rel, export_params=False, candidates_dir=s.candidates_dir,
                           protect=[s.production_model] if s.production_model not in
                           model_outputs else [])
     if dry_run:
