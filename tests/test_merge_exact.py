@@ -475,3 +475,57 @@ def test_a_pandas_range_index_kept_in_metadata_survives_and_extends(tmp_path):
     pd.DataFrame({"a": [1]}).to_parquet(only_old)
     merge_data(base, [only_old], tmp_path / "same.parquet")
     assert pd.read_parquet(tmp_path / "same.parquet").index.equals(pd.read_parquet(base).index)
+
+
+def _rows_db(path: Path, n: int, offset: int = 0) -> None:
+    con = sqlite3.connect(path)
+    con.execute('CREATE TABLE "default" (track_id TEXT, timestamp TEXT, v REAL, s TEXT, '
+                'PRIMARY KEY (track_id, timestamp))')
+    con.execute("WITH RECURSIVE c(i) AS (SELECT 0 UNION ALL SELECT i+1 FROM c WHERE i < ?2) "
+                "INSERT INTO \"default\" SELECT 'r' || (i + ?1), 't', (i + ?1) * 0.5, "
+                "'x' || (i + ?1) FROM c",
+                (offset, n - 1))
+    con.commit()
+    con.close()
+
+
+@pytest.mark.parametrize("change", ["none", "value", "type", "reordered", "gap"])
+def test_a_remerge_of_many_rows_finds_every_difference(tmp_path, change):
+    """A re-merge (every key present) is proven row by row along the rowids when the input
+    lines up with the base, else by the key join: one changed value or type is a conflict
+    either way, and base rows in another order or with gaps still re-merge to nothing."""
+    base, exp = tmp_path / "base.db", tmp_path / "exp.db"
+    _rows_db(base, 500)
+    _rows_db(exp, 3000, offset=7)
+    assert merge_dbs(base, [exp], base)["rows_added"]["default"] == 2507
+    if change == "reordered":  # the same rows, another rowid order
+        con = sqlite3.connect(base)
+        con.executescript('CREATE TABLE t2 AS SELECT * FROM "default" ORDER BY random(); '
+                          'DELETE FROM "default"; INSERT INTO "default" SELECT * FROM t2; '
+                          'DROP TABLE t2')
+        con.close()
+    if change == "gap":  # a row of the input deleted and put back: a gap in the base
+        con = sqlite3.connect(base)
+        con.executescript("""CREATE TABLE t2 AS SELECT * FROM "default" WHERE track_id='r1500';
+            DELETE FROM "default" WHERE track_id='r1500';
+            INSERT INTO "default" SELECT * FROM t2; DROP TABLE t2""")
+        con.close()
+    before = sqlite3.connect(base).execute('SELECT * FROM "default" ORDER BY rowid').fetchall()
+    if change in ("value", "type"):
+        con = sqlite3.connect(exp)
+        # v 1003.5 -> 1003.5000001; s TEXT 'x2007' -> BLOB of the same bytes (another type)
+        new = "1003.5000001" if change == "value" else "CAST('x2007' AS BLOB)"
+        con.execute(f"UPDATE \"default\" SET {'v' if change == 'value' else 's'} = {new} "
+                    "WHERE track_id = 'r2007'")
+        con.commit()
+        con.close()
+        with pytest.raises(EVError) as ei:
+            merge_dbs(base, [exp], base)
+        assert ei.value.code == 3 and "1 row(s) have the same key but different" in str(ei.value)
+        assert "r2007" in str(ei.value)
+    else:
+        rep = merge_dbs(base, [exp], base)
+        assert rep["rows_added"]["default"] == 0 and rep["conflicts"] == 0
+        assert rep["inputs"][0]["tables"]["default"]["skipped"] == 3000
+    after = sqlite3.connect(base).execute('SELECT * FROM "default" ORDER BY rowid').fetchall()
+    assert after == before and len(after) == 3007

@@ -606,6 +606,9 @@ def _merge_table(con, alias: str, exp: Path, t: str, exp_cols, key: list[str], s
                            for c in non_key) or "0"
         pre = None
         if has_unique and not added_cols and stats["read"] > 1000:
+            if _aligned(con, qa, qt, key, on, diff, stats["read"]):
+                pre = (stats["read"], 0)
+        if pre is None and has_unique and not added_cols and stats["read"] > 1000:
             # A re-merge (most rows present) is one join that counts present rows and
             # conflicts; the INSERT pass is skipped when nothing is new.
             sample = con.execute(f"SELECT count(*) FROM (SELECT * FROM {qa}.{qt} LIMIT 256) "
@@ -661,6 +664,32 @@ def _merge_table(con, alias: str, exp: Path, t: str, exp_cols, key: list[str], s
     if tmp_index:
         con.execute(f"DROP INDEX main.{tmp_index}")
     return stats
+
+
+def _aligned(con, qa: str, qt: str, key: list[str], on: str, diff: str, n: int) -> bool:
+    """Whether every input row is, value for value, the base row at one rowid offset from it
+    (an input merged before: INSERT ... SELECT kept its order). Proven row by row with the
+    key join's own predicates (keys =, values IS), so the answer is exact; a gap, another
+    order or one differing value says False and the key join decides. It reads the base by
+    rowid, not through the key index, and stops early when the ends don't line up."""
+    qk = ", ".join(quote_ident(k) for k in key)
+    try:
+        first = con.execute(f"SELECT b.rowid - x.rowid FROM (SELECT rowid, {qk} FROM {qa}.{qt} "
+                            f"ORDER BY rowid LIMIT 1) AS x JOIN main.{qt} AS b ON {on}"
+                            ).fetchone()
+        if first is None:
+            return False
+        last = con.execute(f"SELECT count(*) FROM (SELECT rowid, {qk} FROM {qa}.{qt} ORDER BY "
+                           f"rowid DESC LIMIT 1) AS x JOIN main.{qt} AS b ON b.rowid = "
+                           f"x.rowid + ? AND {on}", (first[0],)).fetchone()[0]
+        if not last:
+            return False
+        same = con.execute(f"SELECT count(*) FROM {qa}.{qt} AS x JOIN main.{qt} AS b ON "
+                           f"b.rowid = x.rowid + ? AND {on} WHERE NOT ({diff})", (first[0],)
+                           ).fetchone()[0]
+    except sqlite3.OperationalError:  # e.g. a WITHOUT ROWID table: no rowid to line up
+        return False
+    return same == n
 
 
 def _key_is_unique(con, t: str, key: list[str], schema: str = "main") -> bool:
