@@ -475,3 +475,114 @@ def test_a_pandas_range_index_kept_in_metadata_survives_and_extends(tmp_path):
     pd.DataFrame({"a": [1]}).to_parquet(only_old)
     merge_data(base, [only_old], tmp_path / "same.parquet")
     assert pd.read_parquet(tmp_path / "same.parquet").index.equals(pd.read_parquet(base).index)
+
+
+def _rows_db(path: Path, n: int, offset: int = 0) -> None:
+    con = sqlite3.connect(path)
+    con.execute('CREATE TABLE "default" (track_id TEXT, timestamp TEXT, v REAL, s TEXT, '
+                'PRIMARY KEY (track_id, timestamp))')
+    con.execute("WITH RECURSIVE c(i) AS (SELECT 0 UNION ALL SELECT i+1 FROM c WHERE i < ?2) "
+                "INSERT INTO \"default\" SELECT 'r' || (i + ?1), 't', (i + ?1) * 0.5, "
+                "'x' || (i + ?1) FROM c",
+                (offset, n - 1))
+    con.commit()
+    con.close()
+
+
+@pytest.mark.parametrize("change", ["none", "value", "type", "reordered", "gap"])
+def test_a_remerge_of_many_rows_finds_every_difference(tmp_path, change):
+    """A re-merge (every key present) is proven row by row along the rowids when the input
+    lines up with the base, else by the key join: one changed value or type is a conflict
+    either way, and base rows in another order or with gaps still re-merge to nothing."""
+    base, exp = tmp_path / "base.db", tmp_path / "exp.db"
+    _rows_db(base, 500)
+    _rows_db(exp, 3000, offset=7)
+    assert merge_dbs(base, [exp], base)["rows_added"]["default"] == 2507
+    if change == "reordered":  # the same rows, another rowid order
+        con = sqlite3.connect(base)
+        con.executescript('CREATE TABLE t2 AS SELECT * FROM "default" ORDER BY random(); '
+                          'DELETE FROM "default"; INSERT INTO "default" SELECT * FROM t2; '
+                          'DROP TABLE t2')
+        con.close()
+    if change == "gap":  # a row of the input deleted and put back: a gap in the base
+        con = sqlite3.connect(base)
+        con.executescript("""CREATE TABLE t2 AS SELECT * FROM "default" WHERE track_id='r1500';
+            DELETE FROM "default" WHERE track_id='r1500';
+            INSERT INTO "default" SELECT * FROM t2; DROP TABLE t2""")
+        con.close()
+    before = sqlite3.connect(base).execute('SELECT * FROM "default" ORDER BY rowid').fetchall()
+    if change in ("value", "type"):
+        con = sqlite3.connect(exp)
+        # v 1003.5 -> 1003.5000001; s TEXT 'x2007' -> BLOB of the same bytes (another type)
+        new = "1003.5000001" if change == "value" else "CAST('x2007' AS BLOB)"
+        con.execute(f"UPDATE \"default\" SET {'v' if change == 'value' else 's'} = {new} "
+                    "WHERE track_id = 'r2007'")
+        con.commit()
+        con.close()
+        with pytest.raises(EVError) as ei:
+            merge_dbs(base, [exp], base)
+        assert ei.value.code == 3 and "1 row(s) have the same key but different" in str(ei.value)
+        assert "r2007" in str(ei.value)
+    else:
+        rep = merge_dbs(base, [exp], base)
+        assert rep["rows_added"]["default"] == 0 and rep["conflicts"] == 0
+        assert rep["inputs"][0]["tables"]["default"]["skipped"] == 3000
+    after = sqlite3.connect(base).execute('SELECT * FROM "default" ORDER BY rowid').fetchall()
+    assert after == before and len(after) == 3007
+
+
+def _keyless(path: Path, *rows) -> Path:
+    con = sqlite3.connect(path)
+    con.execute('CREATE TABLE "default" (track_id TEXT, timestamp TEXT, v REAL)')
+    con.executemany('INSERT INTO "default" VALUES (?, ?, ?)', rows)
+    con.commit()
+    con.close()
+    return path
+
+
+def test_many_keyless_shards_combine_across_groups_exactly(tmp_path):
+    """25 xetrack-like shards (no primary key: the scratch DB keeps one lookup index for all
+    its groups): a row in every shard (twice in the first) is added once, a differing copy in
+    a later group is a conflict that writes nothing, and no index of ours is left behind."""
+    base = _keyless(tmp_path / "base.db", ("r0", "t", 0.0))
+    exps = [_keyless(tmp_path / f"e{i}.db", (f"r{i}", "t", i * 0.5), ("r1", "t", 0.5))
+            for i in range(1, 26)]  # e1 holds r1 twice, identical
+    rep = merge_dbs(base, exps, base)
+    assert rep["combined"]["inputs"] == 25 and rep["rows_added"]["default"] == 25
+    con = sqlite3.connect(base)
+    assert con.execute('SELECT track_id, v FROM "default" ORDER BY rowid').fetchall() == [
+        (f"r{i}", i * 0.5) for i in range(26)]
+    assert con.execute("SELECT name FROM sqlite_master WHERE type='index'").fetchall() == []
+    con.close()
+    assert merge_dbs(base, exps, base)["rows_added"]["default"] == 0
+    (tmp_path / "e23.db").unlink()  # group 3: r1 with another value
+    _keyless(tmp_path / "e23.db", ("r23", "t", 11.5), ("r1", "t", 0.75))
+    before = typed_all(base)
+    with pytest.raises(EVError) as ei:
+        merge_dbs(base, exps, base)
+    assert ei.value.code == 3 and "have the same key but different values" in str(ei.value)
+    assert typed_all(base) == before
+
+
+def typed_all(db: Path) -> list[tuple]:
+    con = sqlite3.connect(db)
+    try:
+        return con.execute('SELECT *, typeof(v) FROM "default" ORDER BY rowid').fetchall()
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("strategy", ["merge", "rebase"])
+def test_a_row_repeated_in_a_keyless_input_is_added_once(tmp_path, strategy):
+    base = _keyless(tmp_path / "base.db", ("r0", "t", 0.0), ("r1", "t", 0.1))
+    exp = _keyless(tmp_path / "exp.db", ("r2", "t", 0.5), ("r2", "t", 0.5), ("r3", "t", 1.5),
+                   *([("r1", "t", 0.1)] if strategy == "merge" else [("r1", "t", 0.9)] * 2))
+    rep = merge_dbs(base, [exp], base, strategy=strategy)
+    want = ([("r0", "t", 0.0, "real"), ("r1", "t", 0.1, "real"), ("r2", "t", 0.5, "real"),
+             ("r3", "t", 1.5, "real")] if strategy == "merge" else
+            [("r0", "t", 0.0, "real"), ("r2", "t", 0.5, "real"), ("r3", "t", 1.5, "real"),
+             ("r1", "t", 0.9, "real")])
+    assert typed_all(base) == want
+    assert rep["rows_added"]["default"] == 2
+    assert merge_dbs(base, [exp], base, strategy=strategy)["rows_added"]["default"] == 0
+    assert typed_all(base) == want

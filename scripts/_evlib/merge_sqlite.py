@@ -263,6 +263,7 @@ def _combine(job: _Job, combined: Path) -> None:
             part = _Job(None, job.exps[i:i + MAX_ATTACHED], job.exp_schemas[i:i + MAX_ATTACHED],
                         job.tables, job.keys, job.strategy, job.on_conflict, job.report,
                         job.check)
+            part.scratch = True
             con.execute("BEGIN")
             _merge_all(con, part, counts=False)
             con.execute("COMMIT")
@@ -323,6 +324,7 @@ class _Job:
         self.base, self.exps, self.exp_schemas = base, exps, exp_schemas
         self.tables, self.keys, self.strategy = tables, keys, strategy
         self.on_conflict, self.report, self.check = on_conflict, report, check
+        self.scratch = False  # main is _combine's scratch DB: its lookup index is kept
 
 
 @contextlib.contextmanager
@@ -468,7 +470,8 @@ def _merge_all(con, job: _Job, counts: bool) -> None:
                 continue
             _check_input(con, alias, exp, t, sch[t], job.keys[t])
             entry["tables"][t] = _merge_table(con, alias, exp, t, sch[t], job.keys[t],
-                                              job.strategy, job.on_conflict, all_conflicts)
+                                              job.strategy, job.on_conflict, all_conflicts,
+                                              keep_index=job.scratch)
         report["inputs"].append(entry)
     report["conflicts"] = sum(c["count"] for c in all_conflicts)
     if all_conflicts and job.on_conflict is None:
@@ -482,6 +485,8 @@ def _merge_all(con, job: _Job, counts: bool) -> None:
                       conflicts=all_conflicts, first_keys=first)
     if not counts:
         report["_rows_out"] = None
+        if job.scratch:
+            return  # _combine drops the totals (and summing every group's was O(inputs^2))
         report["rows_added"] = {t: sum(e["tables"].get(t, {}).get("added", 0)
                                        - e["tables"].get(t, {}).get("removed", 0)
                                        for e in report["inputs"]) for t in job.tables}
@@ -556,7 +561,7 @@ def _count(con, schema: str, table: str) -> int:
 
 
 def _merge_table(con, alias: str, exp: Path, t: str, exp_cols, key: list[str], strategy: str,
-                 on_conflict: str | None, all_conflicts: list) -> dict:
+                 on_conflict: str | None, all_conflicts: list, keep_index: bool = False) -> dict:
     qt, qa = quote_ident(t), quote_ident(alias)
     stats = {"read": _count(con, alias, t), "added": 0, "replaced": 0, "removed": 0,
              "skipped": 0, "conflicts": 0, "columns_added": []}
@@ -581,9 +586,12 @@ def _merge_table(con, alias: str, exp: Path, t: str, exp_cols, key: list[str], s
     has_unique = _key_is_unique(con, t, key)
     tmp_index = None
     if not has_unique:
-        # A lookup index for the anti-join; dropped before the file is checked.
+        # A lookup index for the anti-join; dropped before the file is checked. In the
+        # scratch DB of many inputs it is made once and kept (rebuilt per input it was
+        # O(inputs^2): 1,000 sweep shards).
         tmp_index = quote_ident(f"_evmerge_{t}_key")
-        con.execute(f"CREATE INDEX main.{tmp_index} ON {qt} "
+        con.execute(f"CREATE INDEX {'IF NOT EXISTS ' if keep_index else ''}main.{tmp_index} "
+                    f"ON {qt} "
                     f"({', '.join(quote_ident(k) for k in key)})")
     if strategy == "rebase":
         where = " AND ".join(f"x.{quote_ident(k)} = main.{qt}.{quote_ident(k)}" for k in key)
@@ -591,8 +599,8 @@ def _merge_table(con, alias: str, exp: Path, t: str, exp_cols, key: list[str], s
                           f"(SELECT 1 FROM {qa}.{qt} AS x WHERE {where})")
         stats["replaced"] = stats["removed"] = cur.rowcount
         n_mid = _count(con, "main", t)
-        cur = con.execute(f"INSERT OR REPLACE INTO main.{qt} ({qcols}) SELECT {qcols} "
-                          f"FROM {qa}.{qt}")
+        cur = _execute_once_per_key(con, f"INSERT OR REPLACE INTO main.{qt} ({qcols}) SELECT "
+                                         f"{xcols} FROM {qa}.{qt} AS x WHERE 1", alias, t, key)
         stats["added"] = cur.rowcount
         # OR REPLACE also drops a base row whose primary key collides: count it as replaced.
         extra = n_mid + stats["added"] - _count(con, "main", t)
@@ -606,6 +614,9 @@ def _merge_table(con, alias: str, exp: Path, t: str, exp_cols, key: list[str], s
                            for c in non_key) or "0"
         pre = None
         if has_unique and not added_cols and stats["read"] > 1000:
+            if _aligned(con, qa, qt, key, on, diff, stats["read"]):
+                pre = (stats["read"], 0)
+        if pre is None and has_unique and not added_cols and stats["read"] > 1000:
             # A re-merge (most rows present) is one join that counts present rows and
             # conflicts; the INSERT pass is skipped when nothing is new.
             sample = con.execute(f"SELECT count(*) FROM (SELECT * FROM {qa}.{qt} LIMIT 256) "
@@ -620,9 +631,9 @@ def _merge_table(con, alias: str, exp: Path, t: str, exp_cols, key: list[str], s
             stats["added"] = con.execute(f"INSERT OR IGNORE INTO main.{qt} ({qcols}) SELECT "
                                          f"{qcols} FROM {qa}.{qt}").rowcount
         else:
-            stats["added"] = con.execute(
-                f"INSERT INTO main.{qt} ({qcols}) SELECT {xcols} FROM {qa}.{qt} AS x WHERE NOT "
-                f"EXISTS (SELECT 1 FROM main.{qt} AS b WHERE {on})").rowcount
+            stats["added"] = _execute_once_per_key(
+                con, f"INSERT INTO main.{qt} ({qcols}) SELECT {xcols} FROM {qa}.{qt} AS x WHERE "
+                     f"NOT EXISTS (SELECT 1 FROM main.{qt} AS b WHERE {on})", alias, t, key).rowcount
         if stats["added"] < stats["read"]:
             # Some keys were already there: those rows must be identical, else conflict.
             if non_key:
@@ -658,9 +669,53 @@ def _merge_table(con, alias: str, exp: Path, t: str, exp_cols, key: list[str], s
                                   f"WHERE {on_m} AND {same} AND {empty} AND ({given})")
                 stats["filled"] = cur.rowcount
         stats["skipped"] = stats["read"] - stats["added"] - stats["conflicts"]
-    if tmp_index:
+    if tmp_index and not keep_index:
         con.execute(f"DROP INDEX main.{tmp_index}")
     return stats
+
+
+def _aligned(con, qa: str, qt: str, key: list[str], on: str, diff: str, n: int) -> bool:
+    """Whether every input row is, value for value, the base row at one rowid offset from it
+    (an input merged before: INSERT ... SELECT kept its order). Proven row by row with the
+    key join's own predicates (keys =, values IS), so the answer is exact; a gap, another
+    order or one differing value says False and the key join decides. It reads the base by
+    rowid, not through the key index, and stops early when the ends don't line up."""
+    qk = ", ".join(quote_ident(k) for k in key)
+    try:
+        first = con.execute(f"SELECT b.rowid - x.rowid FROM (SELECT rowid, {qk} FROM {qa}.{qt} "
+                            f"ORDER BY rowid LIMIT 1) AS x JOIN main.{qt} AS b ON {on}"
+                            ).fetchone()
+        if first is None:
+            return False
+        last = con.execute(f"SELECT count(*) FROM (SELECT rowid, {qk} FROM {qa}.{qt} ORDER BY "
+                           f"rowid DESC LIMIT 1) AS x JOIN main.{qt} AS b ON b.rowid = "
+                           f"x.rowid + ? AND {on}", (first[0],)).fetchone()[0]
+        if not last:
+            return False
+        same = con.execute(f"SELECT count(*) FROM {qa}.{qt} AS x JOIN main.{qt} AS b ON "
+                           f"b.rowid = x.rowid + ? AND {on} WHERE NOT ({diff})", (first[0],)
+                           ).fetchone()[0]
+    except sqlite3.OperationalError:  # e.g. a WITHOUT ROWID table: no rowid to line up
+        return False
+    return same == n
+
+
+def _execute_once_per_key(con, insert: str, alias: str, t: str, key: list[str]):
+    """insert (... FROM qa.qt AS x WHERE ...) taking only the first row of each key: an input
+    without a unique key may repeat a row (identical copies pass _check_input), which would
+    otherwise be added as often as it is repeated. A WITHOUT ROWID input has no rowid (and a
+    primary key, so no repeats unless keyed by other columns): it is inserted as it is."""
+    if _key_is_unique(con, t, key, schema=alias):
+        return con.execute(insert)
+    qk = ", ".join(quote_ident(k) for k in key)
+    qa, qt = quote_ident(alias), quote_ident(t)
+    try:
+        return con.execute(f"{insert} AND x.rowid IN (SELECT min(rowid) FROM {qa}.{qt} "
+                           f"GROUP BY {qk})")
+    except sqlite3.OperationalError as exc:
+        if "rowid" not in str(exc):
+            raise
+        return con.execute(insert)
 
 
 def _key_is_unique(con, t: str, key: list[str], schema: str = "main") -> bool:
