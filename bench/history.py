@@ -33,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _timing import best_of
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -48,15 +50,6 @@ COLS = ("track_id", "timestamp", "version", "model", "config_C", "f1_score", "pr
 def sh(*cmd, cwd, env=None):
     return subprocess.run(cmd, cwd=cwd, env=env or ENV, check=True, capture_output=True,
                           text=True)
-
-
-def best_of(n, fn) -> float:
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def md5(path: Path) -> str:

@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _timing import best_of
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
@@ -39,15 +41,6 @@ ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
 
 def sh(*cmd, cwd):
     subprocess.run(cmd, cwd=cwd, env=ENV, check=True, capture_output=True)
-
-
-def best_of(n, fn) -> float:
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def make_db(path: Path, runs: int) -> None:

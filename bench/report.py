@@ -17,8 +17,9 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from _timing import best_of
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -34,15 +35,6 @@ def sh(*cmd, cwd):
 
 def script(name, *args, cwd):
     return sh(sys.executable, str(ROOT / "scripts" / name), *args, cwd=cwd)
-
-
-def best_of(n, fn) -> float:
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def log(repo: Path, version: str, runs: int, epochs: int, i: int) -> str:

@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import EVENTS_TABLE
+from . import EVENTS_TABLE, history
 from .errors import FAILED, NOT_FOUND, EVError
 from .sql import quote_ident, sqlite_columns, sqlite_connect, sqlite_tables
 
@@ -88,13 +88,9 @@ def png_bytes(fig) -> bytes:
 
 
 def _num(v) -> float | None:
-    if isinstance(v, bool) or v is None:
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(f) or math.isinf(f) else f
+    """history's number rule, and no infinities either: they cannot be plotted."""
+    f = history._num(v)
+    return None if f is None or math.isinf(f) else f
 
 
 def _short(v) -> str:
