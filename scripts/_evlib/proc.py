@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -45,7 +46,6 @@ def _first_error_line(text: str) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     for i, ln in enumerate(lines):
         if ln.startswith(("ERROR:", "error:", "fatal:")):
-            # DVC names the processes blocking a path on the lines after "blocked by:"
             # DVC names what it is about on the line after a trailing colon ("blocked by:",
             # "failed for following targets:"): keep it in the one line
             if ln.endswith(":") and i + 1 < len(lines):
@@ -89,8 +89,6 @@ def lock_holder(cwd: str | os.PathLike | None) -> str | None:
     except (OSError, ValueError, IndexError):
         pass
     try:
-        import json
-
         rw = json.loads((tmp / "rwlock").read_text())
         for info in (rw.get("write") or {}).values():
             pids.append(int(info["pid"]))
