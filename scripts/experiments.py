@@ -22,12 +22,19 @@ second `list` reads nothing it read before.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+if __name__ == "__main__":  # a repeated list on an unchanged history: before anything else
+    from _evlib import listfast
+
+    if listfast.serve(sys.argv[1:]):
+        sys.exit(0)
+
+import argparse  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 from _evlib import cli, history  # noqa: E402
 from _evlib.errors import NOT_FOUND, REFUSED, USAGE, EVError, epilog_codes, refused_note  # noqa: E402
@@ -108,14 +115,15 @@ def _warn(msg):
     cli.warn(PROG, msg)
 
 
-def _records(repo, args):
+def _records(repo, args, warn=_warn):
+    """(every listed version's record, whether all came from their tags' own DBs)."""
     tags = history.all_tags(repo)
-    names = history.e_tags(tags, _warn) if args.kind != "exp" else []
+    names = history.e_tags(tags, warn) if args.kind != "exp" else []
     if args.kind != "e":
         names += history.exp_tags(tags)
-    with history.Reader(repo, args.db_rel, _warn) as rd:
+    with history.Reader(repo, args.db_rel, warn) as rd:
         rd.live = {t.commit for t in tags.values()}  # the cache keeps every tag's entries
-        return rd.records([tags[n] for n in names], args.metric, args.mode)
+        return rd.records([tags[n] for n in names], args.metric, args.mode), rd.own_only
 
 
 def _record(repo, args, version, tags=None):
@@ -127,7 +135,13 @@ def _record(repo, args, version, tags=None):
 
 
 def cmd_list(repo, args):
-    recs = _records(repo, args)
+    warned: list[str] = []
+
+    def warn(msg):
+        warned.append(f"{PROG}: warning: {msg}\n")
+        _warn(msg)
+
+    recs, own_only = _records(repo, args, warn)
     if args.sort == "metric":
         sign = -1 if args.mode == "max" else 1
         recs.sort(key=lambda r: (history._num(r["value"]) is None,
@@ -150,7 +164,15 @@ def cmd_list(repo, args):
                          f" runs={r['runs']:<3} data={r['data']}  {r['description']}")
         return "\n".join(lines)
 
-    cli.emit(args, {"versions": rows}, text)
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        cli.emit(args, {"versions": rows}, text)
+    sys.stdout.write(buf.getvalue())
+    if own_only and args.fast is not None:  # the next identical list: from listfast
+        args.fast.store(buf.getvalue(), "".join(warned))
 
 
 def cmd_show(repo, args):
@@ -417,6 +439,12 @@ def cmd_report(repo, args):
                         f"{len(res['charts'])} charts, {res['ledger_entries']} ledger entries)")
 
 
+def listfast_recorder(repo):
+    from _evlib import listfast
+
+    return listfast.Recorder(sys.argv[1:], repo)
+
+
 CHART_COMMANDS = {"plot": cmd_plot, "report": cmd_report}
 
 
@@ -425,6 +453,8 @@ def handler(args) -> int:
     if args.command in CHART_COMMANDS:  # their --db defaults to ev.yaml's results_db
         CHART_COMMANDS[args.command](repo, args)
         return 0
+    # the state listfast keys this list's answer by: taken before anything is read
+    args.fast = listfast_recorder(repo) if args.command == "list" else None
     st = history.project_settings(repo)
     if getattr(args, "db", None) is None:
         args.db = st.results_db

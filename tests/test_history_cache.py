@@ -108,8 +108,14 @@ def test_fresh_clone_lists_from_remote_then_from_the_summary_cache(origin, tmp_p
     summary = repo / ".dvc" / "tmp" / "ev-history.json"
     assert summary.is_file()
     assert sh(["git", "status", "--porcelain"], cwd=repo).stdout == ""
-    # the second list reads nothing it read before: no cat-file, same bytes out
+    # the second list reads nothing it read before: no git process at all (listfast's
+    # answer file, the refs unchanged), same bytes out
     env2, counter2 = wrappers(tmp_path / "w2", kill_at=0)
+    cp2 = xp(repo, "list", env=env2)
+    assert cp2.returncode == 0 and cp2.stdout == cp.stdout and cp2.stderr == ""
+    assert Path(f"{counter2}.log").read_text() == ""
+    # without that file: the summary cache, no cat-file
+    (repo / ".dvc" / "tmp" / "ev-list.txt").unlink()
     cp2 = xp(repo, "list", env=env2)
     assert cp2.returncode == 0 and cp2.stdout == cp.stdout and cp2.stderr == ""
     log2 = Path(f"{counter2}.log").read_text().splitlines()

@@ -380,6 +380,9 @@ class Reader:
         self.tmp: str | None = None
         # every tag's commit, when known (list): the cache drops entries of other commits
         self.live: set[str] | None = None
+        # False once a record read the working-tree DB: an answer that depends on more than
+        # the tags' own objects (listfast never stores it)
+        self.own_only = True
 
     def __enter__(self) -> Reader:
         return self
@@ -466,6 +469,7 @@ class Reader:
         s = None
         if rec is None:
             runs, own = self._runs(tag.commit, version)
+            self.own_only = self.own_only and own
             s = summarize(runs, version, metric, mode)
             rec = s.payload()
             if own and key:  # computed from the tag's own DB object: content-addressed
