@@ -328,3 +328,213 @@ def test_revfiles_api(origin, tmp_path):
     assert object_to(repo, md5(b"x\n1\n"), tmp_path / "o2")["source"] == "cache"
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
     assert os.environ.get("EV_GIT") is None
+
+
+# --- listfast: a repeated list on an unchanged history, answered without git ---------------
+
+FAST = Path(".dvc") / "tmp" / "ev-list.txt"
+
+
+class Counted:
+    """experiments.py under the EV_GIT/EV_DVC counting wrappers (a fresh counter each run):
+    (the process, how many git/dvc processes it started)."""
+
+    def __init__(self, tmp: Path):
+        self.tmp, self.n = tmp, 0
+
+    def __call__(self, cwd: Path, *args: str, env: dict | None = None):
+        self.n += 1
+        wenv, counter = wrappers(self.tmp / f"count{self.n}", kill_at=0)
+        cp = run_script("experiments.py", *args, cwd=cwd, env={**wenv, **(env or {})})
+        return cp, calls(counter)
+
+
+def reference(cwd: Path, *args: str):
+    """The answer with every cache off (EV_HISTORY_CACHE=0): what any list must print."""
+    return run_script("experiments.py", *args, cwd=cwd, env={"EV_HISTORY_CACHE": "0"})
+
+
+def same(a, b) -> bool:
+    return (a.returncode, a.stdout, a.stderr) == (b.returncode, b.stdout, b.stderr)
+
+
+def tags_of(cp) -> dict[str, dict]:
+    return {v["tag"]: v for v in json.loads(cp.stdout)["versions"]}
+
+
+def test_listfast_prints_the_full_lists_bytes_and_starts_no_git(origin, tmp_path):
+    repo = clone(origin, tmp_path)
+    run = Counted(tmp_path)
+    sh(["git", "tag", "e9"], cwd=repo)  # malformed: its stderr warning is replayed too
+    variants = [("--json", "list"), ("list",), ("list", "--sort", "metric"),
+                ("list", "--json", "--metric", "precision", "--mode", "min"),
+                ("--json", "list", "--kind", "exp"), ("list", "--kind", "all")]
+    for args in variants:
+        ref = reference(repo, *args)
+        first, n1 = run(repo, *args)
+        again, n2 = run(repo, *args)
+        assert ref.returncode == 0 and same(first, ref) and same(again, ref), args
+        assert n1 >= 2 and n2 == 0, (args, n1, n2)
+    assert again.stderr == "experiments.py: warning: ignoring malformed experiment tag 'e9' " \
+        "(expected e<major>.<minor>.<patch>)\n"
+    assert again.stdout.split("\n")[0].split()[:2] == ["e0.1.0", sh(
+        ["git", "log", "-1", "--format=%cs", "e0.1.0"], cwd=repo).stdout.strip()]
+    # --repo from elsewhere: its own answer (keyed by cwd and argv), no git either
+    args = ("--json", "list", "--repo", str(repo))
+    first, _ = run(tmp_path, *args)
+    again, n = run(tmp_path, *args)
+    assert same(first, reference(repo, "--json", "list")) and same(again, first) and n == 0
+    # an abbreviated option is argparse's to read: never answered from the file
+    again, n = run(repo, "--json", "list", "--so", "metric")
+    assert again.returncode == 0 and n >= 2
+    # a commit moves a branch, not a tag: still no git
+    sh(["git", "commit", "-q", "--allow-empty", "-m", "later"], cwd=repo)
+    again, n = run(repo, "--json", "list")
+    assert same(again, reference(repo, "--json", "list")) and n == 0
+    # --help, usage errors and exit codes: the full CLI's, with the file present
+    helped, n = run(repo, "list", "--help")
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: experiments.py list")
+    bad, _ = run(repo, "--json", "list", "--bogus")
+    assert bad.returncode == 2 and json.loads(bad.stdout)["status"] == "error"
+    assert bad.stderr == "experiments.py: error: unrecognized arguments: --bogus; see " \
+        "experiments.py --help\n"
+    # a damaged or foreign file is ignored (the full list runs) and rebuilt
+    for junk in (b"ev-list 1 0123\nE 9 9 9\nshort", b"\x00\xff", b""):
+        (repo / FAST).write_bytes(junk)
+        got, n = run(repo, "--json", "list")
+        assert same(got, reference(repo, "--json", "list")) and n >= 2
+        again, n = run(repo, "--json", "list")
+        assert same(again, got) and n == 0
+
+
+def test_listfast_sees_every_tag_change(origin, tmp_path):
+    repo = clone(origin, tmp_path)
+    run = Counted(tmp_path)
+    commit = {t: sh(["git", "rev-parse", f"{t}^{{commit}}"], cwd=repo).stdout.strip()
+              for t in F1}
+    lineage = '{"version": "e0.2.0"}'  # the tag's rows: e0.2.0's, in its own DB
+
+    def listed(what):
+        """The list after a change: not the stored answer, the full list's; then stored."""
+        got, n = run(repo, "--json", "list")
+        assert n >= 2, what  # the change was seen: git ran
+        assert same(got, reference(repo, "--json", "list")), what
+        again, n = run(repo, "--json", "list")
+        assert same(again, got) and n == 0, what
+        return tags_of(got)
+
+    before = listed("first")
+    assert list(before) == list(F1)
+    changes = [
+        ("added", ["git", "tag", "-a", "e2.0.0", "-m", "model=logreg | added", "-m", lineage,
+                   "e0.2.0^{}"],
+         lambda t: t["e2.0.0"]["commit"] == commit["e0.2.0"] and
+         t["e2.0.0"]["description"] == "added"),
+        ("deleted", ["git", "tag", "-d", "e0.1.0"], lambda t: "e0.1.0" not in t),
+        ("moved (lightweight)", ["git", "tag", "-f", "e0.2.0", "e1.0.0^{}"],
+         lambda t: t["e0.2.0"]["commit"] == commit["e1.0.0"] and
+         t["e0.2.0"]["description"] == "e1.0.0"),
+        ("annotated re-tag, same commit",
+         ["git", "tag", "-f", "-a", "e1.0.0", "-m", "model=logreg | re-tagged", "e1.0.0^{}"],
+         lambda t: t["e1.0.0"]["commit"] == commit["e1.0.0"] and
+         t["e1.0.0"]["description"] == "re-tagged"),
+        ("packed", ["git", "pack-refs", "--all"],
+         lambda t: not list((repo / ".git" / "refs" / "tags").iterdir())),
+        ("re-tagged while packed", ["git", "tag", "-f", "-a", "e2.0.0", "-m",
+                                    "model=logreg | over the packed one", "-m", lineage,
+                                    "e0.2.0^{}"],
+         lambda t: t["e2.0.0"]["description"] == "over the packed one"),
+        ("gc", ["git", "gc", "-q"],
+         lambda t: t["e2.0.0"]["description"] == "over the packed one" and
+         not list((repo / ".git" / "refs" / "tags").iterdir())),
+        ("deleted from packed-refs", ["git", "tag", "-d", "e2.0.0"], lambda t: "e2.0.0" not in t),
+        # %(refname:short) is tags/e1.0.0 once a branch e1.0.0 exists: not an e-tag
+        ("a branch named like a tag", ["git", "branch", "e1.0.0"], lambda t: "e1.0.0" not in t),
+        ("that branch deleted", ["git", "branch", "-D", "e1.0.0"], lambda t: "e1.0.0" in t),
+    ]
+    for what, cmd, check in changes:
+        sh(cmd, cwd=repo)
+        assert check(listed(what)), what
+    # ev.yaml is part of the answer (the ranking metric)
+    (repo / "ev.yaml").write_text("metric: precision\nmode: max\n")
+    assert {v["metric"] for v in listed("ev.yaml").values()} == {"precision"}
+
+
+def test_listfast_worktree_sees_tags_of_the_common_dir(origin, tmp_path):
+    repo = clone(origin, tmp_path)
+    run = Counted(tmp_path)
+    wt = tmp_path / "wt"
+    sh(["git", "worktree", "add", "-q", "-b", "wt", str(wt)], cwd=repo)
+    for where in (wt, repo):
+        run(where, "--json", "list")
+        again, n = run(where, "--json", "list")
+        assert n == 0 and list(tags_of(again)) == list(F1)
+    # a tag made in the main worktree: in the common dir, seen by the worktree's list
+    sh(["git", "tag", "-a", "e3.0.0", "-m", "model=logreg | from main", "-m",
+        '{"version": "e0.1.0"}', "e0.1.0^{}"], cwd=repo)
+    got, n = run(wt, "--json", "list")
+    assert n >= 2 and same(got, reference(wt, "--json", "list"))
+    assert tags_of(got)["e3.0.0"]["description"] == "from main"
+    # and one deleted from the worktree is gone from the main worktree's list
+    sh(["git", "tag", "-d", "e0.1.0"], cwd=wt)
+    got, n = run(repo, "--json", "list")
+    assert n >= 2 and same(got, reference(repo, "--json", "list"))
+    assert "e0.1.0" not in tags_of(got)
+
+
+def test_listfast_stores_nothing_that_changed_while_it_ran(origin, tmp_path):
+    """A tag made between the state's first read and git's for-each-ref: that answer is not
+    stored (else, the tag deleted again, the old state would serve a list naming it)."""
+    repo = clone(origin, tmp_path)
+    real = shutil.which("git")
+    w = tmp_path / "git-tags-midway"
+    w.write_text(f"#!/bin/sh\nif [ \"$1\" = for-each-ref ]; then {real} tag -a e4.0.0 -m "
+                 f"'model=logreg | midway' 'e0.1.0^{{}}'; fi\nexec {real} \"$@\"\n")
+    w.chmod(0o755)
+    xp(repo, "list")  # objects fetched, summaries cached
+    (repo / FAST).unlink()
+    got = xp(repo, "list", env={"EV_GIT": str(w)})
+    assert "e4.0.0" in tags_of(got)
+    sh(["git", "tag", "-d", "e4.0.0"], cwd=repo)
+    again = xp(repo, "list")
+    assert same(again, reference(repo, "--json", "list")) and "e4.0.0" not in tags_of(again)
+
+
+def test_listfast_answers_only_what_read_the_tags_own_dbs(origin, tmp_path):
+    """A tag whose DB has no rows of its version lists the working-tree DB's rows: that
+    answer depends on the working tree, so it is never stored; nor with the cache off."""
+    repo = clone(origin, tmp_path)
+    run = Counted(tmp_path)
+    sh(["git", "tag", "-a", "e5.0.0", "-m", "model=logreg | no rows", "e0.1.0^{}"], cwd=repo)
+    for _ in range(2):
+        got, n = run(repo, "--json", "list")
+        assert n >= 2 and tags_of(got)["e5.0.0"]["runs"] == 0
+    assert not (repo / FAST).exists()
+    sh(["git", "tag", "-d", "e5.0.0"], cwd=repo)
+    for _ in range(2):
+        got, n = run(repo, "--json", "list", env={"EV_HISTORY_CACHE": "0"})
+        assert n >= 2
+    assert not (repo / FAST).exists()
+
+
+def test_listfast_new_code_is_not_served_the_old_answer(origin, tmp_path):
+    """The bundle's code is part of the state: an upgraded skill recomputes."""
+    repo = clone(origin, tmp_path)
+    bundle = tmp_path / "bundle"
+    shutil.copytree(SCRIPTS, bundle, ignore=shutil.ignore_patterns("__pycache__"))
+    env, counter = wrappers(tmp_path / "w", kill_at=0)
+
+    def run():
+        before = calls(counter)
+        cp = sh([sys.executable, str(bundle / "experiments.py"), "--json", "list"], cwd=repo,
+                env=env)
+        return cp, calls(counter) - before
+
+    first, _ = run()
+    again, n = run()
+    assert n == 0 and again.stdout == first.stdout
+    hist = bundle / "_evlib" / "history.py"
+    st = hist.stat()
+    os.utime(hist, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    again, n = run()
+    assert n >= 2 and again.stdout == first.stdout
