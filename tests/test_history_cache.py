@@ -434,6 +434,9 @@ def test_listfast_sees_every_tag_change(origin, tmp_path):
         ("moved (lightweight)", ["git", "tag", "-f", "e0.2.0", "e1.0.0^{}"],
          lambda t: t["e0.2.0"]["commit"] == commit["e1.0.0"] and
          t["e0.2.0"]["description"] == "e1.0.0"),
+        ("moved again: a loose ref's value only", ["git", "tag", "-f", "e0.2.0", commit["e0.2.0"]],
+         lambda t: t["e0.2.0"]["commit"] == commit["e0.2.0"] and
+         t["e0.2.0"]["description"] == "e0.2.0"),
         ("annotated re-tag, same commit",
          ["git", "tag", "-f", "-a", "e1.0.0", "-m", "model=logreg | re-tagged", "e1.0.0^{}"],
          lambda t: t["e1.0.0"]["commit"] == commit["e1.0.0"] and
@@ -489,12 +492,13 @@ def test_listfast_stores_nothing_that_changed_while_it_ran(origin, tmp_path):
     real = shutil.which("git")
     w = tmp_path / "git-tags-midway"
     w.write_text(f"#!/bin/sh\nif [ \"$1\" = for-each-ref ]; then {real} tag -a e4.0.0 -m "
-                 f"'model=logreg | midway' 'e0.1.0^{{}}'; fi\nexec {real} \"$@\"\n")
+                 f"'model=logreg | midway' -m '{{\"version\": \"e0.1.0\"}}' 'e0.1.0^{{}}'; fi\n"
+                 f"exec {real} \"$@\"\n")
     w.chmod(0o755)
     xp(repo, "list")  # objects fetched, summaries cached
     (repo / FAST).unlink()
     got = xp(repo, "list", env={"EV_GIT": str(w)})
-    assert "e4.0.0" in tags_of(got)
+    assert tags_of(got)["e4.0.0"]["runs"] == 2  # its rows: e0.1.0's, from its own DB
     sh(["git", "tag", "-d", "e4.0.0"], cwd=repo)
     again = xp(repo, "list")
     assert same(again, reference(repo, "--json", "list")) and "e4.0.0" not in tags_of(again)
