@@ -176,7 +176,7 @@ def state(loc: Loc) -> str | None:
     for k in sorted(env):
         if (k.startswith("GIT_") or k.startswith("EV_")) and k not in IGNORED_ENV:
             add(enc(k) + b"=" + enc(env[k]))
-    # the code that computes the answer
+    # the code that computes the answer, by mtime and size (what Python's .pyc check uses)
     st = os.stat(SCRIPT)
     add(b"%d %d" % (st.st_mtime_ns, st.st_size))
     with os.scandir(EVLIB) as it:
@@ -199,21 +199,24 @@ def state(loc: Loc) -> str | None:
     user = [env["GIT_CONFIG_GLOBAL"]] if env.get("GIT_CONFIG_GLOBAL") else \
         [os.path.join(xdg, "git", "config"), os.path.join(home, ".gitconfig")]
     for p in (*user, env.get("GIT_CONFIG_SYSTEM") or "/etc/gitconfig"):
+        add(enc(p))
         try:
             s = os.stat(p)
             add(b"%d %d %d" % (s.st_ino, s.st_mtime_ns, s.st_size))
         except FileNotFoundError:
             add(None)
-    # refs, as the files backend keeps them
+    # refs, as the files backend keeps them: loose first, then packed-refs, git's own order
+    # (pack-refs writes packed-refs before it deletes the loose files, so a ref being packed
+    # is seen in one or the other, never in neither)
     if os.path.isdir(os.path.join(loc.common, "reftable")):
         return None
-    add(_read(os.path.join(loc.common, "packed-refs")))
     refs: list = []
     _loose(os.path.join(loc.common, "refs"), "refs/", refs)
     if loc.gitdir != loc.common:  # a worktree's own refs (refs/worktree, refs/bisect)
         _loose(os.path.join(loc.gitdir, "refs"), "wt:refs/", refs)
     for name, path in sorted(refs):
         add(_ref_piece(name, path))
+    add(_read(os.path.join(loc.common, "packed-refs")))
     return h.hexdigest()
 
 
