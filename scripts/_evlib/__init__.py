@@ -14,6 +14,8 @@ Modules:
   settings - the project's settings file (ev.yaml): paths, ranking metric, metric columns
   runs    - results rows aggregated per run (track_id) and the one ranking rule
   history - the read side of past versions (tags, outputs and runs at a revision)
+  listfast - a repeated `experiments.py list` on an unchanged history, answered without git
+  experiments_cli - experiments.py's commands (the script is a stub, for listfast's speed)
   tagging - tag_suggest's write side (bump, message, lineage, create checks)
   dvcstore - writing DVC cache objects, single-file .dvc files and checkouts directly
   registry - model aliases, their ledgers, promote/rollback (write-ahead intent)
