@@ -268,7 +268,7 @@ def serve(argv: list[str]) -> bool:
         # what print() would fail on, the full command reports (as its one-line error)
         out.encode(sys.stdout.encoding or "utf-8", sys.stdout.errors or "strict")
         err.encode(sys.stderr.encoding or "utf-8", sys.stderr.errors or "strict")
-    except (OSError, ValueError, UnicodeError):  # UnicodeError is a ValueError: explicit
+    except Exception:  # noqa: BLE001 - whatever it could not read: the full list decides
         return False
     if err:
         sys.stderr.write(err)
@@ -289,8 +289,8 @@ class Recorder:
             loc = locate(argv)
             if loc is not None and os.path.samefile(loc.top, repo):
                 self.loc, self.digest = loc, state(loc)
-        except (OSError, ValueError):
-            self.loc = None
+        except Exception:  # noqa: BLE001 - a cache: the list itself goes on
+            self.loc = self.digest = None
 
     def store(self, out: str, err: str) -> None:
         if self.digest is None:
@@ -301,7 +301,7 @@ class Recorder:
             key = _key(self.argv)
             o, e = out.encode("utf-8"), err.encode("utf-8")
             old = _entries(_read(self.loc.file), self.digest)
-        except (OSError, ValueError):
+        except Exception:  # noqa: BLE001 - a cache: the answer was printed already
             return
         old.pop(key, None)
         keep = list(old.items())[-(MAX_ENTRIES - 1):] + [(key, (o, e))]
