@@ -391,6 +391,9 @@ def test_listfast_prints_the_full_lists_bytes_and_starts_no_git(origin, tmp_path
     sh(["git", "commit", "-q", "--allow-empty", "-m", "later"], cwd=repo)
     again, n = run(repo, "--json", "list")
     assert same(again, reference(repo, "--json", "list")) and n == 0
+    # GIT_DIR (and the like) set: git's discovery decides, never the file
+    got, n = run(repo, "--json", "list", env={"GIT_DIR": str(repo / ".git")})
+    assert same(got, reference(repo, "--json", "list")) and n >= 2
     # --help, usage errors and exit codes: the full CLI's, with the file present
     helped, n = run(repo, "list", "--help")
     assert helped.returncode == 0 and helped.stdout.startswith("usage: experiments.py list")

@@ -14,8 +14,9 @@ file) means no fast path: the full list runs, and stores its answer for the next
 
 Why branch values are left out: `list` reads refs/tags only; other refs matter only by
 name (`%(refname:short)` says tags/X when a branch or remote X exists), so every ref's
-name is in the digest, tags' (and replace refs') values too, branches' only whether they
-hold an object id (so a commit does not invalidate it). Stored only when every version's
+name is in the digest, and every value but a branch's or remote branch's (tags, replace
+refs, notes, stash); of those only whether they hold an object id (so a commit does not
+invalidate it). Stored only when every version's
 summary came from its tag's own DB object: an answer that read the working-tree DB (a tag
 without a DB, a DB object missing everywhere) is never served from here.
 
