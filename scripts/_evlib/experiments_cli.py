@@ -412,22 +412,20 @@ def cmd_report(repo, args):
                         f"{len(res['charts'])} charts, {res['ledger_entries']} ledger entries)")
 
 
-def listfast_recorder(repo):
-    from . import listfast
-
-    return listfast.Recorder(sys.argv[1:], repo)
-
-
 CHART_COMMANDS = {"plot": cmd_plot, "report": cmd_report}
 
 
-def handler(args) -> int:
+def handler(args, argv: list[str]) -> int:
     repo = find_repo(args.repo)
     if args.command in CHART_COMMANDS:  # their --db defaults to ev.yaml's results_db
         CHART_COMMANDS[args.command](repo, args)
         return 0
     # the state listfast keys this list's answer by: taken before anything is read
-    args.fast = listfast_recorder(repo) if args.command == "list" else None
+    args.fast = None
+    if args.command == "list":
+        from . import listfast
+
+        args.fast = listfast.Recorder(argv, repo)
     st = history.project_settings(repo)
     if getattr(args, "db", None) is None:
         args.db = st.results_db
@@ -441,6 +439,8 @@ def handler(args) -> int:
     return 0
 
 
-def main(doc: str) -> int:
-    """experiments.py's CLI; doc: its docstring (the --help description)."""
-    return cli.main(PROG, lambda: build(doc), handler)
+def main(doc: str, argv: list[str] | None = None) -> int:
+    """experiments.py's CLI; doc: its docstring (the --help description). argv: the
+    arguments (default sys.argv[1:]), also listfast's key for a list's answer."""
+    argv = sys.argv[1:] if argv is None else argv
+    return cli.main(PROG, lambda: build(doc), lambda args: handler(args, argv), argv)
