@@ -19,10 +19,11 @@ rows in its sandbox) is collected, not redone.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import itertools
 import json
 import os
-import queue
 import re
 import sqlite3
 import time
@@ -240,7 +241,7 @@ def _sweep(repo, s, command, runs, *, version, db, db_rel, workers, append_args,
         st = runner.read_state(wd)
         key = st.get("key") or wd.name
         shard = directory / f"run-{key}.db"
-        if runner.read_rc(wd) == 0 and st.get("spec") and shard_rows(shard) == 0:
+        if runner.read_rc(wd, key) == 0 and st.get("spec") and shard_rows(shard) == 0:
             res = runner.RunResult(spec=runner.RunSpec(**st["spec"]), workdir=str(wd),
                                    exit_code=0)
             res = runner.finish(res, st.get("lineage") or {})
@@ -261,38 +262,24 @@ def _sweep(repo, s, command, runs, *, version, db, db_rel, workers, append_args,
             workers = executor.concurrency
     total = len(todo)
     counter = itertools.count(1)
-    # One sandbox per worker slot, reused run after run (a sandbox costs file-system
-    # metadata work; a slot is one run at a time). With GPUs, slot i owns GPU i.
-    slots: queue.Queue = queue.Queue()
-    for i in range(workers):
-        slots.put(i)
     base.mkdir(parents=True, exist_ok=True)
 
-    def job(it):
-        slot = slots.get()
-        gpu = gpus[slot] if gpus else None
-        try:
-            spec = runner.RunSpec(command=fill(command, it["params"], append_args),
-                                  version=version, key=it["key"], params=it["params"],
-                                  results_db=db_rel, model_outputs=outs,
-                                  require_models=require, gpus=gpu,
-                                  candidates_dir=s.candidates_dir,
-                                  protect=[] if s.production_model in outs
-                                  else [s.production_model])
-            if executor is None:
-                wd = base / f"w{slot}"
-                res = runner.execute(repo, spec, wd, lineage=lin, reuse=True,
-                                     log=directory / f"run-{it['key']}.log")
-                _after(it, res, wd, gpu)
-            else:  # a fresh directory per run: the executor lands its files there
-                wd = base / it["key"]
-                if wd.exists():
-                    runner.remove_workdir(wd)
-                res = executor.execute(repo, spec, wd, lineage=lin)
-                _after(it, res, wd, gpu)
-                runner.remove_workdir(wd)
-        finally:
-            slots.put(slot)
+    def spec_for(it, gpu=None):
+        return runner.RunSpec(command=fill(command, it["params"], append_args),
+                              version=version, key=it["key"], params=it["params"],
+                              results_db=db_rel, model_outputs=outs,
+                              require_models=require, gpus=gpu,
+                              candidates_dir=s.candidates_dir,
+                              protect=[] if s.production_model in outs
+                              else [s.production_model])
+
+    def job(it):  # on an executor: a fresh directory per run, where it lands its files
+        wd = base / it["key"]
+        if wd.exists():
+            runner.remove_workdir(wd)
+        res = executor.execute(repo, spec_for(it), wd, lineage=lin)
+        _after(it, res, wd, None)
+        runner.remove_workdir(wd)
 
     def _after(it, res, wd, gpu):
         log = directory / f"run-{it['key']}.log"
@@ -323,15 +310,19 @@ def _sweep(repo, s, command, runs, *, version, db, db_rel, workers, append_args,
         if on_progress:
             on_progress(f"[{next(counter)}/{total}] run-{it['key']} {it['params']}: {state}")
 
+    boxes = 2 * workers  # sandboxes of the local loop (see _run_local)
     try:
-        if todo:
+        if todo and executor is not None:
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 for f in [pool.submit(job, it) for it in todo]:
                     f.result()
+        elif todo:
+            _run_local(repo, todo, spec_for, _after, base=base, workers=workers, boxes=boxes,
+                       gpus=gpus, lineage=lin, directory=directory)
     finally:
         if executor is not None:
             executor.close()
-    for i in range(workers):
+    for i in range(boxes):
         runner.remove_workdir(base / f"w{i}")
     report = _finalize(db, directory, ledger, items, in_db, version=version, metric=metric,
                        metric_mode=metric_mode, command=command, killed=killed,
@@ -339,6 +330,89 @@ def _sweep(repo, s, command, runs, *, version, db, db_rel, workers, append_args,
     if executor is not None:
         executor.annotate(report)
     return report
+
+
+def _run_local(repo, todo, spec_for, after, *, base, workers, boxes, gpus, lineage,
+               directory) -> None:
+    """Run the commands on this machine, `workers` at once, from one thread.
+
+    A slot per running command (with GPUs, slot i owns GPU i). Twice as many sandboxes as
+    slots: when a command exits, the next one starts at once in a sandbox prepared earlier,
+    and only then is the finished run collected (stamped, landed) and its sandbox emptied for
+    a later run: the bundle's own work happens while commands run, not between them. One
+    thread, woken by the kernel when any child exits (waitid), so no thread hand-offs.
+    If collecting a run raises, no new run starts, the running ones finish and are collected,
+    then the error is raised; if this process is interrupted, the running ones are ended.
+    """
+    pending = collections.deque(todo)
+    free = collections.deque(range(workers))
+    ready = collections.deque()
+    running: dict[int, tuple] = {}
+    finished: collections.deque = collections.deque()
+    error: BaseException | None = None
+    for b in range(min(boxes, len(todo))):
+        runner.prepare(repo, spec_for(todo[0]), base / f"w{b}", reuse=True)
+        ready.append(b)
+    try:
+        while pending or running or finished:
+            while pending and free and ready and error is None:
+                it, slot, b = pending.popleft(), free.popleft(), ready.popleft()
+                spec = spec_for(it, gpus[slot] if gpus else None)
+                run = runner.launch(repo, spec, base / f"w{b}", lineage=lineage, reuse=True,
+                                    log=directory / f"run-{it['key']}.log")
+                if run.proc is None:  # it could not start: collected like a failed run
+                    free.append(slot)
+                    finished.append((it, run, b, None))
+                else:
+                    running[run.proc.pid] = (it, run, slot, b)
+            if finished:
+                it, run, b, code = finished.popleft()
+                try:
+                    res = run.result if code is None else runner.complete(run, code)
+                    after(it, res, base / f"w{b}", res.spec.gpus)
+                    if pending:
+                        runner.prepare(repo, res.spec, base / f"w{b}", reuse=True)
+                        ready.append(b)
+                except Exception as exc:  # noqa: BLE001 - raised after the running ones
+                    error = error or exc
+                    pending.clear()
+                continue
+            if not running:
+                continue
+            pid = _wait_any(running)
+            it, run, slot, b = running.pop(pid)
+            code = run.proc.wait()  # reaps it (waitid only looked)
+            free.append(slot)
+            finished.append((it, run, b, code))
+    except BaseException:  # interrupted: end every running command too
+        for _it, run, _slot, _b in running.values():
+            runner.kill_group(run.state)
+            run.proc.wait()
+            run.close()
+        raise
+    if error is not None:
+        raise error
+
+
+def _wait_any(running: dict) -> int:
+    """The pid of a running command that has exited (blocks; the child is not reaped)."""
+    while True:
+        try:
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
+        except ChildProcessError:  # none left to wait for: poll the ones we know
+            info = None
+        except InterruptedError:
+            continue
+        if info is not None and info.si_pid in running:
+            return info.si_pid
+        if info is not None:  # a child that is not a run: reap it, it is nobody's
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(info.si_pid, 0)
+            continue
+        for pid, entry in running.items():
+            if entry[1].proc.poll() is not None:
+                return pid
+        time.sleep(0.01)
 
 
 def _land(repo: Path, s, res: runner.RunResult, directory: Path, ledger: Ledger) -> dict:
@@ -366,7 +440,8 @@ def _finalize(db, directory, ledger, items, in_db, *, version, metric, metric_mo
     merged = (merge_dbs(Path(db), new, Path(db), strategy="merge", new_base_dirs=True)
               if new else None)
     if new:
-        ledger.mark_merged([it["key"] for it in items if Path(it["shard"]) in set(new)])
+        merged_shards = set(new)  # once: a set per item made this O(runs^2)
+        ledger.mark_merged([it["key"] for it in items if Path(it["shard"]) in merged_shards])
     after = keys_in_db(db, version)
     doubled = {k: sorted(t) for k, t in after.items()
                if len(t) > 1 and k in {it["key"] for it in items}}
