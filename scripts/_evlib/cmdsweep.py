@@ -24,8 +24,10 @@ import contextlib
 import itertools
 import json
 import os
+import queue
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -334,64 +336,78 @@ def _sweep(repo, s, command, runs, *, version, db, db_rel, workers, append_args,
 
 def _run_local(repo, todo, spec_for, after, *, base, workers, boxes, gpus, lineage,
                directory) -> None:
-    """Run the commands on this machine, `workers` at once, from one thread.
+    """Run the commands on this machine, `workers` at once.
 
-    A slot per running command (with GPUs, slot i owns GPU i). Twice as many sandboxes as
-    slots: when a command exits, the next one starts at once in a sandbox prepared earlier,
-    and only then is the finished run collected (stamped, landed) and its sandbox emptied for
-    a later run: the bundle's own work happens while commands run, not between them. One
-    thread, woken by the kernel when any child exits (waitid), so no thread hand-offs.
+    A slot per running command (with GPUs, slot i owns GPU i); twice as many sandboxes as
+    slots. This thread only starts commands and waits for them (waitid: woken by the kernel
+    when any child exits); a collector thread judges and stamps each finished run, lands it
+    and empties its sandbox for a later run. So the next command starts as soon as a slot is
+    free, in a sandbox prepared earlier, and the bundle's own work (most of it SQLite, which
+    runs without the GIL) happens while commands run, not between them.
     If collecting a run raises, no new run starts, the running ones finish and are collected,
     then the error is raised; if this process is interrupted, the running ones are ended.
     """
     pending = collections.deque(todo)
     free = collections.deque(range(workers))
-    ready = collections.deque()
+    ready: queue.Queue = queue.Queue()
+    finished: queue.Queue = queue.Queue()
     running: dict[int, tuple] = {}
-    finished: collections.deque = collections.deque()
-    error: BaseException | None = None
+    errors: list[BaseException] = []
     for b in range(min(boxes, len(todo))):
         runner.prepare(repo, spec_for(todo[0]), base / f"w{b}", reuse=True)
-        ready.append(b)
+        ready.put(b)
+
+    def collect() -> None:
+        while (item := finished.get()) is not None:
+            it, run, b, code = item
+            try:
+                res = run.result if code is None else runner.complete(run, code)
+                after(it, res, base / f"w{b}", res.spec.gpus)
+                if not errors:
+                    runner.prepare(repo, res.spec, base / f"w{b}", reuse=True)
+            except BaseException as exc:  # noqa: BLE001 - raised once the running ones end
+                errors.append(exc)
+            finally:
+                ready.put(b)
+
+    collector = threading.Thread(target=collect, name="ev-collect", daemon=True)
+    collector.start()
     try:
-        while pending or running or finished:
-            while pending and free and ready and error is None:
-                it, slot, b = pending.popleft(), free.popleft(), ready.popleft()
+        while pending or running:
+            while pending and free and not errors:
+                b = ready.get()  # the collector frees one soon (2 per slot)
+                if errors:
+                    ready.put(b)
+                    break
+                it, slot = pending.popleft(), free.popleft()
                 spec = spec_for(it, gpus[slot] if gpus else None)
                 run = runner.launch(repo, spec, base / f"w{b}", lineage=lineage, reuse=True,
                                     log=directory / f"run-{it['key']}.log")
                 if run.proc is None:  # it could not start: collected like a failed run
                     free.append(slot)
-                    finished.append((it, run, b, None))
+                    finished.put((it, run, b, None))
                 else:
                     running[run.proc.pid] = (it, run, slot, b)
-            if finished:
-                it, run, b, code = finished.popleft()
-                try:
-                    res = run.result if code is None else runner.complete(run, code)
-                    after(it, res, base / f"w{b}", res.spec.gpus)
-                    if pending:
-                        runner.prepare(repo, res.spec, base / f"w{b}", reuse=True)
-                        ready.append(b)
-                except Exception as exc:  # noqa: BLE001 - raised after the running ones
-                    error = error or exc
-                    pending.clear()
-                continue
             if not running:
+                if errors or not pending:
+                    break
                 continue
             pid = _wait_any(running)
             it, run, slot, b = running.pop(pid)
             code = run.proc.wait()  # reaps it (waitid only looked)
             free.append(slot)
-            finished.append((it, run, b, code))
+            finished.put((it, run, b, code))
     except BaseException:  # interrupted: end every running command too
         for _it, run, _slot, _b in running.values():
             runner.kill_group(run.state)
             run.proc.wait()
             run.close()
         raise
-    if error is not None:
-        raise error
+    finally:
+        finished.put(None)
+        collector.join()
+    if errors:
+        raise errors[0]
 
 
 def _wait_any(running: dict) -> int:
