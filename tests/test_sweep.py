@@ -544,3 +544,97 @@ def test_cli_sweep_killed_alone_at_random_moments_never_doubles_a_run(git_repo, 
     assert count_rows(db) == 60
     assert any(n for n, _ in outcomes), outcomes  # some kills left runs going
     print("kill outcomes (live orphans, exit of the re-run):", outcomes)
+
+
+# --- the local loop (#18: the bundle's work overlaps the commands) ------------------------
+
+def _loop_specs(tmp_path, n):
+    from _evlib import runner
+
+    (tmp_path / "fast.py").write_text(FAST_TRAIN)
+    todo = [{"key": f"k{i:02d}", "params": {"x": i}} for i in range(n)]
+
+    def spec_for(it, gpu=None):
+        return runner.RunSpec(command=[sys.executable, str(tmp_path / "fast.py"), "0.05"],
+                              version="L1", key=it["key"], params=it["params"], gpus=gpu)
+    return todo, spec_for
+
+
+def test_local_loop_a_failing_collection_stops_new_runs_and_collects_the_running(
+        git_repo, tmp_path):
+    from _evlib.cmdsweep import _run_local
+
+    todo, spec_for = _loop_specs(tmp_path, 8)
+    base, logs = git_repo / ".ev" / "sweeps" / "L1", tmp_path / "logs"
+    base.mkdir(parents=True)
+    logs.mkdir()
+    collected = []
+
+    def after(it, res, wd, gpu):
+        collected.append((it["key"], res.ok, res.rows))
+        if len(collected) == 1:
+            raise EVError("the ledger is gone", code=1)
+
+    with pytest.raises(EVError, match="the ledger is gone"):
+        _run_local(git_repo, todo, spec_for, after, base=base, workers=2, boxes=4, gpus=None,
+                   lineage={}, directory=logs)
+    started = sorted(p.stem[4:] for p in logs.glob("run-*.log"))
+    # Runs already going when the first collection failed are finished and collected, never
+    # abandoned; no run starts after it.
+    assert sorted(k for k, _, _ in collected) == started
+    assert all(ok and rows == 1 for _, ok, rows in collected)
+    assert 2 <= len(started) <= 4 < len(todo)
+
+
+def test_local_loop_gives_each_slot_its_gpu_and_runs_every_command_once(git_repo, tmp_path):
+    from _evlib.cmdsweep import _run_local
+
+    todo, spec_for = _loop_specs(tmp_path, 9)
+    base, logs = git_repo / ".ev" / "sweeps" / "L1", tmp_path / "logs"
+    base.mkdir(parents=True)
+    logs.mkdir()
+    seen = []
+    _run_local(git_repo, todo, spec_for,
+               lambda it, res, wd, gpu: seen.append((it["key"], res.ok, gpu, res.seconds)),
+               base=base, workers=3, boxes=6, gpus=["4", "5", "6"], lineage={}, directory=logs)
+    assert sorted(k for k, *_ in seen) == [it["key"] for it in todo]
+    assert all(ok for _, ok, _, _ in seen)
+    assert {g for _, _, g, _ in seen} <= {"4", "5", "6"}
+    assert all(s >= 0.05 for *_, s in seen)  # the command's own time
+
+
+def test_a_reused_sandbox_never_takes_an_earlier_runs_exit_code(git_repo, tmp_path):
+    from _evlib import runner
+
+    todo, spec_for = _loop_specs(tmp_path, 2)
+    wd = git_repo / ".ev" / "sweeps" / "L1" / "w0"
+    res = runner.execute(git_repo, spec_for(todo[0]), wd, lineage={}, reuse=True)
+    assert res.ok and runner.read_rc(wd, "k00") == 0
+    assert (wd / runner.RC_FILE).read_text().split("\n")[0] == "0 k00"
+    # The next run in the same sandbox, killed before its shell wrote a code: the file still
+    # says k00's code, which is not k01's.
+    runner.prepare(git_repo, spec_for(todo[1]), wd, reuse=True)
+    assert runner.read_rc(wd, "k01") is None
+    assert runner.read_rc(wd, "k00") == 0
+    bad = spec_for(todo[1])
+    bad.command = ["sh", "-c", "exit 3"]
+    res = runner.execute(git_repo, bad, wd, lineage={}, reuse=True)
+    assert res.exit_code == 3 and runner.read_rc(wd, "k01") == 3
+    assert (wd / runner.RC_FILE).read_text().split("\n")[0] == "3 k01"
+
+
+def test_state_rewritten_in_place_reads_back_exactly(tmp_path):
+    from _evlib import runner
+
+    lin = {"ev_commit": "c" * 40, "ev_data_md5": '{"data/a.csv": "x"}', "nested": {"b": [1]}}
+    big = {"pid": 1, "key": "k" * 300, "lineage": lin, "spec": {"command": ["a", "b"]}}
+    small = {"pid": 2, "key": "k2", "lineage": lin}
+    runner.write_state(tmp_path, big, in_place=True)
+    ino = os.stat(tmp_path / runner.STATE).st_ino
+    runner.write_state(tmp_path, small, in_place=True)
+    assert os.stat(tmp_path / runner.STATE).st_ino == ino  # the same file, shorter text
+    assert runner.read_state(tmp_path) == small
+    assert (tmp_path / runner.STATE).read_text().rstrip() == json.dumps(small, sort_keys=True)
+    lin["nested"]["b"].append(2)  # a changed lineage is serialised again, never stale
+    runner.write_state(tmp_path, small, in_place=True)
+    assert runner.read_state(tmp_path)["lineage"]["nested"]["b"] == [1, 2]

@@ -19,12 +19,16 @@ rows in its sandbox) is collected, not redone.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import itertools
 import json
 import os
 import queue
 import re
 import sqlite3
+import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -240,7 +244,7 @@ def _sweep(repo, s, command, runs, *, version, db, db_rel, workers, append_args,
         st = runner.read_state(wd)
         key = st.get("key") or wd.name
         shard = directory / f"run-{key}.db"
-        if runner.read_rc(wd) == 0 and st.get("spec") and shard_rows(shard) == 0:
+        if runner.read_rc(wd, key) == 0 and st.get("spec") and shard_rows(shard) == 0:
             res = runner.RunResult(spec=runner.RunSpec(**st["spec"]), workdir=str(wd),
                                    exit_code=0)
             res = runner.finish(res, st.get("lineage") or {})
@@ -261,38 +265,24 @@ def _sweep(repo, s, command, runs, *, version, db, db_rel, workers, append_args,
             workers = executor.concurrency
     total = len(todo)
     counter = itertools.count(1)
-    # One sandbox per worker slot, reused run after run (a sandbox costs file-system
-    # metadata work; a slot is one run at a time). With GPUs, slot i owns GPU i.
-    slots: queue.Queue = queue.Queue()
-    for i in range(workers):
-        slots.put(i)
     base.mkdir(parents=True, exist_ok=True)
 
-    def job(it):
-        slot = slots.get()
-        gpu = gpus[slot] if gpus else None
-        try:
-            spec = runner.RunSpec(command=fill(command, it["params"], append_args),
-                                  version=version, key=it["key"], params=it["params"],
-                                  results_db=db_rel, model_outputs=outs,
-                                  require_models=require, gpus=gpu,
-                                  candidates_dir=s.candidates_dir,
-                                  protect=[] if s.production_model in outs
-                                  else [s.production_model])
-            if executor is None:
-                wd = base / f"w{slot}"
-                res = runner.execute(repo, spec, wd, lineage=lin, reuse=True,
-                                     log=directory / f"run-{it['key']}.log")
-                _after(it, res, wd, gpu)
-            else:  # a fresh directory per run: the executor lands its files there
-                wd = base / it["key"]
-                if wd.exists():
-                    runner.remove_workdir(wd)
-                res = executor.execute(repo, spec, wd, lineage=lin)
-                _after(it, res, wd, gpu)
-                runner.remove_workdir(wd)
-        finally:
-            slots.put(slot)
+    def spec_for(it, gpu=None):
+        return runner.RunSpec(command=fill(command, it["params"], append_args),
+                              version=version, key=it["key"], params=it["params"],
+                              results_db=db_rel, model_outputs=outs,
+                              require_models=require, gpus=gpu,
+                              candidates_dir=s.candidates_dir,
+                              protect=[] if s.production_model in outs
+                              else [s.production_model])
+
+    def job(it):  # on an executor: a fresh directory per run, where it lands its files
+        wd = base / it["key"]
+        if wd.exists():
+            runner.remove_workdir(wd)
+        res = executor.execute(repo, spec_for(it), wd, lineage=lin)
+        _after(it, res, wd, None)
+        runner.remove_workdir(wd)
 
     def _after(it, res, wd, gpu):
         log = directory / f"run-{it['key']}.log"
@@ -323,15 +313,19 @@ def _sweep(repo, s, command, runs, *, version, db, db_rel, workers, append_args,
         if on_progress:
             on_progress(f"[{next(counter)}/{total}] run-{it['key']} {it['params']}: {state}")
 
+    boxes = 2 * workers  # sandboxes of the local loop (see _run_local)
     try:
-        if todo:
+        if todo and executor is not None:
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 for f in [pool.submit(job, it) for it in todo]:
                     f.result()
+        elif todo:
+            _run_local(repo, todo, spec_for, _after, base=base, workers=workers, boxes=boxes,
+                       gpus=gpus, lineage=lin, directory=directory)
     finally:
         if executor is not None:
             executor.close()
-    for i in range(workers):
+    for i in range(boxes):
         runner.remove_workdir(base / f"w{i}")
     report = _finalize(db, directory, ledger, items, in_db, version=version, metric=metric,
                        metric_mode=metric_mode, command=command, killed=killed,
@@ -339,6 +333,108 @@ def _sweep(repo, s, command, runs, *, version, db, db_rel, workers, append_args,
     if executor is not None:
         executor.annotate(report)
     return report
+
+
+def _run_local(repo, todo, spec_for, after, *, base, workers, boxes, gpus, lineage,
+               directory) -> None:
+    """Run the commands on this machine, `workers` at once.
+
+    A slot per running command (with GPUs, slot i owns GPU i); twice as many sandboxes as
+    slots. This thread only starts commands and waits for them (waitid: woken by the kernel
+    when any child exits); a collector thread judges and stamps each finished run, lands it
+    and empties its sandbox for a later run. So the next command starts as soon as a slot is
+    free, in a sandbox prepared earlier, and the bundle's own work (most of it SQLite, which
+    runs without the GIL) happens while commands run, not between them.
+    If collecting a run raises, no new run starts, the running ones finish and are collected,
+    then the error is raised; if this process is interrupted, the running ones are ended.
+    """
+    pending = collections.deque(todo)
+    free = collections.deque(range(workers))
+    ready: queue.Queue = queue.Queue()
+    finished: queue.Queue = queue.Queue()
+    running: dict[int, tuple] = {}
+    errors: list[BaseException] = []
+    for b in range(min(boxes, len(todo))):
+        runner.prepare(repo, spec_for(todo[0]), base / f"w{b}", reuse=True)
+        ready.put(b)
+
+    def collect() -> None:
+        while (item := finished.get()) is not None:
+            it, run, b, code = item
+            try:
+                res = run.result if code is None else runner.complete(run, code)
+                after(it, res, base / f"w{b}", res.spec.gpus)
+                if not errors:
+                    runner.prepare(repo, res.spec, base / f"w{b}", reuse=True)
+            except BaseException as exc:  # noqa: BLE001 - raised once the running ones end
+                errors.append(exc)
+            finally:
+                ready.put(b)
+
+    collector = threading.Thread(target=collect, name="ev-collect", daemon=True)
+    collector.start()
+    # The two threads share the GIL: a short switch interval lets this one start the next
+    # command promptly instead of waiting up to 5 ms for the collector's turn to end.
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(min(switch, 0.0002))
+    try:
+        while pending or running:
+            while pending and free and not errors:
+                b = ready.get()  # the collector frees one soon (2 per slot)
+                if errors:
+                    ready.put(b)
+                    break
+                it, slot = pending.popleft(), free.popleft()
+                spec = spec_for(it, gpus[slot] if gpus else None)
+                run = runner.launch(repo, spec, base / f"w{b}", lineage=lineage, reuse=True,
+                                    log=directory / f"run-{it['key']}.log")
+                if run.proc is None:  # it could not start: collected like a failed run
+                    free.append(slot)
+                    finished.put((it, run, b, None))
+                else:
+                    running[run.proc.pid] = (it, run, slot, b)
+            if not running:
+                if errors or not pending:
+                    break
+                continue
+            pid = _wait_any(running)
+            it, run, slot, b = running.pop(pid)
+            code = run.proc.wait()  # reaps it (waitid only looked)
+            free.append(slot)
+            finished.put((it, run, b, code))
+    except BaseException:  # interrupted: end every running command too
+        for _it, run, _slot, _b in running.values():
+            runner.kill_group(run.state)
+            run.proc.wait()
+            run.close()
+        raise
+    finally:
+        sys.setswitchinterval(switch)
+        finished.put(None)
+        collector.join()
+    if errors:
+        raise errors[0]
+
+
+def _wait_any(running: dict) -> int:
+    """The pid of a running command that has exited (blocks; the child is not reaped)."""
+    while True:
+        try:
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
+        except ChildProcessError:  # none left to wait for: poll the ones we know
+            info = None
+        except InterruptedError:
+            continue
+        if info is not None and info.si_pid in running:
+            return info.si_pid
+        if info is not None:  # a child that is not a run: reap it, it is nobody's
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(info.si_pid, 0)
+            continue
+        for pid, entry in running.items():
+            if entry[1].proc.poll() is not None:
+                return pid
+        time.sleep(0.01)
 
 
 def _land(repo: Path, s, res: runner.RunResult, directory: Path, ledger: Ledger) -> dict:
@@ -366,7 +462,8 @@ def _finalize(db, directory, ledger, items, in_db, *, version, metric, metric_mo
     merged = (merge_dbs(Path(db), new, Path(db), strategy="merge", new_base_dirs=True)
               if new else None)
     if new:
-        ledger.mark_merged([it["key"] for it in items if Path(it["shard"]) in set(new)])
+        merged_shards = set(new)  # once: a set per item made this O(runs^2)
+        ledger.mark_merged([it["key"] for it in items if Path(it["shard"]) in merged_shards])
     after = keys_in_db(db, version)
     doubled = {k: sorted(t) for k, t in after.items()
                if len(t) > 1 and k in {it["key"] for it in items}}

@@ -93,8 +93,20 @@ def same_file(a: Path, b: Path) -> bool:
 
 
 def check_output_not_input(output: Path, exps: list[Path], flag: str) -> None:
+    # One stat per input (not a path resolution each: a sweep merges 1,000 shards). An
+    # output that does not exist yet is no existing input; a missing input is refused later.
+    try:
+        out = os.stat(output)
+    except OSError:
+        out = None
     for e in exps:
-        if same_file(output, e):
+        try:
+            st = os.stat(e)
+        except OSError:
+            st = None
+        if (out is not None and st is not None and (st.st_dev, st.st_ino) == (out.st_dev,
+                                                                              out.st_ino)) \
+                or (st is None and same_file(output, e)):
             raise EVError(f"--output-{flag} {output} is also an experiment input ({e})",
                           code=REFUSED,
                           hint=f"write to the base or a new path, never over an --exp-{flag} file")

@@ -73,7 +73,9 @@ def _storage_class(decl: str) -> str:
 
 
 def _ro_uri(path: Path) -> str:
-    return "file:" + urllib.parse.quote(str(Path(path).resolve())) + "?mode=ro"
+    # An absolute path, not a resolved one: SQLite follows links itself, and resolving
+    # costs a stat per path component per input (a sweep attaches 1,000 shards).
+    return "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
 
 
 # --- inputs -----------------------------------------------------------------------------------
