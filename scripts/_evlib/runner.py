@@ -41,7 +41,7 @@ from typing import Any
 from . import EVENTS_TABLE
 from . import lineage as lineage_mod
 from .errors import FAILED, USAGE, EVError
-from .sql import quote_ident, sqlite_columns, sqlite_connect, sqlite_tables
+from .sql import add_columns, quote_ident, sqlite_columns, sqlite_connect, sqlite_tables
 
 SANDBOX_ROOT = ".ev"  # <repo>/.ev/: per-run sandboxes (git- and dvc-ignored)
 # Never mirrored into a sandbox: the repository's own metadata (the command's git and dvc
@@ -657,10 +657,9 @@ def stamp(db: Path, spec: RunSpec, lineage: dict, seconds: float | None = None, 
                               hint="pass the same version to both, or let the bundle set it")
         con.execute("BEGIN IMMEDIATE")
         try:
-            for name in [*values, "version"]:
-                if name not in cols:
-                    con.execute(f"ALTER TABLE {t} ADD COLUMN {quote_ident(name)} "
-                                f"{_TYPES.get(name, 'TEXT')}")
+            add_columns(con, EVENTS_TABLE, [(name, _TYPES.get(name, "TEXT"))
+                                            for name in [*values, "version"]
+                                            if name not in cols])
             sets = ", ".join(f"{quote_ident(k)} = ?" for k in values)
             con.execute(f"UPDATE {t} SET {sets}, version = ?", [*values.values(), spec.version])
             con.execute("COMMIT")
