@@ -709,3 +709,28 @@ def test_add_columns_falls_back_to_alter_table_when_the_edit_does_not_check_out(
         ("track_id", "TEXT"), ("timestamp", "TEXT"), ("a", "TEXT"), ("b", "REAL"),
         ("c", "INTEGER")]
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+@pytest.mark.parametrize("phase", ["running", "stamping"])
+def test_a_run_killed_mid_stamp_is_redone_not_collected(git_repo, tmp_path, phase):
+    from _evlib import runner
+
+    (tmp_path / "fast.py").write_text(FAST_TRAIN)
+    cmd = [sys.executable, str(tmp_path / "fast.py"), "0"]
+    key = run_key({"x": 1})
+    spec = runner.RunSpec(command=cmd, version="m1", key=key, params={"x": 1})
+    wd = git_repo / ".ev" / "sweeps" / "m1" / "w0"
+    # What a sweep killed after its command exited 0 leaves: the sandbox, its rc, its state.
+    runner.prepare(git_repo, spec, wd, reuse=True)
+    run = runner.launch(git_repo, spec, wd, lineage={}, reuse=True)
+    assert run.proc.wait() == 0
+    run.close()
+    runner.write_state(wd, {**run.state, "phase": phase}, in_place=True)
+    assert runner.read_rc(wd, key) == 0
+    cp = run_script("sweep.py", "--json", "--version", "m1", "--grid",
+                    _grid(tmp_path / "g.yaml", "x: [1]\n"), "--", *cmd, cwd=git_repo)
+    assert cp.returncode == 0, cp.stderr
+    out = json.loads(cp.stdout)
+    assert out["recovered"] == ([key] if phase == "running" else [])
+    assert out["counts"]["done"] == (0 if phase == "running" else 1)
+    assert _per_key(git_repo / "results/experiments.db", "m1") == {key: 1}
