@@ -156,11 +156,14 @@ def main(argv=None) -> int:
             cmd = f"sqlite3 out/run-{{}}.db \"{SQL.replace('{x}', '{}').replace(chr(34), chr(92) + chr(34))}\""
             bases, sweeps = [], []
             for r in range(max(1, min(a.reps, 2))):  # interleaved: load changes hit both
-                reset(p)
-                bases.append(timed(lambda: xargs(p, n, a.workers, cmd)))
-                reset(p)
-                sweeps.append(timed(lambda r=r: sweep(
-                    p, n, a.workers, ["sqlite3", "results/experiments.db", SQL], f"big{r}")))
+                # A fresh project per repetition, and nothing deleted until the end: ext4
+                # makes every file created near many just-deleted ones slower (it skips
+                # inodes freed in the last minute), which would bias whichever side runs
+                # after a clean-up.
+                q = project(Path(tmp) / f"big{r}")
+                bases.append(timed(lambda q=q: xargs(q, n, a.workers, cmd)))
+                sweeps.append(timed(lambda q=q, r=r: sweep(
+                    q, n, a.workers, ["sqlite3", "results/experiments.db", SQL], f"big{r}")))
             base, s_ = min(bases), min(sweeps)
             out["sweep_1000_sqlite3"] = {"runs": n, "command_ms": round(one * 1000, 2),
                                          "xargs_s": round(base, 3), "sweep_s": round(s_, 3),

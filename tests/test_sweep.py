@@ -638,3 +638,99 @@ def test_state_rewritten_in_place_reads_back_exactly(tmp_path):
     lin["nested"]["b"].append(2)  # a changed lineage is serialised again, never stale
     runner.write_state(tmp_path, small, in_place=True)
     assert runner.read_state(tmp_path)["lineage"]["nested"]["b"] == [1, 2]
+
+
+@pytest.mark.parametrize("create", [
+    'CREATE TABLE "default" (track_id TEXT, timestamp TEXT, x TEXT, f1_score REAL)',
+    'CREATE TABLE "default"(track_id,timestamp,"a)b" TEXT DEFAULT \')\' , -- ) here\n y)',
+    'CREATE TABLE [default] (track_id TEXT, timestamp TEXT, z INTEGER NOT NULL DEFAULT 0,'
+    ' PRIMARY KEY (track_id, timestamp)) STRICT',
+    'CREATE TABLE "default" (track_id TEXT PRIMARY KEY, timestamp TEXT) WITHOUT ROWID',
+])
+def test_stamp_adds_the_lineage_columns_exactly_as_alter_table_would(tmp_path, create):
+    from _evlib import sql
+
+    cols = [("ev_run", "TEXT"), ("ev_command", "TEXT"), ("ev_dirty", "INTEGER"),
+            ("ev_seconds", "REAL"), ("version", "TEXT")]
+    dbs = {}
+    for how in ("fast", "alter"):
+        p = tmp_path / f"{how}.db"
+        con = sqlite3.connect(p, isolation_level=None)
+        con.execute(create)
+        con.execute('INSERT INTO "default" (track_id, timestamp) VALUES (\'t\', \'1\')')
+        con.execute("BEGIN IMMEDIATE")
+        if how == "fast":
+            seen: list[str] = []
+            con.set_trace_callback(seen.append)
+            sql.add_columns(con, "default", cols)
+            con.set_trace_callback(None)
+            assert sum(q.startswith("ALTER TABLE") for q in seen) == 1  # the edit was used
+        else:
+            for n, d in cols:
+                con.execute(f'ALTER TABLE "default" ADD COLUMN "{n}" {d}')
+        con.execute("COMMIT")
+        con.close()
+        con = sqlite3.connect(p)  # a new connection reads the schema from the file
+        dbs[how] = (con.execute('PRAGMA table_info("default")').fetchall(),
+                    con.execute('SELECT *, typeof(ev_dirty) FROM "default"').fetchall(),
+                    con.execute("PRAGMA integrity_check").fetchone()[0])
+        con.close()
+    assert dbs["fast"] == dbs["alter"]
+    assert dbs["fast"][2] == "ok" and [c[1] for c in dbs["fast"][0]][-5:] == [
+        n for n, _ in cols]
+
+
+def test_add_columns_falls_back_to_alter_table_when_the_edit_does_not_check_out(
+        tmp_path, monkeypatch):
+    from _evlib import sql
+
+    p = tmp_path / "a.db"
+    con = sqlite3.connect(p, isolation_level=None)
+    con.execute('CREATE TABLE "default" (track_id TEXT, timestamp TEXT)')
+    con.execute("INSERT INTO \"default\" VALUES ('t', '1')")
+    real = sqlite3.Connection.execute
+
+    class Con:  # every read-back of the columns after the edit says one is missing
+        def __init__(self, c):
+            self.c, self.edited = c, False
+
+        def execute(self, q, *a):
+            if q.startswith("UPDATE main.sqlite_master"):
+                self.edited = True
+            cur = real(self.c, q, *a)
+            if self.edited and "table_info" in q:
+                return iter(list(cur)[:-1])
+            return cur
+
+    con.execute("BEGIN IMMEDIATE")
+    sql.add_columns(Con(con), "default", [("a", "TEXT"), ("b", "REAL"), ("c", "INTEGER")])
+    con.execute("COMMIT")
+    assert [r[1:3] for r in con.execute('PRAGMA table_info("default")')] == [
+        ("track_id", "TEXT"), ("timestamp", "TEXT"), ("a", "TEXT"), ("b", "REAL"),
+        ("c", "INTEGER")]
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+@pytest.mark.parametrize("phase", ["running", "stamping"])
+def test_a_run_killed_mid_stamp_is_redone_not_collected(git_repo, tmp_path, phase):
+    from _evlib import runner
+
+    (tmp_path / "fast.py").write_text(FAST_TRAIN)
+    cmd = [sys.executable, str(tmp_path / "fast.py"), "0"]
+    key = run_key({"x": 1})
+    spec = runner.RunSpec(command=cmd, version="m1", key=key, params={"x": 1})
+    wd = git_repo / ".ev" / "sweeps" / "m1" / "w0"
+    # What a sweep killed after its command exited 0 leaves: the sandbox, its rc, its state.
+    runner.prepare(git_repo, spec, wd, reuse=True)
+    run = runner.launch(git_repo, spec, wd, lineage={}, reuse=True)
+    assert run.proc.wait() == 0
+    run.close()
+    runner.write_state(wd, {**run.state, "phase": phase}, in_place=True)
+    assert runner.read_rc(wd, key) == 0
+    cp = run_script("sweep.py", "--json", "--version", "m1", "--grid",
+                    _grid(tmp_path / "g.yaml", "x: [1]\n"), "--", *cmd, cwd=git_repo)
+    assert cp.returncode == 0, cp.stderr
+    out = json.loads(cp.stdout)
+    assert out["recovered"] == ([key] if phase == "running" else [])
+    assert out["counts"]["done"] == (0 if phase == "running" else 1)
+    assert _per_key(git_repo / "results/experiments.db", "m1") == {key: 1}

@@ -244,7 +244,9 @@ def _sweep(repo, s, command, runs, *, version, db, db_rel, workers, append_args,
         st = runner.read_state(wd)
         key = st.get("key") or wd.name
         shard = directory / f"run-{key}.db"
-        if runner.read_rc(wd, key) == 0 and st.get("spec") and shard_rows(shard) == 0:
+        # A run killed mid-stamp ("stamping": its journal was in memory) may be torn: redone.
+        if (runner.read_rc(wd, key) == 0 and st.get("spec") and shard_rows(shard) == 0
+                and st.get("phase") != "stamping"):
             res = runner.RunResult(spec=runner.RunSpec(**st["spec"]), workdir=str(wd),
                                    exit_code=0)
             res = runner.finish(res, st.get("lineage") or {})

@@ -41,7 +41,7 @@ from typing import Any
 from . import EVENTS_TABLE
 from . import lineage as lineage_mod
 from .errors import FAILED, USAGE, EVError
-from .sql import quote_ident, sqlite_columns, sqlite_connect, sqlite_tables
+from .sql import add_columns, quote_ident, sqlite_columns, sqlite_connect, sqlite_tables
 
 SANDBOX_ROOT = ".ev"  # <repo>/.ev/: per-run sandboxes (git- and dvc-ignored)
 # Never mirrored into a sandbox: the repository's own metadata (the command's git and dvc
@@ -412,6 +412,7 @@ class Launched:
     lineage: dict
     t0: float
     tee: threading.Thread | None = None
+    reuse: bool = False  # a sweep's reused sandbox (its state is rewritten in place)
 
     @property
     def pid(self) -> int | None:
@@ -457,7 +458,8 @@ def launch(repo: Path, spec: RunSpec, workdir: Path, *, lineage: dict, stream=No
     log_path = Path(log) if log is not None else workdir / LOG_FILE
     out = open(log_path, "wb")  # noqa: SIM115 - closed by Launched.close
     run = Launched(result=result, proc=None, state={}, out=out, log_path=log_path,
-                   watched=watched, repo=repo, lineage=lineage, t0=time.monotonic())
+                   watched=watched, repo=repo, lineage=lineage, t0=time.monotonic(),
+                   reuse=reuse)
     try:
         if stream is None:
             run.proc = _spawn(wrapped, cwd, env, out)
@@ -540,11 +542,16 @@ def complete(run: Launched, code: int) -> RunResult:
         result.error = (f"the command failed ({describe_exit(code)})"
                         + (f": {last}" if last else "") + "; nothing was collected")
         return result
-    return finish(result, run.lineage)
+    return finish(result, run.lineage, state=run.state if run.reuse else None)
 
 
-def finish(result: RunResult, lineage: dict) -> RunResult:
-    """After a good exit: stamp the rows with lineage, find the model files."""
+def finish(result: RunResult, lineage: dict, *, state: dict | None = None) -> RunResult:
+    """After a good exit: stamp the rows with lineage, find the model files.
+
+    state: the run's state in a sweep's reused sandbox. The stamp then keeps its rollback
+    journal in memory (no journal file created and deleted per run) and the state says
+    "stamping" while it runs: a sweep killed mid-stamp may leave a torn shard, and its
+    next run redoes such a run instead of collecting it (see cmdsweep)."""
     spec = result.spec
     tree = Path(result.workdir) / "tree"
     db = tree / spec.results_db
@@ -558,7 +565,11 @@ def finish(result: RunResult, lineage: dict) -> RunResult:
                             f"$EV_SHARD_DB")
             return result
         try:
-            stamp(db, spec, lineage, result.seconds, con=con)
+            if state is not None:
+                write_state(result.workdir, {**state, "phase": "stamping"}, in_place=True)
+            stamp(db, spec, lineage, result.seconds, con=con, journal=state is None)
+            if state is not None:
+                write_state(result.workdir, {**state, "phase": "stamped"}, in_place=True)
         except EVError as exc:
             result.error, result.error_code = exc.line(), exc.code
             return result
@@ -632,9 +643,10 @@ _TYPES = {"ev_dirty": "INTEGER", "ev_seconds": "REAL"}
 
 
 def stamp(db: Path, spec: RunSpec, lineage: dict, seconds: float | None = None, *,
-          con: sqlite3.Connection | None = None) -> None:
+          con: sqlite3.Connection | None = None, journal: bool = True) -> None:
     """Write the lineage columns (and version) on every row of the run's results DB.
-    con: an open connection to db to use (left open)."""
+    con: an open connection to db to use (left open). journal=False: the rollback journal
+    in memory, for a caller that marks the stamp as under way (a kill may tear the file)."""
     values = lineage_values(spec, lineage, seconds)
     own = con is None
     if own:
@@ -644,6 +656,8 @@ def stamp(db: Path, spec: RunSpec, lineage: dict, seconds: float | None = None, 
     level = con.isolation_level
     con.isolation_level = None
     con.execute("PRAGMA synchronous=OFF")
+    if not journal and con.execute("PRAGMA journal_mode").fetchone()[0] == "delete":
+        con.execute("PRAGMA journal_mode=MEMORY")  # this connection only; WAL is left as is
     try:
         t = quote_ident(EVENTS_TABLE)
         cols = {c[0] for c in sqlite_columns(con, EVENTS_TABLE)}
@@ -657,10 +671,9 @@ def stamp(db: Path, spec: RunSpec, lineage: dict, seconds: float | None = None, 
                               hint="pass the same version to both, or let the bundle set it")
         con.execute("BEGIN IMMEDIATE")
         try:
-            for name in [*values, "version"]:
-                if name not in cols:
-                    con.execute(f"ALTER TABLE {t} ADD COLUMN {quote_ident(name)} "
-                                f"{_TYPES.get(name, 'TEXT')}")
+            add_columns(con, EVENTS_TABLE, [(name, _TYPES.get(name, "TEXT"))
+                                            for name in [*values, "version"]
+                                            if name not in cols])
             sets = ", ".join(f"{quote_ident(k)} = ?" for k in values)
             con.execute(f"UPDATE {t} SET {sets}, version = ?", [*values.values(), spec.version])
             con.execute("COMMIT")
