@@ -586,3 +586,98 @@ def test_a_row_repeated_in_a_keyless_input_is_added_once(tmp_path, strategy):
     assert rep["rows_added"]["default"] == 2
     assert merge_dbs(base, [exp], base, strategy=strategy)["rows_added"]["default"] == 0
     assert typed_all(base) == want
+
+
+def _decl_db(path: Path, decl: str, n: int, odd, order: str = "rowid") -> Path:
+    """n rows keyed r0..r{n-1} (v = i * 0.5) with row r{n//2}'s v = odd, in `order`."""
+    con = sqlite3.connect(path)
+    con.execute(f'CREATE TABLE "default" (track_id TEXT, timestamp TEXT, v {decl}, '
+                'PRIMARY KEY (track_id, timestamp))')
+    rows = [(f"r{i}", "t", odd if i == n // 2 else i * 0.5) for i in range(n)]
+    if order == "reversed":
+        rows.reverse()
+    con.executemany('INSERT INTO "default" VALUES (?, ?, ?)', rows)
+    con.commit()
+    con.close()
+    return path
+
+
+@pytest.mark.parametrize("n", [3, 3000])  # 3: the key join; 3000: the rowid-aligned proof
+@pytest.mark.parametrize("order", ["rowid", "reversed"])
+@pytest.mark.parametrize("decl, in_base, in_exp", [
+    ("", 1, 1.0),                       # no affinity: 1 IS 1.0 in SQL, yet another type
+    ("BLOB", 1, 1.0),
+    ("", 1, "1"),
+    ("", None, ""),
+    ("TEXT COLLATE NOCASE", "A", "a"),  # the column's collation says equal: the bytes differ
+    ("INTEGER", -2**63, -2.0**63),      # an INTEGER column keeps this real as a real
+])
+def test_a_value_differing_only_in_type_or_case_is_a_conflict(tmp_path, decl, in_base, in_exp,
+                                                              n, order):
+    """A re-merge whose one differing row hides among identical ones (in the input's rowid
+    order or reversed) is refused with exit 3 and writes nothing."""
+    base = _decl_db(tmp_path / "base.db", decl, n, in_base)
+    exp = _decl_db(tmp_path / "exp.db", decl, n, in_exp, order)
+    before = base.read_bytes()
+    with pytest.raises(EVError) as ei:
+        merge_dbs(base, [exp], base)
+    assert ei.value.code == 3
+    assert str(ei.value).startswith(f"1 row(s) have the same key but different values "
+                                    f"(default: ['r{n // 2}', 't'] in {exp}); ")
+    assert base.read_bytes() == before
+    same = _decl_db(tmp_path / "same.db", decl, n, in_base, order)
+    assert merge_dbs(base, [same], base)["rows_added"]["default"] == 0
+    assert base.read_bytes() == before
+
+
+def test_a_reordered_input_and_a_row_deleted_from_the_base_remerge_exactly(tmp_path):
+    base, exp = tmp_path / "base.db", tmp_path / "exp.db"
+    _rows_db(base, 500)
+    _rows_db(exp, 3000, offset=7)
+    merge_dbs(base, [exp], base)
+    want = typed_rows(base)
+    rev = tmp_path / "rev.db"
+    con = sqlite3.connect(rev)  # the input's rows in the opposite rowid order
+    con.execute(f"ATTACH '{exp}' AS e")
+    con.executescript('CREATE TABLE "default" (track_id TEXT, timestamp TEXT, v REAL, s TEXT, '
+                      'PRIMARY KEY (track_id, timestamp)); INSERT INTO "default" SELECT * FROM '
+                      'e."default" ORDER BY rowid DESC')
+    con.close()
+    rep = merge_dbs(base, [rev], base)
+    assert rep["rows_added"]["default"] == 0 and rep["conflicts"] == 0
+    con = sqlite3.connect(base)
+    con.execute("DELETE FROM \"default\" WHERE track_id = 'r1500'")
+    con.commit()
+    con.close()
+    rep = merge_dbs(base, [exp], base)
+    assert rep["rows_added"]["default"] == 1 and rep["conflicts"] == 0
+    assert sorted(typed_rows(base)) == sorted(want)
+
+
+def test_a_null_key_among_present_rows_is_refused(tmp_path):
+    """The NULL-key scan is skipped only when every row is proven present: one NULL key in an
+    otherwise re-merged input is still refused with exit 2."""
+    base, exp = tmp_path / "base.db", tmp_path / "exp.db"
+    _rows_db(base, 3000)
+    _rows_db(exp, 3000)
+    con = sqlite3.connect(exp)
+    con.execute("UPDATE \"default\" SET timestamp = NULL WHERE track_id = 'r1200'")
+    con.commit()
+    rowid = con.execute("SELECT rowid FROM \"default\" WHERE track_id = 'r1200'").fetchone()[0]
+    con.close()
+    before = base.read_bytes()
+    with pytest.raises(EVError) as ei:
+        merge_dbs(base, [exp], base)
+    assert ei.value.code == 2 and ei.value.message == (
+        f"{exp} table 'default': key column 'timestamp' is NULL (row {rowid}: "
+        "{'track_id': 'r1200', 'timestamp': None})")
+    assert base.read_bytes() == before
+
+
+def typed_rows(db: Path) -> list[tuple]:
+    con = sqlite3.connect(db)
+    try:
+        return con.execute('SELECT *, typeof(v), typeof(s) FROM "default" ORDER BY rowid'
+                           ).fetchall()
+    finally:
+        con.close()
