@@ -362,6 +362,74 @@ def test_keyless_merge_of_many_files_keeps_order_and_counts_copies(tmp_path):
     assert merge_data(base, exps, base)["unchanged"] is True
 
 
+
+def _nan(payload: int) -> float:
+    import numpy as np
+
+    return float(np.array([0x7FF8000000000000 | payload], np.uint64).view(np.float64)[0])
+
+
+def _pq_case(tmp_path: Path, case: str):
+    """One parquet merge; its outcome (column bits and counts, or the refusal) to compare."""
+    d = tmp_path / case
+    d.mkdir(parents=True)
+
+    def t(x, s, ids=None):
+        cols = {"x": pa.array(x, pa.float64()), "s": pa.array(s).dictionary_encode(),
+                "ts": pa.array([7] * len(x), pa.timestamp("us"))}
+        if ids is not None:
+            cols = {"id": pa.array(ids, pa.int64()), **cols}
+        return pa.table(cols)
+
+    kw: dict = {}
+    if case == "keyless":
+        base = pqw(d / "b.parquet", pa.table({
+            "x": pa.array([0.0, -0.0, _nan(1), None, 1.5, 1.5]),
+            "s": pa.array(["a", "a", None, None, "a", "a"]).dictionary_encode()}))
+        exps = [pqw(d / "e1.parquet", pa.table({
+                    "x": pa.array([1.5, 1.5, 1.5, -0.0, _nan(2), None, 2.5, 2.5]),
+                    "s": pa.array(["a", "a", "a", "a", None, None, "c", "c"])})),
+                pqw(d / "e2.parquet", pa.table({
+                    "x": pa.array([1.5, 2.5, 1.5, 0.0, 1.5, _nan(1), 1.5]),
+                    "s": pa.array(["a", "c", "a", "a", "a", None, "a"])}))]
+    else:
+        base = pqw(d / "b.parquet", t([0.5, 1.5, 2.5], ["a", "b", "c"], [1, 2, 3]))
+        e1 = {"merge": ([1.5, -0.0, 9.0], ["x", "y", "y"], [2, 4, 5]),
+              "rebase": ([1.5, -0.0, 9.0], ["x", "y", "y"], [2, 4, 5]),
+              "null": ([1.5, 2.5], ["x", "y"], [7, None]),
+              "dup": ([1.5, 2.5, 1.5, 3.5], ["x", "y", "x", "x"], [8, 7, 8, 7])}[case]
+        exps = [pqw(d / "e1.parquet", t(*e1)),
+                pqw(d / "e2.parquet", t([4.5, 5.5], ["p", "q"], [5, 6]))]
+        kw = {"key_columns": ["id"], "strategy": "rebase" if case == "rebase" else "merge"}
+    try:
+        rep = merge_data(base, exps, d / "out.parquet", **kw)
+    except EVError as exc:
+        return exc.code, exc.message.replace(str(d), "D")
+    out = pq.read_table(d / "out.parquet")
+    cols = {c: out.column(c).to_pylist() for c in out.column_names if c != "x"}
+    cols["x"] = out.column("x").cast(pa.float64()).to_numpy().view("int64").tolist()
+    return cols, [i["added"] for i in rep["inputs"]], rep["rows_out"]
+
+
+@pytest.mark.parametrize("case", ["keyless", "merge", "rebase", "null", "dup"])
+def test_parquet_rows_picked_in_memory_match_the_duckdb_query(tmp_path, monkeypatch, case):
+    """Small inputs are compared in memory (Arrow ranks + numpy), large ones by DuckDB: both
+    pick the same rows, bit for bit (-0.0, NaN payloads, NULLs), and refuse alike."""
+    from _evlib import merge_parquet
+
+    arrow = _pq_case(tmp_path / "arrow", case)
+    monkeypatch.setattr(merge_parquet, "ARROW_MAX_BYTES", -1)
+    duck = _pq_case(tmp_path / "duckdb", case)
+    assert arrow == duck
+    want = {"keyless": ([4, 1], 11), "merge": ([2, 1], 6), "rebase": ([2, 2], 6)}
+    if case in want:
+        assert (arrow[1], arrow[2]) == want[case]
+    elif case == "null":
+        assert arrow == (2, "D/e1.parquet: a key column (id) is NULL in row 1")
+    else:
+        assert arrow == (3, "D/e1.parquet: rows 1 and 3 have the same key (id) but different "
+                            "values")
+
 # --- file modes ---------------------------------------------------------------------------------
 
 def test_new_files_get_umask_mode_and_replaced_files_keep_theirs(tmp_path):
