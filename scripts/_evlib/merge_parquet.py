@@ -378,40 +378,44 @@ def _select_arrow(files, conforms, out_schema, key, strategy) -> list:
 
     names = out_schema.names
     chunks: list[list] = [[] for _ in names]
-    f_parts, r_parts = [], []
-    for fi, (p, conform) in enumerate(zip(files, conforms, strict=True)):
+    counts = []
+    for p, conform in zip(files, conforms, strict=True):
+        counts.append(0)
         for row0, b in _batches(p):
             b = conform(b, row0)
             for i in range(len(names)):
                 chunks[i].append(_canon(b.column(i)))
-            f_parts.append(np.full(b.num_rows, fi, np.int32))
-            r_parts.append(np.arange(row0, row0 + b.num_rows, dtype=np.int64))
-    f = np.concatenate(f_parts) if f_parts else np.empty(0, np.int32)
-    r = np.concatenate(r_parts) if r_parts else np.empty(0, np.int64)
-    del f_parts, r_parts
+            counts[-1] += b.num_rows
+    # Rows are in (file, row) order: file fi's rows are start[fi]..start[fi + 1] - 1.
+    start = np.r_[0, np.cumsum(counts)]
+    f = np.repeat(np.arange(len(files), dtype=np.int32), counts)
     kidx = [names.index(k) for k in key]
-    codes, null = [], np.zeros(len(f), bool)
+    null = np.zeros(len(f), bool)
+    row_id = key_id = None  # group ids, combined column by column (one rank held at a time)
     for i, f_ in enumerate(out_schema):
         typ = chunks[i][0].type if chunks[i] else _canon(pa.nulls(0, f_.type)).type
         col = pa.chunked_array(chunks[i], type=typ)
         chunks[i] = None  # free the column once it is ranked
         if i in kidx:
             null |= _numpy(pc.cast(col.is_null(), pa.uint8()), np.uint8).astype(bool)
-        codes.append(_dense_rank(col))
+        code = _dense_rank(col)
         del col
+        row_id = _combine(row_id, code)
+        if i in kidx:
+            key_id = _combine(key_id, code)
+        del code
     if not key:
-        keep = _keep_keyless(_group_ids(codes), f)
+        keep = _keep_keyless(row_id[0], f)
     else:
         bad = np.flatnonzero(null & (f > 0))
         if len(bad):
             j = bad[0]
             raise EVError(f"{files[f[j]]}: a key column ({', '.join(key)}) is NULL in row "
-                          f"{r[j]}", code=USAGE,
+                          f"{j - start[f[j]]}", code=USAGE,
                           hint="nothing written; a NULL key would be added again on every "
                                "merge: fill it in or drop the row")
-        k = _group_ids([codes[i] for i in kidx])
-        _refuse_differing_duplicates(files, f, r, k, _group_ids(codes), key)
-        n_keys = int(k.max()) + 1 if len(k) else 0
+        k, n_keys = _dense(key_id[0])
+        _refuse_differing_duplicates(files, f, np.arange(len(f)) - start[f], k, row_id[0], key)
         if strategy == "merge":
             first = np.full(n_keys, len(files), np.int32)
             np.minimum.at(first, k, f)
@@ -420,25 +424,22 @@ def _select_arrow(files, conforms, out_schema, key, strategy) -> list:
             last = np.full(n_keys, -1, np.int32)
             np.maximum.at(last, k, f)
             keep = f == last[k]
-    bounds = np.searchsorted(f, np.arange(len(files) + 1))
-    return [r[bounds[i]:bounds[i + 1]][keep[bounds[i]:bounds[i + 1]]]
-            for i in range(len(files))]
+    return [np.flatnonzero(keep[start[i]:start[i + 1]]) for i in range(len(files))]
 
 
-def _group_ids(codes):
-    """One dense id per row (0..groups-1) from per-column (codes, cardinality): equal iff
-    every column's code is equal."""
-    import numpy as np
-
-    n = len(codes[0][0]) if codes else 0
-    gid, card = np.zeros(n, np.int64), 1
-    for c, width in codes:
-        width = max(width, 1)
-        if card * width >= 2 ** 62:
-            gid, card = _dense(gid)
-        gid = gid * width + c
-        card *= width
-    return _dense(gid)[0] if n else gid
+def _combine(acc, code):
+    """(ids, bound) of rows by (acc, code): equal iff both are equal. Densified first
+    when the product would overflow int64."""
+    c, width = code
+    width = max(width, 1)
+    if acc is None:
+        return c, width
+    ids, bound = acc
+    if bound * width >= 2 ** 62:
+        ids, bound = _dense(ids)
+    ids = ids * width
+    ids += c
+    return ids, bound * width
 
 
 def _dense(gid):
@@ -462,7 +463,9 @@ def _dense_rank(col):
     if not len(col):
         return np.zeros(0, np.int64), 0
     rank = pc.rank(col, sort_keys="ascending", tiebreaker="dense")
-    codes = _numpy(rank, np.uint64).astype(np.int64) - 1
+    codes = _numpy(rank, np.uint64).astype(np.int64)
+    del rank
+    codes -= 1
     return codes, int(codes.max()) + 1
 
 
