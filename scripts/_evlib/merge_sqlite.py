@@ -397,18 +397,9 @@ def _merge_copy(job: _Job, tmp: Path) -> None:
 
 
 def _merge_in_place(job: _Job) -> None:
-    rows_in = 0
-    for e in job.exps:
-        c = sqlite_connect(e, readonly=True)
-        try:
-            for t in job.tables:
-                with contextlib.suppress(sqlite3.OperationalError):
-                    rows_in += c.execute(f"SELECT max(rowid) FROM {quote_ident(t)}"
-                                         ).fetchone()[0] or 0
-        finally:
-            c.close()
     procs = open_by(job.base)
-    if procs and rows_in > LIVE_WRITER_MAX_ROWS:
+    rows_in = _rows_in(job) if procs else 0
+    if rows_in > LIVE_WRITER_MAX_ROWS:
         raise EVError(f"{job.base} is open in another process ({describe_procs(procs)}) and "
                       f"merging {rows_in} rows would hold its write lock longer than a writer "
                       "waits", code=REFUSED,
@@ -442,6 +433,22 @@ def _merge_in_place(job: _Job) -> None:
         raise _sqlite_error(exc) from exc
     finally:
         con.close()
+
+
+def _rows_in(job: _Job) -> int:
+    """About how many rows the inputs hold (max rowid: no scan); asked only when a live
+    process has the base open (one more open per input otherwise, for nothing)."""
+    rows_in = 0
+    for e in job.exps:
+        c = sqlite_connect(e, readonly=True)
+        try:
+            for t in job.tables:
+                with contextlib.suppress(sqlite3.OperationalError):
+                    rows_in += c.execute(f"SELECT max(rowid) FROM {quote_ident(t)}"
+                                         ).fetchone()[0] or 0
+        finally:
+            c.close()
+    return rows_in
 
 
 def _sqlite_error(exc: Exception) -> EVError:
