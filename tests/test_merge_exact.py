@@ -238,7 +238,8 @@ def pqw(path: Path, table: pa.Table) -> Path:
     return path
 
 
-def test_a_subset_of_the_base_merges_to_the_same_table_and_schema(tmp_path):
+@pytest.mark.parametrize("nested", [True, False])  # a list column: DuckDB picks the rows
+def test_a_subset_of_the_base_merges_to_the_same_table_and_schema(tmp_path, nested):
     import pandas as pd
 
     df = pd.DataFrame({
@@ -261,6 +262,8 @@ def test_a_subset_of_the_base_merges_to_the_same_table_and_schema(tmp_path):
         "lst": pa.array([[1.0], [], None], pa.list_(pa.float32())),
         "req": pa.array([1, 2, 3], pa.int8()),
     }
+    if not nested:  # every other type is compared in memory (Arrow ranks)
+        del extra["lst"]
     for name, arr in extra.items():
         nullable = name != "req"
         tbl = tbl.append_column(pa.field(name, arr.type, nullable=nullable,

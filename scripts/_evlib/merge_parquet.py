@@ -6,12 +6,14 @@ type only where that is exact (int32 -> int64, float32 -> float64, an int within
 string -> dictionary, ...): otherwise the merge refuses with one line naming the file,
 column and first offending value, and writes nothing.
 
-Which rows go out is decided by ONE DuckDB query over an exact projection of every file
-(floats and temporals as their bit patterns, so -0.0, NaN payloads and time units compare
-exactly): anti-joins on the key, or for a keyless merge duplicate counting (the n-th copy of a
-row is new only if no earlier file has n copies). The rows themselves are then streamed by
-record batch from each file with pyarrow, so N files cost O(total rows) and a file larger
-than memory still merges (DuckDB spills to a scratch directory beside the output).
+Which rows go out is decided over an exact projection of every file (floats and temporals
+as their bit patterns, so -0.0, NaN payloads and time units compare exactly): anti-joins on
+the key, or for a keyless merge duplicate counting (the n-th copy of a row is new only if no
+earlier file has n copies). Up to ARROW_MAX_BYTES of data (and no nested column) that is done
+in memory with Arrow's dense ranks and numpy, without importing DuckDB; beyond, by ONE DuckDB
+query that spills to a scratch directory beside the output, so a file larger than memory
+still merges. The rows themselves are then streamed by record batch from each file with
+pyarrow, so N files cost O(total rows).
 """
 
 from __future__ import annotations
