@@ -752,3 +752,23 @@ def typed_rows(db: Path) -> list[tuple]:
                            ).fetchall()
     finally:
         con.close()
+
+
+@pytest.mark.parametrize("decl, one, other", [("", 1, 1.0), ("TEXT COLLATE NOCASE", "A", "a")])
+def test_keyless_copies_differing_in_type_or_case_are_a_conflict(tmp_path, decl, one, other):
+    """Two rows of one key in a keyless input are copies (added once) only if identical in
+    storage class and bytes: 1 vs 1.0, or 'A' vs 'a' in a NOCASE column, is refused."""
+    base, exp = tmp_path / "base.db", tmp_path / "exp.db"
+    for path, rows in [(base, [("r0", "t", "x")]), (exp, [("r1", "t", one), ("r1", "t", other)])]:
+        con = sqlite3.connect(path)
+        con.execute(f'CREATE TABLE "default" (track_id TEXT, timestamp TEXT, v {decl})')
+        con.executemany('INSERT INTO "default" VALUES (?, ?, ?)', rows)
+        con.commit()
+        con.close()
+    before = base.read_bytes()
+    with pytest.raises(EVError) as ei:
+        merge_dbs(base, [exp], base)
+    assert ei.value.code == 3 and ei.value.message == (
+        f"{exp} table 'default': key {{'track_id': 'r1', 'timestamp': 't'}} has rows with "
+        "different values")
+    assert base.read_bytes() == before

@@ -523,9 +523,14 @@ def _check_input(con, alias: str, exp: Path, t: str, exp_cols, key: list[str],
     if null_keys:
         _check_null_keys(con, alias, exp, t, key)
     if not _key_is_unique(con, t, key, schema=alias):
-        qk = ", ".join(quote_ident(k) for k in key)
-        dup = con.execute(f"SELECT {qk} FROM (SELECT DISTINCT * FROM {qa}.{qt}) GROUP BY {qk} "
-                          f"HAVING count(*) > 1 LIMIT 1").fetchone()
+        # Copies are identical only in storage class and bytes too (DISTINCT alone takes
+        # 1 and 1.0, or 'A' and 'a' in a NOCASE column, for copies: one would be dropped).
+        ks = ", ".join(f"_k{i}" for i in range(len(key)))
+        exact = ", ".join([f"{quote_ident(k)} AS _k{i}" for i, k in enumerate(key)]
+                          + [f"typeof({quote_ident(c[0])}), {quote_ident(c[0])} COLLATE BINARY"
+                             for c in exp_cols])
+        dup = con.execute(f"SELECT {ks} FROM (SELECT DISTINCT {exact} FROM {qa}.{qt}) "
+                          f"GROUP BY {ks} HAVING count(*) > 1 LIMIT 1").fetchone()
         if dup:
             raise EVError(f"{exp} table {t!r}: key {dict(zip(key, dup, strict=True))} has "
                           "rows with different values", code=CONFLICT,
