@@ -238,7 +238,8 @@ def pqw(path: Path, table: pa.Table) -> Path:
     return path
 
 
-def test_a_subset_of_the_base_merges_to_the_same_table_and_schema(tmp_path):
+@pytest.mark.parametrize("nested", [True, False])  # a list column: DuckDB picks the rows
+def test_a_subset_of_the_base_merges_to_the_same_table_and_schema(tmp_path, nested):
     import pandas as pd
 
     df = pd.DataFrame({
@@ -261,6 +262,8 @@ def test_a_subset_of_the_base_merges_to_the_same_table_and_schema(tmp_path):
         "lst": pa.array([[1.0], [], None], pa.list_(pa.float32())),
         "req": pa.array([1, 2, 3], pa.int8()),
     }
+    if not nested:  # every other type is compared in memory (Arrow ranks)
+        del extra["lst"]
     for name, arr in extra.items():
         nullable = name != "req"
         tbl = tbl.append_column(pa.field(name, arr.type, nullable=nullable,
@@ -361,6 +364,74 @@ def test_keyless_merge_of_many_files_keeps_order_and_counts_copies(tmp_path):
     assert [i["added"] for i in rep["inputs"]] == [3] + [1] * 11
     assert merge_data(base, exps, base)["unchanged"] is True
 
+
+
+def _nan(payload: int) -> float:
+    import numpy as np
+
+    return float(np.array([0x7FF8000000000000 | payload], np.uint64).view(np.float64)[0])
+
+
+def _pq_case(tmp_path: Path, case: str):
+    """One parquet merge; its outcome (column bits and counts, or the refusal) to compare."""
+    d = tmp_path / case
+    d.mkdir(parents=True)
+
+    def t(x, s, ids=None):
+        cols = {"x": pa.array(x, pa.float64()), "s": pa.array(s).dictionary_encode(),
+                "ts": pa.array([7] * len(x), pa.timestamp("us"))}
+        if ids is not None:
+            cols = {"id": pa.array(ids, pa.int64()), **cols}
+        return pa.table(cols)
+
+    kw: dict = {}
+    if case == "keyless":
+        base = pqw(d / "b.parquet", pa.table({
+            "x": pa.array([0.0, -0.0, _nan(1), None, 1.5, 1.5]),
+            "s": pa.array(["a", "a", None, None, "a", "a"]).dictionary_encode()}))
+        exps = [pqw(d / "e1.parquet", pa.table({
+                    "x": pa.array([1.5, 1.5, 1.5, -0.0, _nan(2), None, 2.5, 2.5]),
+                    "s": pa.array(["a", "a", "a", "a", None, None, "c", "c"])})),
+                pqw(d / "e2.parquet", pa.table({
+                    "x": pa.array([1.5, 2.5, 1.5, 0.0, 1.5, _nan(1), 1.5]),
+                    "s": pa.array(["a", "c", "a", "a", "a", None, "a"])}))]
+    else:
+        base = pqw(d / "b.parquet", t([0.5, 1.5, 2.5], ["a", "b", "c"], [1, 2, 3]))
+        e1 = {"merge": ([1.5, -0.0, 9.0], ["x", "y", "y"], [2, 4, 5]),
+              "rebase": ([1.5, -0.0, 9.0], ["x", "y", "y"], [2, 4, 5]),
+              "null": ([1.5, 2.5], ["x", "y"], [7, None]),
+              "dup": ([1.5, 2.5, 1.5, 3.5], ["x", "y", "x", "x"], [8, 7, 8, 7])}[case]
+        exps = [pqw(d / "e1.parquet", t(*e1)),
+                pqw(d / "e2.parquet", t([4.5, 5.5], ["p", "q"], [5, 6]))]
+        kw = {"key_columns": ["id"], "strategy": "rebase" if case == "rebase" else "merge"}
+    try:
+        rep = merge_data(base, exps, d / "out.parquet", **kw)
+    except EVError as exc:
+        return exc.code, exc.message.replace(str(d), "D")
+    out = pq.read_table(d / "out.parquet")
+    cols = {c: out.column(c).to_pylist() for c in out.column_names if c != "x"}
+    cols["x"] = out.column("x").cast(pa.float64()).to_numpy().view("int64").tolist()
+    return cols, [i["added"] for i in rep["inputs"]], rep["rows_out"]
+
+
+@pytest.mark.parametrize("case", ["keyless", "merge", "rebase", "null", "dup"])
+def test_parquet_rows_picked_in_memory_match_the_duckdb_query(tmp_path, monkeypatch, case):
+    """Small inputs are compared in memory (Arrow ranks + numpy), large ones by DuckDB: both
+    pick the same rows, bit for bit (-0.0, NaN payloads, NULLs), and refuse alike."""
+    from _evlib import merge_parquet
+
+    arrow = _pq_case(tmp_path / "arrow", case)
+    monkeypatch.setattr(merge_parquet, "ARROW_MAX_BYTES", -1)
+    duck = _pq_case(tmp_path / "duckdb", case)
+    assert arrow == duck
+    want = {"keyless": ([4, 1], 11), "merge": ([2, 1], 6), "rebase": ([2, 2], 6)}
+    if case in want:
+        assert (arrow[1], arrow[2]) == want[case]
+    elif case == "null":
+        assert arrow == (2, "D/e1.parquet: a key column (id) is NULL in row 1")
+    else:
+        assert arrow == (3, "D/e1.parquet: rows 1 and 3 have the same key (id) but different "
+                            "values")
 
 # --- file modes ---------------------------------------------------------------------------------
 
@@ -586,3 +657,118 @@ def test_a_row_repeated_in_a_keyless_input_is_added_once(tmp_path, strategy):
     assert rep["rows_added"]["default"] == 2
     assert merge_dbs(base, [exp], base, strategy=strategy)["rows_added"]["default"] == 0
     assert typed_all(base) == want
+
+
+def _decl_db(path: Path, decl: str, n: int, odd, order: str = "rowid") -> Path:
+    """n rows keyed r0..r{n-1} (v = i * 0.5) with row r{n//2}'s v = odd, in `order`."""
+    con = sqlite3.connect(path)
+    con.execute(f'CREATE TABLE "default" (track_id TEXT, timestamp TEXT, v {decl}, '
+                'PRIMARY KEY (track_id, timestamp))')
+    rows = [(f"r{i}", "t", odd if i == n // 2 else i * 0.5) for i in range(n)]
+    if order == "reversed":
+        rows.reverse()
+    con.executemany('INSERT INTO "default" VALUES (?, ?, ?)', rows)
+    con.commit()
+    con.close()
+    return path
+
+
+@pytest.mark.parametrize("n", [3, 3000])  # 3: the key join; 3000: the rowid-aligned proof
+@pytest.mark.parametrize("order", ["rowid", "reversed"])
+@pytest.mark.parametrize("decl, in_base, in_exp", [
+    ("", 1, 1.0),                       # no affinity: 1 IS 1.0 in SQL, yet another type
+    ("BLOB", 1, 1.0),
+    ("", 1, "1"),
+    ("", None, ""),
+    ("TEXT COLLATE NOCASE", "A", "a"),  # the column's collation says equal: the bytes differ
+    ("INTEGER", -2**63, -2.0**63),      # an INTEGER column keeps this real as a real
+])
+def test_a_value_differing_only_in_type_or_case_is_a_conflict(tmp_path, decl, in_base, in_exp,
+                                                              n, order):
+    """A re-merge whose one differing row hides among identical ones (in the input's rowid
+    order or reversed) is refused with exit 3 and writes nothing."""
+    base = _decl_db(tmp_path / "base.db", decl, n, in_base)
+    exp = _decl_db(tmp_path / "exp.db", decl, n, in_exp, order)
+    before = base.read_bytes()
+    with pytest.raises(EVError) as ei:
+        merge_dbs(base, [exp], base)
+    assert ei.value.code == 3
+    assert str(ei.value).startswith(f"1 row(s) have the same key but different values "
+                                    f"(default: ['r{n // 2}', 't'] in {exp}); ")
+    assert base.read_bytes() == before
+    same = _decl_db(tmp_path / "same.db", decl, n, in_base, order)
+    assert merge_dbs(base, [same], base)["rows_added"]["default"] == 0
+    assert base.read_bytes() == before
+
+
+def test_a_reordered_input_and_a_row_deleted_from_the_base_remerge_exactly(tmp_path):
+    base, exp = tmp_path / "base.db", tmp_path / "exp.db"
+    _rows_db(base, 500)
+    _rows_db(exp, 3000, offset=7)
+    merge_dbs(base, [exp], base)
+    want = typed_rows(base)
+    rev = tmp_path / "rev.db"
+    con = sqlite3.connect(rev)  # the input's rows in the opposite rowid order
+    con.execute(f"ATTACH '{exp}' AS e")
+    con.executescript('CREATE TABLE "default" (track_id TEXT, timestamp TEXT, v REAL, s TEXT, '
+                      'PRIMARY KEY (track_id, timestamp)); INSERT INTO "default" SELECT * FROM '
+                      'e."default" ORDER BY rowid DESC')
+    con.close()
+    rep = merge_dbs(base, [rev], base)
+    assert rep["rows_added"]["default"] == 0 and rep["conflicts"] == 0
+    con = sqlite3.connect(base)
+    con.execute("DELETE FROM \"default\" WHERE track_id = 'r1500'")
+    con.commit()
+    con.close()
+    rep = merge_dbs(base, [exp], base)
+    assert rep["rows_added"]["default"] == 1 and rep["conflicts"] == 0
+    assert sorted(typed_rows(base)) == sorted(want)
+
+
+def test_a_null_key_among_present_rows_is_refused(tmp_path):
+    """The NULL-key scan is skipped only when every row is proven present: one NULL key in an
+    otherwise re-merged input is still refused with exit 2."""
+    base, exp = tmp_path / "base.db", tmp_path / "exp.db"
+    _rows_db(base, 3000)
+    _rows_db(exp, 3000)
+    con = sqlite3.connect(exp)
+    con.execute("UPDATE \"default\" SET timestamp = NULL WHERE track_id = 'r1200'")
+    con.commit()
+    rowid = con.execute("SELECT rowid FROM \"default\" WHERE track_id = 'r1200'").fetchone()[0]
+    con.close()
+    before = base.read_bytes()
+    with pytest.raises(EVError) as ei:
+        merge_dbs(base, [exp], base)
+    assert ei.value.code == 2 and ei.value.message == (
+        f"{exp} table 'default': key column 'timestamp' is NULL (row {rowid}: "
+        "{'track_id': 'r1200', 'timestamp': None})")
+    assert base.read_bytes() == before
+
+
+def typed_rows(db: Path) -> list[tuple]:
+    con = sqlite3.connect(db)
+    try:
+        return con.execute('SELECT *, typeof(v), typeof(s) FROM "default" ORDER BY rowid'
+                           ).fetchall()
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("decl, one, other", [("", 1, 1.0), ("TEXT COLLATE NOCASE", "A", "a")])
+def test_keyless_copies_differing_in_type_or_case_are_a_conflict(tmp_path, decl, one, other):
+    """Two rows of one key in a keyless input are copies (added once) only if identical in
+    storage class and bytes: 1 vs 1.0, or 'A' vs 'a' in a NOCASE column, is refused."""
+    base, exp = tmp_path / "base.db", tmp_path / "exp.db"
+    for path, rows in [(base, [("r0", "t", "x")]), (exp, [("r1", "t", one), ("r1", "t", other)])]:
+        con = sqlite3.connect(path)
+        con.execute(f'CREATE TABLE "default" (track_id TEXT, timestamp TEXT, v {decl})')
+        con.executemany('INSERT INTO "default" VALUES (?, ?, ?)', rows)
+        con.commit()
+        con.close()
+    before = base.read_bytes()
+    with pytest.raises(EVError) as ei:
+        merge_dbs(base, [exp], base)
+    assert ei.value.code == 3 and ei.value.message == (
+        f"{exp} table 'default': key {{'track_id': 'r1', 'timestamp': 't'}} has rows with "
+        "different values")
+    assert base.read_bytes() == before

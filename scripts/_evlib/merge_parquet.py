@@ -6,12 +6,14 @@ type only where that is exact (int32 -> int64, float32 -> float64, an int within
 string -> dictionary, ...): otherwise the merge refuses with one line naming the file,
 column and first offending value, and writes nothing.
 
-Which rows go out is decided by ONE DuckDB query over an exact projection of every file
-(floats and temporals as their bit patterns, so -0.0, NaN payloads and time units compare
-exactly): anti-joins on the key, or for a keyless merge duplicate counting (the n-th copy of a
-row is new only if no earlier file has n copies). The rows themselves are then streamed by
-record batch from each file with pyarrow, so N files cost O(total rows) and a file larger
-than memory still merges (DuckDB spills to a scratch directory beside the output).
+Which rows go out is decided over an exact projection of every file (floats and temporals
+as their bit patterns, so -0.0, NaN payloads and time units compare exactly): anti-joins on
+the key, or for a keyless merge duplicate counting (the n-th copy of a row is new only if no
+earlier file has n copies). Up to ARROW_MAX_BYTES of data (and no nested column) that is done
+in memory with Arrow's dense ranks and numpy, without importing DuckDB; beyond, by ONE DuckDB
+query that spills to a scratch directory beside the output, so a file larger than memory
+still merges. The rows themselves are then streamed by record batch from each file with
+pyarrow, so N files cost O(total rows).
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ from .merge_common import (
 )
 
 BATCH_ROWS = 65_536
+# Up to this much data (uncompressed, all files) rows are compared in memory; more goes to
+# DuckDB, which spills to disk.
+ARROW_MAX_BYTES = 1 << 30
 _MANTISSA = {16: 11, 32: 24, 64: 53}
 
 
@@ -336,8 +341,9 @@ def merge_data(base: Path, exps: list[Path], output: Path | None = None, *,
 
 
 def _select(files, schemas, conforms, out_schema, key, strategy, work: Path) -> list:
-    """Per file, the sorted row numbers that go to the output (one DuckDB query)."""
-    import duckdb
+    """Per file, the sorted row numbers that go to the output: in memory with Arrow's hash
+    kernels and numpy when the inputs are small enough and every column hashes, else by one
+    DuckDB query that spills to disk (DuckDB's import alone costs ~35 MB)."""
     import numpy as np
     import pyarrow as pa
 
@@ -345,6 +351,206 @@ def _select(files, schemas, conforms, out_schema, key, strategy, work: Path) -> 
     if strategy == "merge" and n_exp_rows == 0:
         return [np.arange(schemas[0][1], dtype=np.int64)] + [np.empty(0, np.int64)] * (
             len(files) - 1)
+    hashable = all(not pa.types.is_nested(_canon(pa.nulls(0, f.type)).type)
+                   for f in out_schema)
+    if hashable and _data_bytes(files) <= ARROW_MAX_BYTES:
+        return _select_arrow(files, conforms, out_schema, key, strategy)
+    return _select_duckdb(files, conforms, out_schema, key, strategy, work)
+
+
+def _data_bytes(files) -> int:
+    import pyarrow.parquet as pq
+
+    total = 0
+    for p in files:
+        md = pq.ParquetFile(p).metadata
+        total += sum(md.row_group(i).total_byte_size for i in range(md.num_row_groups))
+    return total
+
+
+def _select_arrow(files, conforms, out_schema, key, strategy) -> list:
+    """_select in memory. Each column's exact stand-in (_canon) is replaced by its dense
+    rank over all files at once (equal values, and all NULLs, share one: as in DuckDB's
+    PARTITION BY); the ranks are combined into one group id per row, and the same rules as
+    the DuckDB query pick the rows. Ranks, not a hash table (dictionary_encode held ~120
+    bytes a row), and no pa.array() of a list or numpy (it imports pandas: ~40 MB)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    names = out_schema.names
+    chunks: list[list] = [[] for _ in names]
+    counts = []
+    for p, conform in zip(files, conforms, strict=True):
+        counts.append(0)
+        for row0, b in _batches(p):
+            b = conform(b, row0)
+            for i in range(len(names)):
+                chunks[i].append(_canon(b.column(i)))
+            counts[-1] += b.num_rows
+    # Rows are in (file, row) order: file fi's rows are start[fi]..start[fi + 1] - 1.
+    start = np.r_[0, np.cumsum(counts)]
+    f = np.repeat(np.arange(len(files), dtype=np.int32), counts)
+    kidx = [names.index(k) for k in key]
+    null = np.zeros(len(f), bool)
+    row_id = key_id = None  # group ids, combined column by column (one rank held at a time)
+    for i, f_ in enumerate(out_schema):
+        typ = chunks[i][0].type if chunks[i] else _canon(pa.nulls(0, f_.type)).type
+        col = pa.chunked_array(chunks[i], type=typ)
+        chunks[i] = None  # free the column once it is ranked
+        if i in kidx:
+            null |= _numpy(pc.cast(col.is_null(), pa.uint8()), np.uint8).astype(bool)
+        code = _dense_rank(col)
+        del col
+        row_id = _combine(row_id, code)
+        if i in kidx:
+            key_id = _combine(key_id, code)
+        del code
+    if not key:
+        keep = _keep_keyless(row_id[0], f)
+    else:
+        bad = np.flatnonzero(null & (f > 0))
+        if len(bad):
+            j = bad[0]
+            raise EVError(f"{files[f[j]]}: a key column ({', '.join(key)}) is NULL in row "
+                          f"{j - start[f[j]]}", code=USAGE,
+                          hint="nothing written; a NULL key would be added again on every "
+                               "merge: fill it in or drop the row")
+        k, n_keys = _dense(key_id[0])
+        _refuse_differing_duplicates(files, f, np.arange(len(f)) - start[f], k, row_id[0], key)
+        if strategy == "merge":
+            first = np.full(n_keys, len(files), np.int32)
+            np.minimum.at(first, k, f)
+            keep = (f == 0) | (f == first[k])
+        else:
+            last = np.full(n_keys, -1, np.int32)
+            np.maximum.at(last, k, f)
+            keep = f == last[k]
+    return [np.flatnonzero(keep[start[i]:start[i + 1]]) for i in range(len(files))]
+
+
+def _combine(acc, code):
+    """(ids, bound) of rows by (acc, code): equal iff both are equal. Densified first
+    when the product would overflow int64."""
+    c, width = code
+    width = max(width, 1)
+    if acc is None:
+        return c, width
+    ids, bound = acc
+    if bound * width >= 2 ** 62:
+        ids, bound = _dense(ids)
+    ids = ids * width
+    ids += c
+    return ids, bound * width
+
+
+def _dense(gid):
+    return _dense_rank(_int64_array(gid))
+
+
+def _int64_array(values):
+    """numpy -> Arrow int64 without pa.array(), which imports pandas (~40 MB of RSS)."""
+    import numpy as np
+    import pyarrow as pa
+
+    values = np.ascontiguousarray(values, dtype=np.int64)
+    return pa.Array.from_buffers(pa.int64(), len(values), [None, pa.py_buffer(values)])
+
+
+def _dense_rank(col):
+    """(codes 0..k-1, k): equal values (and all NULLs) get one code."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    if not len(col):
+        return np.zeros(0, np.int64), 0
+    rank = pc.rank(col, sort_keys="ascending", tiebreaker="dense")
+    codes = _numpy(rank, np.uint64).astype(np.int64)
+    del rank
+    codes -= 1
+    return codes, int(codes.max()) + 1
+
+
+def _numpy(arr, dtype):
+    """A null-free Arrow array of a fixed-width type as numpy, read from its data buffer
+    (Array.to_numpy imports pandas)."""
+    import numpy as np
+    import pyarrow as pa
+
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    return np.frombuffer(arr.buffers()[1], dtype=dtype)[arr.offset:arr.offset + len(arr)]
+
+
+def _keep_keyless(g, f):
+    """The n-th copy of a row in file f is new iff no earlier file has n copies (the base's
+    rows are all kept). Rows arrive in (file, row) order."""
+    import numpy as np
+
+    n = len(g)
+    if not n:
+        return np.zeros(0, bool)
+    order = np.argsort(g, kind="stable")  # by group, then file, then row
+    gs, fs = g[order], f[order]
+    start = np.empty(n, bool)  # the first row of a (group, file) run
+    start[0] = True
+    np.not_equal(gs[1:], gs[:-1], out=start[1:])
+    start[1:] |= fs[1:] != fs[:-1]
+    starts = np.flatnonzero(start)
+    del start
+    run_len = np.diff(np.r_[starts, n])
+    new_group = np.r_[True, gs[starts[1:]] != gs[starts[:-1]]]
+    del gs
+    seg = np.cumsum(new_group) - 1
+    big = int(run_len.max()) + 1
+    # running max of the copy counts within a group (offset per group keeps it segmented)
+    cm = np.maximum.accumulate(seg * big + run_len) - seg * big
+    before = np.where(new_group, 0, np.r_[0, cm[:-1]])  # max over the earlier files
+    del seg, cm, new_group
+    # a run's first `before` rows are copies an earlier file already has
+    new = np.arange(n) >= np.repeat(starts + before, run_len)
+    new |= fs == 0
+    keep = np.empty(n, bool)
+    keep[order] = new
+    return keep
+
+
+def _refuse_differing_duplicates(files, f, r, k, g, key) -> None:
+    """An experiment file with two rows of one key but different values: CONFLICT, naming
+    the first such key's lowest and highest row numbers in the first such file."""
+    import numpy as np
+
+    from .errors import CONFLICT
+
+    exp = np.flatnonzero(f > 0)
+    if not len(exp):
+        return
+    fe, ke, ge = f[exp], k[exp], g[exp]
+    order = np.lexsort((ge, ke, fe))  # by file, key, then value
+    fs, ks, gs = fe[order], ke[order], ge[order]
+    same_group = (fs[1:] == fs[:-1]) & (ks[1:] == ks[:-1])
+    differs = same_group & (gs[1:] != gs[:-1])
+    if not differs.any():
+        return
+    starts = np.flatnonzero(np.r_[True, ~same_group])
+    grp = np.cumsum(np.r_[True, ~same_group]) - 1
+    bad = np.unique(grp[1:][differs])
+    rs = r[exp][order]
+    lo = np.minimum.reduceat(rs, starts)[bad]
+    hi = np.maximum.reduceat(rs, starts)[bad]
+    fb = fs[starts][bad]
+    j = np.lexsort((lo, fb))[0]
+    raise EVError(f"{files[fb[j]]}: rows {lo[j]} and {hi[j]} have the same key "
+                  f"({', '.join(key)}) but different values", code=CONFLICT,
+                  hint="nothing written; keep one row per key in that file")
+
+
+def _select_duckdb(files, conforms, out_schema, key, strategy, work: Path) -> list:
+    """_select by one DuckDB query (on disk: bounded memory)."""
+    import duckdb
+    import numpy as np
+    import pyarrow as pa
+
     names = out_schema.names
     con = duckdb.connect(str(work / "select.duckdb"))  # on disk: bounded memory
     try:
@@ -354,7 +560,7 @@ def _select(files, schemas, conforms, out_schema, key, strategy, work: Path) -> 
         con.execute("SET preserve_insertion_order = false")
         cols = [f"c{i}" for i in range(len(names))]
         schema = pa.schema([("f", pa.int32()), ("r", pa.int64())]
-                           + [(c, _canon(pa.array([], type=f.type)).type)
+                           + [(c, _canon(pa.nulls(0, f.type)).type)
                               for c, f in zip(cols, out_schema, strict=True)])
 
         failed: list[EVError] = []
@@ -480,7 +686,7 @@ def _write(output, files, schemas, conforms, out_schema, sel, report) -> None:
                         lo, hi = np.searchsorted(rows, [row0, row0 + b.num_rows])
                         if lo == hi:
                             continue
-                        b = b.take(rows[lo:hi] - row0)
+                        b = b.take(_int64_array(rows[lo:hi] - row0))
                     b = conform(b, row0)
                     w.write_batch(b.replace_schema_metadata(schema.metadata))
         got = pq.ParquetFile(tmp)

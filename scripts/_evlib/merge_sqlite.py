@@ -399,18 +399,9 @@ def _merge_copy(job: _Job, tmp: Path) -> None:
 
 
 def _merge_in_place(job: _Job) -> None:
-    rows_in = 0
-    for e in job.exps:
-        c = sqlite_connect(e, readonly=True)
-        try:
-            for t in job.tables:
-                with contextlib.suppress(sqlite3.OperationalError):
-                    rows_in += c.execute(f"SELECT max(rowid) FROM {quote_ident(t)}"
-                                         ).fetchone()[0] or 0
-        finally:
-            c.close()
     procs = open_by(job.base)
-    if procs and rows_in > LIVE_WRITER_MAX_ROWS:
+    rows_in = _rows_in(job) if procs else 0
+    if rows_in > LIVE_WRITER_MAX_ROWS:
         raise EVError(f"{job.base} is open in another process ({describe_procs(procs)}) and "
                       f"merging {rows_in} rows would hold its write lock longer than a writer "
                       "waits", code=REFUSED,
@@ -446,6 +437,22 @@ def _merge_in_place(job: _Job) -> None:
         con.close()
 
 
+def _rows_in(job: _Job) -> int:
+    """About how many rows the inputs hold (max rowid: no scan); asked only when a live
+    process has the base open (one more open per input otherwise, for nothing)."""
+    rows_in = 0
+    for e in job.exps:
+        c = sqlite_connect(e, readonly=True)
+        try:
+            for t in job.tables:
+                with contextlib.suppress(sqlite3.OperationalError):
+                    rows_in += c.execute(f"SELECT max(rowid) FROM {quote_ident(t)}"
+                                         ).fetchone()[0] or 0
+        finally:
+            c.close()
+    return rows_in
+
+
 def _sqlite_error(exc: Exception) -> EVError:
     msg = str(exc)
     if "cannot store" in msg:  # a STRICT table refuses the value
@@ -470,10 +477,14 @@ def _merge_all(con, job: _Job, counts: bool) -> None:
         for t in job.tables:
             if t not in sch:
                 continue
-            _check_input(con, alias, exp, t, sch[t], job.keys[t])
+            # A merge that proves every row present has proven every key non-NULL (keys
+            # matched with =): its NULL-key scan is done only when something may be added.
+            # (A non-unique input key is checked first: its duplicates check comes after.)
+            defer = job.strategy == "merge" and _key_is_unique(con, t, job.keys[t], alias)
+            _check_input(con, alias, exp, t, sch[t], job.keys[t], null_keys=not defer)
             entry["tables"][t] = _merge_table(con, alias, exp, t, sch[t], job.keys[t],
                                               job.strategy, job.on_conflict, all_conflicts,
-                                              keep_index=job.scratch)
+                                              keep_index=job.scratch, null_keys=defer)
         report["inputs"].append(entry)
     report["conflicts"] = sum(c["count"] for c in all_conflicts)
     if all_conflicts and job.on_conflict is None:
@@ -505,23 +516,23 @@ def _merge_all(con, job: _Job, counts: bool) -> None:
     report["_rows_out"] = rows_out
 
 
-def _check_input(con, alias: str, exp: Path, t: str, exp_cols, key: list[str]) -> None:
-    """Refuse what would change a value or repeat a row: NULL keys, differing duplicate keys
-    inside the input, values the base column's affinity would convert."""
+def _check_input(con, alias: str, exp: Path, t: str, exp_cols, key: list[str],
+                 null_keys: bool = True) -> None:
+    """Refuse what would change a value or repeat a row: NULL keys (unless null_keys is
+    False: _merge_table checks them itself), differing duplicate keys inside the input,
+    values the base column's affinity would convert."""
     qt, qa = quote_ident(t), quote_ident(alias)
-    null = " OR ".join(f"{quote_ident(k)} IS NULL" for k in key)
-    row = con.execute(f"SELECT rowid, {', '.join(quote_ident(k) for k in key)} FROM {qa}.{qt} "
-                      f"WHERE {null} LIMIT 1").fetchone()
-    if row:
-        col = next(k for k, v in zip(key, row[1:], strict=True) if v is None)
-        raise EVError(f"{exp} table {t!r}: key column {col!r} is NULL (row {row[0]}: "
-                      f"{dict(zip(key, row[1:], strict=True))})", code=USAGE,
-                      hint="nothing written; a NULL key would be added again on every merge: "
-                           "fill it in or drop the row")
+    if null_keys:
+        _check_null_keys(con, alias, exp, t, key)
     if not _key_is_unique(con, t, key, schema=alias):
-        qk = ", ".join(quote_ident(k) for k in key)
-        dup = con.execute(f"SELECT {qk} FROM (SELECT DISTINCT * FROM {qa}.{qt}) GROUP BY {qk} "
-                          f"HAVING count(*) > 1 LIMIT 1").fetchone()
+        # Copies are identical only in storage class and bytes too (DISTINCT alone takes
+        # 1 and 1.0, or 'A' and 'a' in a NOCASE column, for copies: one would be dropped).
+        ks = ", ".join(f"_k{i}" for i in range(len(key)))
+        exact = ", ".join([f"{quote_ident(k)} AS _k{i}" for i, k in enumerate(key)]
+                          + [f"typeof({quote_ident(c[0])}), {quote_ident(c[0])} COLLATE BINARY"
+                             for c in exp_cols])
+        dup = con.execute(f"SELECT {ks} FROM (SELECT DISTINCT {exact} FROM {qa}.{qt}) "
+                          f"GROUP BY {ks} HAVING count(*) > 1 LIMIT 1").fetchone()
         if dup:
             raise EVError(f"{exp} table {t!r}: key {dict(zip(key, dup, strict=True))} has "
                           "rows with different values", code=CONFLICT,
@@ -534,6 +545,37 @@ def _check_input(con, alias: str, exp: Path, t: str, exp_cols, key: list[str]) -
         if affinity(bdecl) == "BLOB":
             continue  # no affinity: every value is stored as given
         _probe(con, alias, exp, t, name, decl, bdecl)
+
+
+def _check_null_keys(con, alias: str, exp: Path, t: str, key: list[str]) -> None:
+    qt, qa = quote_ident(t), quote_ident(alias)
+    null = " OR ".join(f"{quote_ident(k)} IS NULL" for k in key)
+    row = con.execute(f"SELECT rowid, {', '.join(quote_ident(k) for k in key)} FROM {qa}.{qt} "
+                      f"WHERE {null} LIMIT 1").fetchone()
+    if row:
+        col = next(k for k, v in zip(key, row[1:], strict=True) if v is None)
+        raise EVError(f"{exp} table {t!r}: key column {col!r} is NULL (row {row[0]}: "
+                      f"{dict(zip(key, row[1:], strict=True))})", code=USAGE,
+                      hint="nothing written; a NULL key would be added again on every merge: "
+                           "fill it in or drop the row")
+
+
+def _identical(lhs: str, rhs: str, base_decl: str | None, exp_decl: str) -> str:
+    """SQL that is true iff the two stored values are identical: same storage class, same
+    bytes (never NULL itself). `IS` alone says 1 IS 1.0 and, under a NOCASE column, 'A' IS
+    'a'. Where both columns share an affinity the class follows from the value, except that
+    an INTEGER/NUMERIC column keeps -2**63 both as an integer and as a real; a column without
+    affinity (or two that differ) keeps every class, so the classes are compared too.
+    (SQLite's SQL cannot tell -0.0 from 0.0: no function of it shows the sign.)"""
+    same = f"{lhs} IS {rhs} COLLATE BINARY"
+    if base_decl is None:
+        base_decl = exp_decl
+    b = affinity(base_decl)
+    if b == "BLOB" or _storage_class(base_decl) != _storage_class(exp_decl):
+        return f"({same} AND typeof({lhs}) = typeof({rhs}))"
+    if b in ("INTEGER", "NUMERIC"):
+        return f"({same} AND ({lhs} IS NOT -9223372036854775808 OR typeof({lhs}) = typeof({rhs})))"
+    return same
 
 
 def _probe(con, alias, exp, t, col, decl, bdecl) -> None:
@@ -563,11 +605,13 @@ def _count(con, schema: str, table: str) -> int:
 
 
 def _merge_table(con, alias: str, exp: Path, t: str, exp_cols, key: list[str], strategy: str,
-                 on_conflict: str | None, all_conflicts: list, keep_index: bool = False) -> dict:
+                 on_conflict: str | None, all_conflicts: list, keep_index: bool = False,
+                 null_keys: bool = False) -> dict:
     qt, qa = quote_ident(t), quote_ident(alias)
     stats = {"read": _count(con, alias, t), "added": 0, "replaced": 0, "removed": 0,
              "skipped": 0, "conflicts": 0, "columns_added": []}
-    main_cols = {c[0].lower() for c in sqlite_columns(con, t)}  # SQLite: case-insensitive
+    main_decl = {c[0].lower(): c[1] for c in sqlite_columns(con, t)}  # case-insensitive
+    main_cols = set(main_decl)
     if not main_cols:
         sql = con.execute(f"SELECT sql FROM {qa}.sqlite_master WHERE type='table' AND name=?",
                           (t,)).fetchone()[0]
@@ -612,8 +656,13 @@ def _merge_table(con, alias: str, exp: Path, t: str, exp_cols, key: list[str], s
         # Columns added just now are NULL in the base's rows: not a difference (filled
         # in below), or an experiment that adds a metric to old rows could never merge.
         non_key = [c for c in cols if c not in key and c not in added_cols]
-        diff = " OR ".join(f"b.{quote_ident(c)} IS NOT x.{quote_ident(c)}"
-                           for c in non_key) or "0"
+        decl = {c[0]: c[1] for c in exp_cols}
+
+        def same(c, lhs="b"):
+            return _identical(f"{lhs}.{quote_ident(c)}", f"x.{quote_ident(c)}",
+                              main_decl.get(c.lower()), decl[c])
+
+        diff = " OR ".join(f"NOT {same(c)}" for c in non_key) or "0"
         pre = None
         if has_unique and not added_cols and stats["read"] > 1000:
             if _aligned(con, qa, qt, key, on, diff, stats["read"]):
@@ -627,7 +676,10 @@ def _merge_table(con, alias: str, exp: Path, t: str, exp_cols, key: list[str], s
             if sample > 128:
                 pre = con.execute(f"SELECT count(*), count(*) FILTER (WHERE {diff}) FROM "
                                   f"{qa}.{qt} AS x JOIN main.{qt} AS b ON {on}").fetchone()
-        if pre and pre[0] == stats["read"]:
+        present = bool(pre) and pre[0] == stats["read"]  # every key matched: none is NULL
+        if null_keys and not present:
+            _check_null_keys(con, alias, exp, t, key)
+        if present:
             stats["added"] = 0
         elif has_unique:
             stats["added"] = con.execute(f"INSERT OR IGNORE INTO main.{qt} ({qcols}) SELECT "
@@ -654,21 +706,20 @@ def _merge_table(con, alias: str, exp: Path, t: str, exp_cols, key: list[str], s
                                          for c in non_key)
                         on_u = " AND ".join(f"main.{qt}.{quote_ident(k)} = x.{quote_ident(k)}"
                                             for k in key)
-                        diff_u = " OR ".join(f"main.{qt}.{quote_ident(c)} IS NOT "
-                                             f"x.{quote_ident(c)}" for c in non_key)
+                        diff_u = " OR ".join(f"NOT {same(c, f'main.{qt}')}"
+                                             for c in non_key)
                         cur = con.execute(f"UPDATE main.{qt} SET {sets} FROM {qa}.{qt} AS x "
                                           f"WHERE {on_u} AND ({diff_u})")
                         stats["replaced"] = cur.rowcount
             if added_cols:
-                same = " AND ".join(f"main.{qt}.{quote_ident(c)} IS x.{quote_ident(c)}"
-                                    for c in non_key) or "1"
+                same_m = " AND ".join(same(c, f"main.{qt}") for c in non_key) or "1"
                 on_m = " AND ".join(f"main.{qt}.{quote_ident(k)} = x.{quote_ident(k)}"
                                     for k in key)
                 sets = ", ".join(f"{quote_ident(c)} = x.{quote_ident(c)}" for c in added_cols)
                 empty = " AND ".join(f"main.{qt}.{quote_ident(c)} IS NULL" for c in added_cols)
                 given = " OR ".join(f"x.{quote_ident(c)} IS NOT NULL" for c in added_cols)
                 cur = con.execute(f"UPDATE main.{qt} SET {sets} FROM {qa}.{qt} AS x "
-                                  f"WHERE {on_m} AND {same} AND {empty} AND ({given})")
+                                  f"WHERE {on_m} AND {same_m} AND {empty} AND ({given})")
                 stats["filled"] = cur.rowcount
         stats["skipped"] = stats["read"] - stats["added"] - stats["conflicts"]
     if tmp_index and not keep_index:
