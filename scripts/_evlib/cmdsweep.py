@@ -367,7 +367,8 @@ def _run_local(repo, todo, spec_for, after, *, base, workers, boxes, gpus, linea
                 res = run.result if code is None else runner.complete(run, code)
                 after(it, res, base / f"w{b}", res.spec.gpus)
                 if not errors:
-                    runner.prepare(repo, res.spec, base / f"w{b}", reuse=True)
+                    runner.prepare(repo, res.spec, base / f"w{b}", reuse=True,
+                                   collected=bool(it.get("landed")))
             except BaseException as exc:  # noqa: BLE001 - raised once the running ones end
                 errors.append(exc)
             finally:

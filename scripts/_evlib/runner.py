@@ -169,14 +169,16 @@ def mirror(repo: Path, tree: Path, private: list[str], cwd: str = ".", real: str
         (tree / real).mkdir(parents=True, exist_ok=True)
 
 
-def clean(result_tree: Path, private: list[str], cwd: str = ".", real: str = "") -> None:
-    """Empty a reused sandbox: the private outputs and whatever else a run created there."""
+def clean(result_tree: Path, private: list[str], cwd: str = ".", real: str = "", *,
+          extra: bool = True) -> None:
+    """Empty a reused sandbox: the private outputs and (extra) whatever else a run created
+    there."""
     import shutil
 
     fake = RunResult(spec=RunSpec(command=[], version="", key="", results_db=private[0],
                                   protect=private[1:], cwd=cwd, candidates_dir=real),
                      workdir=str(result_tree.parent))
-    for rel in [*extras(fake), *sorted(_private_names(private))]:
+    for rel in [*(extras(fake) if extra else []), *sorted(_private_names(private))]:
         p = result_tree / rel
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)
@@ -382,8 +384,11 @@ def execute(repo: Path, spec: RunSpec, workdir: Path, *, lineage: dict,
     return complete(run, code)
 
 
-def prepare(repo: Path, spec: RunSpec, workdir: Path, *, reuse: bool = False) -> None:
-    """Make workdir/tree the run's sandbox (see execute); with reuse, empty an earlier run's."""
+def prepare(repo: Path, spec: RunSpec, workdir: Path, *, reuse: bool = False,
+            collected: bool = False) -> None:
+    """Make workdir/tree the run's sandbox (see execute); with reuse, empty an earlier run's.
+    collected: that run was landed (its extra files moved out by collect_extras), so only
+    its private paths are left to remove: the tree is not walked again for extras."""
     repo, workdir = Path(repo).resolve(), Path(workdir)
     tree = workdir / "tree"
     private = spec.private
@@ -391,7 +396,7 @@ def prepare(repo: Path, spec: RunSpec, workdir: Path, *, reuse: bool = False) ->
         raise EVError(f"run directory {workdir} exists already", code=FAILED,
                       hint="remove it (a run left by a killed process), then re-run")
     if reuse and tree.is_dir():
-        clean(tree, private, spec.cwd, spec.real_dir)
+        clean(tree, private, spec.cwd, spec.real_dir, extra=not collected)
         # The rc file is left: it names its run (read_rc), and the next run's shell writes
         # over it in place (ext4 pays for each file created, truncated or removed).
         with contextlib.suppress(FileNotFoundError):
@@ -567,9 +572,9 @@ def finish(result: RunResult, lineage: dict, *, state: dict | None = None) -> Ru
         try:
             if state is not None:
                 write_state(result.workdir, {**state, "phase": "stamping"}, in_place=True)
+            # (no "stamped" after it: the shard is renamed into place moments later, and a
+            # kill in between costs only a redone run)
             stamp(db, spec, lineage, result.seconds, con=con, journal=state is None)
-            if state is not None:
-                write_state(result.workdir, {**state, "phase": "stamped"}, in_place=True)
         except EVError as exc:
             result.error, result.error_code = exc.line(), exc.code
             return result
