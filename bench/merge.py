@@ -33,6 +33,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# Byte-compiled modules, as an installed skill has them: without them each start of a
+# script recompiles the bundle and the ratios measure the compiler.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 SCRIPT = ROOT / "scripts" / "merge_artifacts.py"
 N_EXP, N_COLS = 10, 20
 PQ_BASE, PQ_FILE = 100_000, 5_000

@@ -26,6 +26,9 @@ from pathlib import Path
 from _timing import best_of
 
 ROOT = Path(__file__).resolve().parents[1]
+# Byte-compiled modules, as an installed skill has them: without them each start of a
+# script recompiles the bundle and the ratios measure the compiler.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from _evlib import models  # noqa: E402

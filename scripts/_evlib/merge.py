@@ -11,8 +11,18 @@ Public API: merge_dbs(), merge_data(); both return a report dict and raise EVErr
 from __future__ import annotations
 
 from .merge_common import dvc_recoverable, sweep_stale_temps
-from .merge_parquet import merge_data, precheck_data
 from .merge_sqlite import affinity, merge_dbs, precheck_db
 
-__all__ = ["affinity", "dvc_recoverable", "merge_data", "merge_dbs",
+
+def __getattr__(name: str):
+    # The parquet side on first use only: a DB merge (a sweep's, or 50 rows into a big DB)
+    # does not pay for importing it.
+    if name in ("merge_data", "precheck_data"):
+        from . import merge_parquet
+
+        return getattr(merge_parquet, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["affinity", "dvc_recoverable", "merge_data", "merge_dbs",  # noqa: F822 - lazy
            "precheck_data", "precheck_db", "sweep_stale_temps"]
