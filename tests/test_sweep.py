@@ -734,3 +734,21 @@ def test_a_run_killed_mid_stamp_is_redone_not_collected(git_repo, tmp_path, phas
     assert out["recovered"] == ([key] if phase == "running" else [])
     assert out["counts"]["done"] == (0 if phase == "running" else 1)
     assert _per_key(git_repo / "results/experiments.db", "m1") == {key: 1}
+
+
+def test_a_spawned_command_gets_default_signals_and_its_own_session(tmp_path):
+    """Like Popen(restore_signals=True, start_new_session=True): SIGPIPE and SIGXFSZ (which
+    Python ignores) are back to their defaults, so `yes | head -1` ends quietly."""
+    from _evlib import runner
+
+    script = 'grep SigIgn /proc/self/status; ps -o sid= -p $$; echo $$; yes | head -1'
+    log = tmp_path / "log"
+    with open(log, "wb") as out:
+        proc = runner._spawn(["/bin/sh", "-c", '"$@"', "sh", "sh", "-c", script], tmp_path,
+                             dict(os.environ), out)
+        assert proc.wait() == 0
+    lines = log.read_text().splitlines()
+    ign = int(next(ln for ln in lines if ln.startswith("SigIgn")).split()[1], 16)
+    assert not ign & (1 << (signal.SIGPIPE - 1)) and not ign & (1 << (signal.SIGXFSZ - 1))
+    assert lines[-1] == "y" and "Broken pipe" not in log.read_text()
+    assert int(lines[-3]) == proc.pid  # the spawned shell leads its own session

@@ -523,7 +523,9 @@ def _spawn(argv: list[str], cwd: Path, env: dict, out) -> _Spawned:
             str(cwd), *argv[4:]]
     fa = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
           (os.POSIX_SPAWN_DUP2, out.fileno(), 1), (os.POSIX_SPAWN_DUP2, out.fileno(), 2)]
-    return _Spawned(os.posix_spawn(argv[0], argv, env, file_actions=fa, setsid=True))
+    # As Popen's restore_signals: Python ignores SIGPIPE and SIGXFSZ, a command must not.
+    return _Spawned(os.posix_spawn(argv[0], argv, env, file_actions=fa, setsid=True,
+                                   setsigdef=(signal.SIGPIPE, signal.SIGXFSZ)))
 
 
 def complete(run: Launched, code: int) -> RunResult:
