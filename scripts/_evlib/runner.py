@@ -518,7 +518,9 @@ def _spawn(argv: list[str], cwd: Path, env: dict, out) -> _Spawned:
     started in cwd by the shell itself. os.posix_spawn, not subprocess.Popen: one C call,
     so a sweep's collector thread holding the GIL never delays a start (Popen waits for
     the GIL several times per start: 8 ms each with a busy thread, against 0.4 ms here).
-    Every file the bundle opens is close-on-exec, so the command inherits none of them."""
+    Every file the bundle opens is close-on-exec, so the command inherits none of them
+    (descriptors the script's own caller passed it stay open, as for a command a shell
+    runs)."""
     argv = [argv[0], argv[1], 'cd -- "$1" || exit 127; shift; ' + argv[2], argv[3],
             str(cwd), *argv[4:]]
     fa = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
