@@ -14,6 +14,9 @@
   report -o report.html one self-contained HTML file: versions table, charts, compare any
                         two versions, production ledger, lineage (needs matplotlib)
 
+Every command takes --repo PATH and --json (one object with a "status" key on stdout;
+progress and warnings on stderr); the exit codes are listed at the end of --help.
+
 A past version's runs come from the results DB committed (DVC-tracked) at its tag, so
 history stays right after the current DB changes. --db is relative to the repository root.
 Parsed summaries are cached by tag commit and DB md5 (.dvc/tmp/ev-history.json), so a

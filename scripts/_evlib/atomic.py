@@ -12,7 +12,6 @@ import contextlib
 import os
 import shutil
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -93,30 +92,6 @@ def write_text(dest: str | os.PathLike, text: str, *, durable: bool = True) -> N
     write_bytes(dest, text.encode("utf-8"), durable=durable)
 
 
-def replace_own(dest: str | os.PathLike, data: bytes) -> None:
-    """Replace a small file in a directory only this process writes (a run's sandbox state):
-    atomic against a kill (a temp file, then os.replace), not fsynced, and cheap: a temp
-    name from the pid and thread (no random name), no directory fsync. Mode as
-    file_mode_for."""
-    dest = os.fspath(dest)
-    head, name = os.path.split(dest)
-    tmp = os.path.join(head, f".{name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    mode = file_mode_for(dest)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o600)
-    try:
-        try:
-            _write_all(fd, data)
-            os.fchmod(fd, mode)
-        finally:
-            os.close(fd)
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def rewrite_small(dest: str | os.PathLike, data: bytes) -> None:
     """Rewrite a small JSON or text state file (under 4 KiB) in its own inode with ONE
     pwrite at offset 0, padded with spaces to the file's current length (JSON and
@@ -133,7 +108,7 @@ def rewrite_small(dest: str | os.PathLike, data: bytes) -> None:
         if size > 4096:  # not one of ours: replace it whole
             os.close(fd)
             fd = -1
-            replace_own(dest, data)
+            write_bytes(dest, data, durable=False)
             return
         if len(data) < size:
             data += b" " * (size - len(data))
@@ -142,12 +117,6 @@ def rewrite_small(dest: str | os.PathLike, data: bytes) -> None:
     finally:
         if fd >= 0:
             os.close(fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def copy_file(src: str | os.PathLike, dest: str | os.PathLike) -> None:

@@ -468,8 +468,8 @@ def _finalize(db, directory, ledger, items, in_db, *, version, metric, metric_mo
         merged_shards = set(new)  # once: a set per item made this O(runs^2)
         ledger.mark_merged([it["key"] for it in items if Path(it["shard"]) in merged_shards])
     after = keys_in_db(db, version)
-    doubled = {k: sorted(t) for k, t in after.items()
-               if len(t) > 1 and k in {it["key"] for it in items}}
+    keys = {it["key"] for it in items}
+    doubled = {k: sorted(t) for k, t in after.items() if len(t) > 1 and k in keys}
     expected_multi = {it["key"] for it in items
                       if isinstance(ledger.entry(it["key"]).get("track_id"), list)}
     doubled = {k: v for k, v in doubled.items() if k not in expected_multi}

@@ -240,40 +240,17 @@ def read_state(workdir: Path) -> dict:
         return {}
 
 
-_DUMPED: list[tuple[object, str]] = []
-
-
-def _dumps(value) -> str:
-    return json.dumps(value, sort_keys=True, default=str)
-
-
-def _dumped_once(value) -> str:
-    """JSON of a value shared by every run of a sweep (its lineage), serialised once; an
-    equal value (compared against a copy: a mutated dict is not served stale) reuses it."""
-    hit = _DUMPED[0] if _DUMPED else None
-    if hit is None or hit[0] != value:
-        import copy
-
-        hit = (copy.deepcopy(value), _dumps(value))
-        _DUMPED[:] = [hit]
-    return hit[1]
-
-
 def write_state(workdir: Path, state: dict, *, in_place: bool = False) -> None:
     """in_place: the sandbox is reused run after run (a sweep's): the state is rewritten in
     its own inode (atomic.rewrite_small) instead of replaced by a new file."""
-    from .atomic import replace_own, rewrite_small
+    from .atomic import rewrite_small, write_bytes
 
     # Atomic (never torn) but not fsynced: a state lost to a power cut means a redone run.
-    # The lineage (the same dict for every run of a sweep) is serialised once; the text is
-    # exactly json.dumps(state, sort_keys=True), built key by key.
-    parts = []
-    for k, v in sorted(state.items()):
-        val = _dumped_once(v) if k == "lineage" and isinstance(v, dict) else _dumps(v)
-        parts.append(f"{json.dumps(k)}: {val}")
-    text = "{" + ", ".join(parts) + "}"
-    (rewrite_small if in_place else replace_own)(Path(workdir) / STATE,
-                                                 (text + "\n").encode("utf-8"))
+    data = (json.dumps(state, sort_keys=True, default=str) + "\n").encode("utf-8")
+    if in_place:
+        rewrite_small(Path(workdir) / STATE, data)
+    else:
+        write_bytes(Path(workdir) / STATE, data, durable=False)
 
 
 def kill_group(state: dict, wait_s: float = 10.0) -> bool:
@@ -418,10 +395,6 @@ class Launched:
     t0: float
     tee: threading.Thread | None = None
     reuse: bool = False  # a sweep's reused sandbox (its state is rewritten in place)
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
 
     def close(self) -> None:
         if self.tee is not None:
