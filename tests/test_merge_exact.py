@@ -772,3 +772,29 @@ def test_keyless_copies_differing_in_type_or_case_are_a_conflict(tmp_path, decl,
         f"{exp} table 'default': key {{'track_id': 'r1', 'timestamp': 't'}} has rows with "
         "different values")
     assert base.read_bytes() == before
+
+
+@pytest.mark.parametrize("n_inputs", [2, 12])  # one SQLite attach group, and the scratch path
+@pytest.mark.parametrize("base_has", ["no table", "no column"])
+def test_a_later_input_is_checked_against_what_an_earlier_one_made_of_the_base(
+        tmp_path, base_has, n_inputs):
+    # What main's table looks like is remembered across inputs: an earlier input that
+    # creates the table or adds the column must be seen by the next one's affinity check.
+    base = tmp_path / "base.db"
+    con = sqlite3.connect(base)
+    if base_has == "no table":
+        con.execute("CREATE TABLE other (a)")
+    else:
+        con.execute(f'CREATE TABLE "default" ({PK})')
+        con.execute('INSERT INTO "default" VALUES (\'r0\', \'t0\')')
+    con.commit()
+    con.close()
+    exps = [db(tmp_path / f"e{i}.db", "INTEGER", (i, f"r{i}", "t")) for i in range(n_inputs - 1)]
+    exps.append(db(tmp_path / "last.db", "TEXT", ("007", "rl", "t")))
+    before = base.read_bytes()
+    with pytest.raises(EVError) as exc:
+        merge_dbs(base, exps, base)
+    assert exc.value.code == 2
+    assert "table 'default' column 'v': text '007' would be stored as integer 7 " \
+        in exc.value.message
+    assert base.read_bytes() == before

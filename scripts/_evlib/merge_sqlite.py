@@ -470,9 +470,14 @@ def _merge_all(con, job: _Job, counts: bool) -> None:
               if counts else None)
     all_conflicts: list[dict] = []
     exps = list(zip(job.exps, job.exp_schemas, strict=True))
+    # What the PRAGMAs say of main's tables, kept across inputs (1,000 sweep shards asked
+    # the same questions 1,000 times) and forgotten for a table this merge creates or
+    # widens; an input's own answers are kept while it is attached.
+    main_memo: dict = {}
     for i, (exp, sch) in enumerate(exps):
         alias = f"exp{i}"
         con.execute(f"ATTACH DATABASE ? AS {quote_ident(alias)}", (_ro_uri(exp),))
+        memo = _Memo(con, alias, main_memo)
         entry = {"path": str(exp), "tables": {}}
         for t in job.tables:
             if t not in sch:
@@ -480,11 +485,12 @@ def _merge_all(con, job: _Job, counts: bool) -> None:
             # A merge that proves every row present has proven every key non-NULL (keys
             # matched with =): its NULL-key scan is done only when something may be added.
             # (A non-unique input key is checked first: its duplicates check comes after.)
-            defer = job.strategy == "merge" and _key_is_unique(con, t, job.keys[t], alias)
-            _check_input(con, alias, exp, t, sch[t], job.keys[t], null_keys=not defer)
-            entry["tables"][t] = _merge_table(con, alias, exp, t, sch[t], job.keys[t],
-                                              job.strategy, job.on_conflict, all_conflicts,
-                                              keep_index=job.scratch, null_keys=defer)
+            defer = job.strategy == "merge" and memo.unique(t, job.keys[t], alias)
+            _check_input(con, alias, exp, t, sch[t], job.keys[t], null_keys=not defer,
+                         memo=memo)
+            entry["tables"][t] = _merge_table(
+                con, alias, exp, t, sch[t], job.keys[t], job.strategy, job.on_conflict,
+                all_conflicts, keep_index=job.scratch, null_keys=defer, memo=memo)
         report["inputs"].append(entry)
     report["conflicts"] = sum(c["count"] for c in all_conflicts)
     if all_conflicts and job.on_conflict is None:
@@ -517,14 +523,15 @@ def _merge_all(con, job: _Job, counts: bool) -> None:
 
 
 def _check_input(con, alias: str, exp: Path, t: str, exp_cols, key: list[str],
-                 null_keys: bool = True) -> None:
+                 null_keys: bool = True, memo: _Memo | None = None) -> None:
     """Refuse what would change a value or repeat a row: NULL keys (unless null_keys is
     False: _merge_table checks them itself), differing duplicate keys inside the input,
     values the base column's affinity would convert."""
     qt, qa = quote_ident(t), quote_ident(alias)
+    memo = memo or _Memo(con, alias)
     if null_keys:
         _check_null_keys(con, alias, exp, t, key)
-    if not _key_is_unique(con, t, key, schema=alias):
+    if not memo.unique(t, key, alias) and memo.rows(t) > 1:  # one row repeats no key
         # Copies are identical only in storage class and bytes too (DISTINCT alone takes
         # 1 and 1.0, or 'A' and 'a' in a NOCASE column, for copies: one would be dropped).
         ks = ", ".join(f"_k{i}" for i in range(len(key)))
@@ -537,7 +544,7 @@ def _check_input(con, alias: str, exp: Path, t: str, exp_cols, key: list[str],
             raise EVError(f"{exp} table {t!r}: key {dict(zip(key, dup, strict=True))} has "
                           "rows with different values", code=CONFLICT,
                           hint="nothing written; keep one row per key in that file")
-    main_cols = {c[0].lower(): c[1] for c in sqlite_columns(con, t)}
+    main_cols = {c[0].lower(): c[1] for c in memo.main_columns(t)}
     for name, decl, _pk in exp_cols:
         bdecl = main_cols.get(name.lower())
         if bdecl is None or _storage_class(bdecl) == _storage_class(decl):
@@ -606,11 +613,12 @@ def _count(con, schema: str, table: str) -> int:
 
 def _merge_table(con, alias: str, exp: Path, t: str, exp_cols, key: list[str], strategy: str,
                  on_conflict: str | None, all_conflicts: list, keep_index: bool = False,
-                 null_keys: bool = False) -> dict:
+                 null_keys: bool = False, memo: _Memo | None = None) -> dict:
     qt, qa = quote_ident(t), quote_ident(alias)
-    stats = {"read": _count(con, alias, t), "added": 0, "replaced": 0, "removed": 0,
+    memo = memo or _Memo(con, alias)
+    stats = {"read": memo.rows(t), "added": 0, "replaced": 0, "removed": 0,
              "skipped": 0, "conflicts": 0, "columns_added": []}
-    main_decl = {c[0].lower(): c[1] for c in sqlite_columns(con, t)}  # case-insensitive
+    main_decl = {c[0].lower(): c[1] for c in memo.main_columns(t)}  # case-insensitive
     main_cols = set(main_decl)
     if not main_cols:
         sql = con.execute(f"SELECT sql FROM {qa}.sqlite_master WHERE type='table' AND name=?",
@@ -629,7 +637,9 @@ def _merge_table(con, alias: str, exp: Path, t: str, exp_cols, key: list[str], s
     qcols = ", ".join(quote_ident(c) for c in cols)
     xcols = ", ".join(f"x.{quote_ident(c)}" for c in cols)
     on = " AND ".join(f"b.{quote_ident(k)} = x.{quote_ident(k)}" for k in key)
-    has_unique = _key_is_unique(con, t, key)
+    if stats.get("table_created") or added_cols:
+        memo.forget_main(t)  # a new table, or new columns: main's answers are read again
+    has_unique = memo.unique(t, key)
     tmp_index = None
     if not has_unique:
         # A lookup index for the anti-join; dropped before the file is checked. In the
@@ -646,7 +656,8 @@ def _merge_table(con, alias: str, exp: Path, t: str, exp_cols, key: list[str], s
         stats["replaced"] = stats["removed"] = cur.rowcount
         n_mid = _count(con, "main", t)
         cur = _execute_once_per_key(con, f"INSERT OR REPLACE INTO main.{qt} ({qcols}) SELECT "
-                                         f"{xcols} FROM {qa}.{qt} AS x WHERE 1", alias, t, key)
+                                         f"{xcols} FROM {qa}.{qt} AS x WHERE 1", alias, t,
+                                    key, memo)
         stats["added"] = cur.rowcount
         # OR REPLACE also drops a base row whose primary key collides: count it as replaced.
         extra = n_mid + stats["added"] - _count(con, "main", t)
@@ -687,7 +698,8 @@ def _merge_table(con, alias: str, exp: Path, t: str, exp_cols, key: list[str], s
         else:
             stats["added"] = _execute_once_per_key(
                 con, f"INSERT INTO main.{qt} ({qcols}) SELECT {xcols} FROM {qa}.{qt} AS x WHERE "
-                     f"NOT EXISTS (SELECT 1 FROM main.{qt} AS b WHERE {on})", alias, t, key).rowcount
+                     f"NOT EXISTS (SELECT 1 FROM main.{qt} AS b WHERE {on})", alias, t, key,
+                memo).rowcount
         if stats["added"] < stats["read"]:
             # Some keys were already there: those rows must be identical, else conflict.
             if non_key:
@@ -753,12 +765,13 @@ def _aligned(con, qa: str, qt: str, key: list[str], on: str, diff: str, n: int) 
     return same == n
 
 
-def _execute_once_per_key(con, insert: str, alias: str, t: str, key: list[str]):
+def _execute_once_per_key(con, insert: str, alias: str, t: str, key: list[str],
+                          memo: _Memo | None = None):
     """insert (... FROM qa.qt AS x WHERE ...) taking only the first row of each key: an input
     without a unique key may repeat a row (identical copies pass _check_input), which would
     otherwise be added as often as it is repeated. A WITHOUT ROWID input has no rowid (and a
     primary key, so no repeats unless keyed by other columns): it is inserted as it is."""
-    if _key_is_unique(con, t, key, schema=alias):
+    if (memo or _Memo(con, alias)).unique(t, key, alias):
         return con.execute(insert)
     qk = ", ".join(quote_ident(k) for k in key)
     qa, qt = quote_ident(alias), quote_ident(t)
@@ -769,6 +782,37 @@ def _execute_once_per_key(con, insert: str, alias: str, t: str, key: list[str]):
         if "rowid" not in str(exc):
             raise
         return con.execute(insert)
+
+
+class _Memo:
+    """Answers of table_info / index_list for main and one attached input, each asked once."""
+
+    def __init__(self, con, alias: str, main: dict | None = None):
+        self.con, self.alias = con, alias
+        self.main = {} if main is None else main
+        self.mine: dict = {}
+
+    def unique(self, t: str, key: list[str], schema: str = "main") -> bool:
+        store, k = (self.main if schema == "main" else self.mine), ("unique", t, tuple(key))
+        if k not in store:
+            store[k] = _key_is_unique(self.con, t, key, schema=schema)
+        return store[k]
+
+    def rows(self, t: str) -> int:  # the input's, read only
+        k = ("rows", t)
+        if k not in self.mine:
+            self.mine[k] = _count(self.con, self.alias, t)
+        return self.mine[k]
+
+    def main_columns(self, t: str) -> list:
+        k = ("columns", t)
+        if k not in self.main:
+            self.main[k] = sqlite_columns(self.con, t)
+        return self.main[k]
+
+    def forget_main(self, t: str) -> None:
+        for k in [k for k in self.main if k[1] == t]:
+            del self.main[k]
 
 
 def _key_is_unique(con, t: str, key: list[str], schema: str = "main") -> bool:
