@@ -97,3 +97,37 @@ def test_a_db_without_the_events_table_has_no_runs(tmp_path):
     table = read_runs(p)
     assert (table.columns, table.runs) == (None, {})
     assert load_runs(p, "e0.1.0") == [] and db_versions(p) == []
+
+
+# The rule written as one subquery per run (what rank_runs ran before it was one pass): the
+# reference the one-pass query must agree with, row for row and type for type.
+_PER_RUN = ('SELECT track_id, (SELECT x.m FROM "default" x WHERE x.track_id = d.track_id AND '
+            'x.m IS NOT NULL ORDER BY x.timestamp DESC, x.rowid DESC LIMIT 1) AS value, '
+            'count(*) AS n FROM "default" d {where} GROUP BY track_id ORDER BY value IS NULL, '
+            'value {order}, min(d.timestamp), track_id')
+
+
+@pytest.mark.parametrize("decl", ["REAL", "", "TEXT COLLATE NOCASE", "NUMERIC"])
+@pytest.mark.parametrize("mode", ["max", "min"])
+def test_rank_runs_one_pass_agrees_with_a_subquery_per_run(tmp_path, decl, mode):
+    import random
+    rnd = random.Random(f"{decl}{mode}")
+    path = tmp_path / "r.db"
+    con = sqlite3.connect(path)
+    con.execute(f'CREATE TABLE "default" (track_id TEXT, timestamp TEXT, m {decl})')
+    values = [None, 0.5, 0.9, 1, 1.0, 2, "a", "B", "b", b"\x01", -0.0, 3.5]
+    rows = [(rnd.choice(["r1", "r2", "R1", "r3", None, "r4", "r5"]),
+             rnd.choice([f"t{k:02d}" for k in range(12)] + [None]), rnd.choice(values))
+            for _ in range(40)]
+    con.executemany('INSERT INTO "default" VALUES (?, ?, ?)', rows)
+    con.execute('ALTER TABLE "default" RENAME COLUMN m TO f1')  # the metric's own name
+    con.commit()
+    order = "DESC" if mode == "max" else "ASC"
+    for ids in (None, ["r1", "r3", "R1", "nope"]):
+        where = f"WHERE track_id IN ({','.join('?' * len(ids))})" if ids else ""
+        want = [(t, v, type(v), n) for t, v, n in con.execute(
+            _PER_RUN.replace("x.m", "x.f1").format(where=where, order=order), ids or [])]
+        got = rank_runs(path, "f1", mode, ids)["ranking"]
+        assert [(e["track_id"], e["value"], type(e["value"]), e["rows"]) for e in got] == want
+        assert [e["rank"] for e in got] == list(range(1, len(want) + 1))
+    con.close()

@@ -161,12 +161,18 @@ def rank_runs(db: str | os.PathLike, metric: str, mode: str = "max",
             binds = list(track_ids)
         order = "DESC" if mode == "max" else "ASC"
         t, m = quote_ident(EVENTS_TABLE), quote_ident(metric)
-        last = (f"(SELECT x.{m} FROM {t} x WHERE x.track_id = d.track_id AND x.{m} IS NOT NULL "
-                f"ORDER BY x.timestamp DESC, x.rowid DESC LIMIT 1)")
-        q = (f"SELECT track_id, {last} AS value, count(*) AS n FROM {t} d {where} "
-             # ties: the run seen first wins, as in rank() over read_runs() (first-seen order)
-             f"GROUP BY track_id ORDER BY value IS NULL, value {order}, min(d.timestamp), "
-             f"track_id")
+        # One pass: each run's last value by a window over the rows (a subquery per run
+        # scanned the whole table for each: O(runs x rows), 0.5 s for a 1,000-run sweep).
+        q = (f"WITH d AS (SELECT rowid AS rid, track_id, timestamp, {m} AS v FROM {t} {where}), "
+             "g AS (SELECT track_id, count(*) AS n, min(timestamp) AS first FROM d "
+             "GROUP BY track_id), "
+             "l AS (SELECT track_id, v, row_number() OVER (PARTITION BY track_id ORDER BY "
+             "timestamp DESC, rid DESC) AS k FROM d WHERE v IS NOT NULL) "
+             "SELECT g.track_id, l.v AS value, g.n FROM g LEFT JOIN l ON l.track_id = "
+             "g.track_id AND l.k = 1 "
+             # ties: the run seen first wins, as in rank() over read_runs() (first-seen order);
+             # values compared as stored (a column's own collation, e.g. NOCASE, not used)
+             f"ORDER BY value IS NULL, value COLLATE BINARY {order}, g.first, g.track_id")
         rows = con.execute(q, binds).fetchall()
     finally:
         con.close()
