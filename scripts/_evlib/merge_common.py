@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shlex
-import shutil
 from pathlib import Path
 
 from .atomic import atomic_path, held_lock
@@ -46,6 +44,8 @@ def sweep_stale_temps(output: Path) -> list[str]:
         if m and not _pid_alive(int(m.group(1))):
             with contextlib.suppress(FileNotFoundError):
                 if p.is_dir() and not p.is_symlink():
+                    import shutil  # stale temp dirs are rare: not imported on every start
+
                     shutil.rmtree(p)
                 else:
                     p.unlink()
@@ -78,6 +78,8 @@ def scratch_dir(output: Path):
     try:
         yield d
     finally:
+        import shutil
+
         shutil.rmtree(d, ignore_errors=True)
 
 
@@ -189,6 +191,8 @@ def backup_path(output: Path, backup_dir: Path | None) -> Path:
 
 
 def shq(p) -> str:
+    import shlex
+
     return shlex.quote(str(p))
 
 
