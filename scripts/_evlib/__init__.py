@@ -16,6 +16,7 @@ Modules:
   history - the read side of past versions (tags, outputs and runs at a revision)
   listfast - a repeated `experiments.py list` on an unchanged history, answered without git
   experiments_cli - experiments.py's commands (the script is a stub, for listfast's speed)
+  merge_cli - merge_artifacts.py's parser, report text and handler (the script is a stub)
   tagging - tag_suggest's write side (bump, message, lineage, create checks)
   dvcstore - writing DVC cache objects, single-file .dvc files and checkouts directly
   registry - model aliases, their ledgers, promote/rollback (write-ahead intent)

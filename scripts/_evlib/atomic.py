@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,6 +64,8 @@ def atomic_path(dest: str | os.PathLike, suffix: str = "", *, durable: bool = Tr
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    import tempfile  # on first write only: a read-only or in-place command does not pay for it
+
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f".tmp{suffix}", dir=dest.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -123,6 +123,8 @@ def copy_file(src: str | os.PathLike, dest: str | os.PathLike) -> None:
     """Copy src's bytes to dest as a new file (dest's old inode is never written)."""
     with atomic_path(dest) as tmp:
         with open(src, "rb") as fi, open(tmp, "wb") as fo:
+            import shutil
+
             shutil.copyfileobj(fi, fo, 1 << 20)
 
 

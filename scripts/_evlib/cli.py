@@ -10,13 +10,33 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from .errors import FAILED, USAGE, EVError, epilog_codes
+
+
+def _columns() -> int:
+    """shutil.get_terminal_size().columns, without importing shutil (and the compression
+    modules it loads) on every start: argparse builds a formatter for every add_argument."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns > 0:
+        return columns
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80
+    except (AttributeError, ValueError, OSError):
+        return 80
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    def __init__(self, prog, indent_increment=2, max_help_position=24, width=None):
+        super().__init__(prog, indent_increment, max_help_position,
+                         _columns() - 2 if width is None else width)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,6 +55,8 @@ def _json_asked(argv: list[str]) -> bool:
 
 
 def _print_json_error(code: int, error: str, **data) -> None:
+    import json  # on the --json paths only: every start of a script pays for its imports
+
     print(json.dumps({"status": "error", "code": code, "error": error, **data}, default=str,
                      ensure_ascii=False))
 
@@ -44,7 +66,7 @@ def parser(prog: str, description: str, example: str, *, codes: tuple[int, ...] 
            ) -> argparse.ArgumentParser:
     epilog = f"example:\n  {example.strip()}\n\n{epilog_codes(*codes, notes=code_notes)}"
     p = _Parser(prog=prog, description=description, epilog=epilog,
-                formatter_class=argparse.RawDescriptionHelpFormatter)
+                formatter_class=_Formatter)
     add_common(p, repo=repo, dry_run=dry_run)
     return p
 
@@ -95,6 +117,8 @@ def emit(args: argparse.Namespace, payload: dict, text: str | Callable[[], str] 
     """Print the result: one JSON object with --json, else the text."""
     payload = {"status": payload.pop("status", "ok"), **payload}
     if getattr(args, "json", False):
+        import json
+
         print(json.dumps(payload, default=str, ensure_ascii=False))
     elif text is not None:
         out = text() if callable(text) else text

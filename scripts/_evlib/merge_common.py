@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shlex
-import shutil
 from pathlib import Path
 
 from .atomic import atomic_path, held_lock
@@ -37,15 +35,22 @@ def _pid_alive(pid: int) -> bool:
 def sweep_stale_temps(output: Path) -> list[str]:
     """Remove temp files/dirs a killed merge left beside output (their writer pid is dead)."""
     removed: list[str] = []
-    pat = re.compile(re.escape(f".{output.name}.") + r".*\.tmp" + re.escape(TMP_TAG)
+    prefix = f".{output.name}."
+    pat = re.compile(re.escape(prefix) + r".*\.tmp" + re.escape(TMP_TAG)
                      + r"(\d+)(?:-journal|-wal|-shm)?$")
     if not output.parent.is_dir():
         return removed
-    for p in output.parent.iterdir():
-        m = pat.match(p.name)
+    # Names only (no Path per entry): a results directory can hold many files.
+    for name in os.listdir(output.parent):
+        if not name.startswith(prefix):
+            continue
+        m = pat.match(name)
+        p = output.parent / name
         if m and not _pid_alive(int(m.group(1))):
             with contextlib.suppress(FileNotFoundError):
                 if p.is_dir() and not p.is_symlink():
+                    import shutil  # stale temp dirs are rare: not imported on every start
+
                     shutil.rmtree(p)
                 else:
                     p.unlink()
@@ -78,6 +83,8 @@ def scratch_dir(output: Path):
     try:
         yield d
     finally:
+        import shutil
+
         shutil.rmtree(d, ignore_errors=True)
 
 
@@ -156,18 +163,25 @@ def open_by(path: Path) -> list[dict]:
     for pid in pids:
         if pid == me:
             continue
-        fd_dir = f"/proc/{pid}/fd"
+        # Each link read relative to the open fd directory (no path walk per descriptor).
         try:
-            fds = os.listdir(fd_dir)
+            dfd = os.open(f"/proc/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY)
         except OSError:
             continue
-        for fd in fds:
-            try:
-                if os.readlink(f"{fd_dir}/{fd}") in targets:
-                    break
-            except OSError:
-                continue
-        else:
+        try:
+            hit = False
+            for fd in os.listdir(dfd):
+                try:
+                    if os.readlink(fd, dir_fd=dfd) in targets:
+                        hit = True
+                        break
+                except OSError:
+                    continue
+        except OSError:
+            continue
+        finally:
+            os.close(dfd)
+        if not hit:
             continue
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as fh:
@@ -189,6 +203,8 @@ def backup_path(output: Path, backup_dir: Path | None) -> Path:
 
 
 def shq(p) -> str:
+    import shlex
+
     return shlex.quote(str(p))
 
 

@@ -19,7 +19,6 @@ import contextlib
 import os
 import re
 import sqlite3
-import tempfile
 import urllib.parse
 from pathlib import Path
 
@@ -337,6 +336,8 @@ def _temp_db(output: Path, dry_run: bool):
         with output_temp(output) as tmp:
             yield tmp
         return
+    import tempfile  # a dry run only: a merge does not pay for importing it
+
     fd, name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=f".tmp{TMP_TAG}{os.getpid()}",
                                 dir=output.parent)
     os.close(fd)

@@ -7,7 +7,6 @@ gets its path through quote_literal.
 
 from __future__ import annotations
 
-import glob
 import os
 import sqlite3
 import urllib.parse
@@ -135,6 +134,8 @@ def sqlite_extension_file() -> str | None:
                          "sqlite_scanner.duckdb_extension")
     if os.path.exists(exact):
         return exact
+    import glob  # the DuckDB extension lookup only
+
     found = sorted(glob.glob(os.path.join(base, "extensions", "*",
                                           "sqlite_scanner.duckdb_extension")))
     return found[-1] if found else None
