@@ -19,8 +19,32 @@ from pathlib import Path
 from .errors import FAILED, USAGE, EVError, epilog_codes
 
 
+def _columns() -> int:
+    """shutil.get_terminal_size().columns, without importing shutil (~4 ms of start-up:
+    argparse imports it for every formatter it makes, even when no help is printed)."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    try:
+        lines = int(os.environ["LINES"])
+    except (KeyError, ValueError):
+        lines = 0
+    if columns <= 0 or lines <= 0:
+        try:
+            size = os.get_terminal_size(sys.__stdout__.fileno())
+        except (AttributeError, ValueError, OSError):
+            size = os.terminal_size((80, 24))
+        if columns <= 0:
+            columns = size.columns or 80
+    return columns
+
+
 class _Parser(argparse.ArgumentParser):
     last_error: str | None = None  # the usage error's line, for main's --json object
+
+    def _get_formatter(self):  # argparse's own width (terminal columns - 2), see _columns
+        return self.formatter_class(prog=self.prog, width=_columns() - 2)
 
     def error(self, message: str):  # one line, exit 2, like every other usage error
         line = f"{' '.join(message.split())}; see {self.prog} --help"

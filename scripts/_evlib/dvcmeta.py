@@ -13,13 +13,13 @@ from __future__ import annotations
 import configparser
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import USAGE, EVError
+from .plain import plain
 
 
-@dataclass
+@plain
 class Out:
     path: str  # repo-relative, "/"-separated
     md5: str  # DVC md5 ("....dir" for a directory)
