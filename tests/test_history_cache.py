@@ -545,3 +545,139 @@ def test_listfast_new_code_is_not_served_the_old_answer(origin, tmp_path):
     os.utime(hist, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     again, n = run()
     assert n >= 2 and again.stdout == first.stdout
+
+
+def test_fresh_clone_list_from_a_local_remote_imports_no_dvc_yaml_or_dataclasses(origin, tmp_path):
+    """DVC's Python API (~0.3 s) and yaml (~15 ms) are start-up a fresh list need not pay:
+    the local remote is copied in-process, `dvc add`'s .dvc files are read without yaml."""
+    repo = clone(origin, tmp_path)
+    cmd = [sys.executable, "-X", "importtime", str(SCRIPTS / "experiments.py"), "--json",
+           "list"]
+    cp = sh(cmd, cwd=repo, check=False)
+    assert cp.returncode == 0, cp.stderr
+    assert json.loads(cp.stdout) == origin[3]
+    imported = {ln.split("|")[-1].strip() for ln in cp.stderr.splitlines()
+                if ln.startswith("import time:")}
+    assert "_evlib.revfile" in imported  # the full list ran (not listfast's answer)
+    heavy = sorted(m for m in imported
+                   if m.split(".")[0] in ("dvc", "dvc_data", "yaml", "duckdb", "pyarrow",
+                                          "xetrack", "pandas"))
+    assert heavy == []
+    # and the stdlib modules its start-up does without (each a few ms of a ~0.1 s list)
+    assert sorted(imported & {"dataclasses", "inspect", "typing", "shutil", "tempfile"}) == []
+    assert set(cache_files(repo)) == db_md5s(repo)  # the objects came into the cache
+    assert cp.stdout == reference(repo, "--json", "list").stdout
+    shutil.rmtree(repo / ".dvc")  # the text form too, from the remote again
+    sh(["git", "checkout", "-q", "--", ".dvc"], cwd=repo)
+    text = run_script("experiments.py", "list", cwd=repo)
+    assert text.returncode == 0 and text.stdout == reference(repo, "list").stdout
+
+
+@pytest.mark.parametrize("text", [
+    # what `dvc add` writes: read without yaml
+    "outs:\n- md5: 3c59dc048e8850243be8079a5c74d079\n  size: 12\n  hash: md5\n"
+    "  path: train.csv\n",
+    "outs:\n- md5: 3c59dc048e8850243be8079a5c74d079.dir\n  size: 12\n  nfiles: 2\n"
+    "  hash: md5\n  path: candidates\n",
+    "outs:\n- md5: a\n  path: x\n",  # not an md5: yaml decides (the same string)
+    # values yaml reads as something else than their text: left to yaml
+    "outs:\n- md5: 12345678901234567890123456789012\n  path: x\n",  # an int
+    "outs:\n- md5: 01234567012345670123456701234567\n  path: x\n",  # octal
+    "outs:\n- md5: 0b101010101010101010101010101010\n  path: x\n",  # binary
+    "outs:\n- md5: 3c59dc048e8850243be8079a5c74d079\n  path: 2026-01-01\n",  # a date
+    "outs:\n- md5: 3c59dc048e8850243be8079a5c74d079\n  path: 1.5e-10\n",  # a float
+    "outs:\n- md5: 3c59dc048e8850243be8079a5c74d079\n  path: yes\n",  # a bool
+    "outs:\n- md5: 3c59dc048e8850243be8079a5c74d079\n  path: null\n",
+    "outs:\n- md5: 3c59dc048e8850243be8079a5c74d079\n  path: .hidden\n",
+    "outs:\n- md5: 3c59dc048e8850243be8079a5c74d079\n  size: 012\n  path: x\n",
+    "outs:\n- md5: 3c59dc048e8850243be8079a5c74d079\n  path: 'q u o t e d'\n",
+    "outs:\n- md5: 3c59dc048e8850243be8079a5c74d079\n  path: x  # comment\n",
+    "outs:\n- md5: 3c59dc048e8850243be8079a5c74d079\n  path: x\n  path: y\n",  # last wins
+    "outs:\n- md5: 3c59dc048e8850243be8079a5c74d079\n  path: x\n  cloud:\n    s3: {}\n",
+    "outs:\n- md5: 3c59dc048e8850243be8079a5c74d079\n  path: x\n"
+    "- md5: 4c59dc048e8850243be8079a5c74d079\n  path: y\n",
+    "outs:\n- md5: 3c59dc048e8850243be8079a5c74d079\r\n  path: x\r\n",
+    "outs:\n- md5: 3c59dc048e8850243be8079a5c74d079\n  path: x\nwdir: ..\n",
+    "outs:\n", "outs:\n\n- md5: 3c59dc048e8850243be8079a5c74d079\n  path: x\n",
+])
+def test_dvc_files_read_without_yaml_as_yaml_reads_them(text):
+    import yaml
+
+    sys.path.insert(0, str(SCRIPTS))
+    from _evlib import dvcmeta
+
+    want = yaml.safe_load(text)
+    got = dvcmeta.load_yaml(text)
+    assert got == (want if isinstance(want, dict) else {})
+    assert [type(v) for o in got.get("outs") or [] for v in o.values()] == \
+        [type(v) for o in want.get("outs") or [] for v in o.values()]
+    fast = dvcmeta._fast_dvc(text)
+    assert fast is None or fast == want
+
+
+def test_dvc_add_files_take_the_yaml_free_path():
+    sys.path.insert(0, str(SCRIPTS))
+    from _evlib import dvcmeta
+
+    for text in ("outs:\n- md5: 3c59dc048e8850243be8079a5c74d079\n  size: 12\n  hash: md5\n"
+                 "  path: train.csv\n",
+                 "outs:\n- md5: 3c59dc048e8850243be8079a5c74d079.dir\n  size: 12\n"
+                 "  nfiles: 2\n  hash: md5\n  path: candidates\n"):
+        assert dvcmeta._fast_dvc(text) is not None
+
+
+def test_plain_records_behave_as_the_dataclasses_they_replace():
+    sys.path.insert(0, str(SCRIPTS))
+    from _evlib.dvcmeta import Out
+    from _evlib.plain import factory, fields, plain
+    from _evlib.runs import Run
+    from _evlib.settings import Settings
+
+    a, b = Run("t1"), Run("t1", rows=0)
+    assert a == b and a.values == {} and a.values is not b.values  # a fresh dict each
+    a.values["x"] = 1
+    assert a != b and Run(track_id="t1", values={"x": 1}) == a
+    assert repr(Run("t", {"k": 2}, 3, "s")) == "Run(track_id='t', values={'k': 2}, rows=3, " \
+        "first_seen='s')"
+    assert Out("p", "m", "s") == Out("p", "m", "s", False) != Out("p", "m", "s", True)
+    assert Out("p", "m", "s").legacy is False
+    with pytest.raises(TypeError):
+        hash(Out("p", "m", "s"))  # as an eq dataclass: unhashable
+    with pytest.raises(TypeError):
+        Run()  # track_id is required
+    assert fields(Settings)[0] == "results_db" and fields(Settings)[-1] == "extra"
+    st = Settings(metrics=["f1"], extra={"k": [1]})
+    d = st.to_dict()
+    assert d["metrics"] == ["f1"] and d["k"] == [1] and d["metrics"] is not st.metrics
+    assert Settings().extra == {} and Settings().extra is not Settings().extra
+
+    with pytest.raises(TypeError):
+        @plain
+        class Bad:
+            x: int = 0
+            y: int
+
+    @plain
+    class F:
+        v: list = factory(list)
+    assert "v" not in F.__dict__ and F().v == [] and F().v is not F().v
+
+
+def test_scratch_dir_and_temp_names_as_tempfile_makes_them(tmp_path, monkeypatch):
+    sys.path.insert(0, str(SCRIPTS))
+    from _evlib import atomic
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "missing"))  # not usable: the next one
+    monkeypatch.setenv("TEMP", str(tmp_path))
+    d = Path(atomic.scratch_dir("ev-x-"))
+    assert d.parent == tmp_path and d.name.startswith("ev-x-") and \
+        (d.stat().st_mode & 0o777) == 0o700
+    (d / "f").write_text("x")
+    atomic.remove_tree(d)  # not empty: removed all the same
+    assert not d.exists()
+    atomic.remove_tree(d)  # gone already: nothing raised
+    dest = tmp_path / "out.txt"
+    atomic.write_bytes(dest, b"one")
+    atomic.write_bytes(dest, b"two")
+    assert dest.read_bytes() == b"two" and sorted(p.name for p in tmp_path.iterdir()) == \
+        ["out.txt"]

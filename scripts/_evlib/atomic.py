@@ -13,6 +13,53 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+# tempfile and shutil cost ~8 ms of start-up (random, bz2, lzma, ...): a fresh
+# `experiments.py list` needs only a new file's name, made here as mkstemp makes it.
+_TMP_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | \
+    getattr(os, "O_CLOEXEC", 0)
+
+
+def _mkstemp(directory: str | os.PathLike, prefix: str, suffix: str) -> tuple[int, str]:
+    """(fd, path) of a new file (mode 0600) in directory, as tempfile.mkstemp."""
+    for _ in range(100):
+        p = os.path.join(directory, f"{prefix}{os.urandom(6).hex()}{suffix}")
+        try:
+            return os.open(p, _TMP_FLAGS, 0o600), p
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no unused temporary name in {directory}")
+
+
+def scratch_dir(prefix: str) -> str:
+    """A new private (0700) directory in the temp dir, as tempfile.mkdtemp (TMPDIR, TEMP,
+    TMP, then /tmp, /var/tmp, /usr/tmp): the caller removes it (remove_tree)."""
+    env = [os.environ.get(k) for k in ("TMPDIR", "TEMP", "TMP")]
+    for base in [b for b in env if b] + ["/tmp", "/var/tmp", "/usr/tmp"]:
+        for _ in range(100):
+            p = os.path.join(base, f"{prefix}{os.urandom(6).hex()}")
+            try:
+                os.mkdir(p, 0o700)
+                return os.path.abspath(p)
+            except FileExistsError:
+                continue
+            except OSError:
+                break  # not usable: the next candidate
+    import tempfile
+
+    return tempfile.mkdtemp(prefix=prefix)
+
+
+def remove_tree(path: str | os.PathLike) -> None:
+    """Remove a scratch directory (empty: one rmdir; else shutil's rmtree), never raising."""
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)
+
 
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):  # not every filesystem lets a directory be fsynced
@@ -64,9 +111,7 @@ def atomic_path(dest: str | os.PathLike, suffix: str = "", *, durable: bool = Tr
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    import tempfile  # on first write only: a read-only or in-place command does not pay for it
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f".tmp{suffix}", dir=dest.parent)
+    fd, tmp = _mkstemp(dest.parent, f".{dest.name}.", f".tmp{suffix}")
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -19,28 +19,31 @@ from .errors import FAILED, USAGE, EVError, epilog_codes
 
 
 def _columns() -> int:
-    """shutil.get_terminal_size().columns, without importing shutil (and the compression
-    modules it loads) on every start: argparse builds a formatter for every add_argument."""
+    """shutil.get_terminal_size().columns, without importing shutil (~4 ms of start-up:
+    argparse imports it for every formatter it makes, even when no help is printed)."""
     try:
         columns = int(os.environ["COLUMNS"])
     except (KeyError, ValueError):
         columns = 0
-    if columns > 0:
-        return columns
     try:
-        return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80
-    except (AttributeError, ValueError, OSError):
-        return 80
-
-
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    def __init__(self, prog, indent_increment=2, max_help_position=24, width=None):
-        super().__init__(prog, indent_increment, max_help_position,
-                         _columns() - 2 if width is None else width)
+        lines = int(os.environ["LINES"])
+    except (KeyError, ValueError):
+        lines = 0
+    if columns <= 0 or lines <= 0:
+        try:
+            size = os.get_terminal_size(sys.__stdout__.fileno())
+        except (AttributeError, ValueError, OSError):
+            size = os.terminal_size((80, 24))
+        if columns <= 0:
+            columns = size.columns or 80
+    return columns
 
 
 class _Parser(argparse.ArgumentParser):
     last_error: str | None = None  # the usage error's line, for main's --json object
+
+    def _get_formatter(self):  # argparse's own width (terminal columns - 2), see _columns
+        return self.formatter_class(prog=self.prog, width=_columns() - 2)
 
     def error(self, message: str):  # one line, exit 2, like every other usage error
         line = f"{' '.join(message.split())}; see {self.prog} --help"
@@ -66,7 +69,7 @@ def parser(prog: str, description: str, example: str, *, codes: tuple[int, ...] 
            ) -> argparse.ArgumentParser:
     epilog = f"example:\n  {example.strip()}\n\n{epilog_codes(*codes, notes=code_notes)}"
     p = _Parser(prog=prog, description=description, epilog=epilog,
-                formatter_class=_Formatter)
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common(p, repo=repo, dry_run=dry_run)
     return p
 

@@ -12,17 +12,17 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .dvcmeta import Out, is_meta_file, parse_outs
 from .errors import NOT_FOUND, USAGE, EVError
 from .histcache import SummaryCache
+from .plain import plain
 from .proc import git, git_ok
 from .revfile import RevFiles, file_at
 from .settings import META_COLS, METRIC_RE
 
+TYPE_CHECKING = False  # typing's own import costs a few ms of a fresh list
 if TYPE_CHECKING:
     from .runs import Run
 
@@ -43,7 +43,7 @@ def parse_e(tag: str) -> tuple[int, int, int] | None:
     return (int(m[1]), int(m[2]), int(m[3])) if m else None
 
 
-@dataclass
+@plain
 class TagInfo:
     name: str
     date: str
@@ -316,7 +316,7 @@ class DBAt:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-@dataclass
+@plain
 class VersionSummary:
     version: str
     runs: list[Run]
@@ -394,9 +394,9 @@ class Reader:
         self.rf.close()
         self.cache.save(self.live)
         if self.tmp:
-            import shutil
+            from .atomic import remove_tree
 
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            remove_tree(self.tmp)
             self.tmp = None
 
     def outs(self, rev: str, commit: str | None = None) -> dict[str, Out]:
@@ -419,9 +419,9 @@ class Reader:
         from .runs import load_runs
 
         if self.tmp is None:
-            import tempfile
+            from .atomic import scratch_dir
 
-            self.tmp = tempfile.mkdtemp(prefix="ev-history-")
+            self.tmp = scratch_dir("ev-history-")
         dest = Path(self.tmp) / "experiments.db"
         try:
             self.rf.write(rev, self.db_rel, dest, scratch=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +26,8 @@ def dvc_command() -> list[str]:
     beside = Path(sys.executable).parent / "dvc"
     if beside.exists():
         return [str(beside)]
+    import shutil
+
     found = shutil.which("dvc")
     if found:
         return [found]

@@ -11,20 +11,20 @@ The DB is only read (read-only connection); identifiers are quoted.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import EVENTS_TABLE
 from .errors import USAGE, EVError
+from .plain import factory, plain
 from .sql import quote_ident, sqlite_columns, sqlite_connect, sqlite_tables
 
 RULE = "last non-null value per track_id"
 
 
-@dataclass
+@plain
 class Run:
     track_id: str
-    values: dict = field(default_factory=dict)  # column -> last non-null value
+    values: dict = factory(dict)  # column -> last non-null value
     rows: int = 0
     first_seen: str = ""  # timestamp of its first row
 
@@ -47,7 +47,7 @@ def is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v  # not NaN
 
 
-@dataclass
+@plain
 class RunTable:
     columns: list[str] | None  # columns of the events table; None: the DB has no such table
     runs: dict[str, Run]  # track_id -> run, in first-seen order

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .errors import USAGE, EVError
+from .plain import factory, fields, plain
 
 FILENAME = "ev.yaml"
 
@@ -34,7 +34,7 @@ METRIC_RE = re.compile(r"(^|_)(f1|f1_score|precision|prec|recall|accuracy|acc|au
                        r"error_rate|wer|cer|iou|dice)($|_)")
 
 
-@dataclass
+@plain
 class Settings:
     results_db: str = "results/experiments.db"
     production_model: str = "models/production/model.bin"
@@ -43,7 +43,7 @@ class Settings:
     mode: str = "max"  # max: higher is better; min: lower is better
     metrics: list[str] | None = None  # metric columns; None: recognised by name (METRIC_RE)
     gto: bool = False  # also write GTO registry tags on promote/rollback
-    extra: dict = field(default_factory=dict)  # keys this version does not know, kept as is
+    extra: dict = factory(dict)  # keys this version does not know, kept as is
 
     def is_metric(self, column: str) -> bool:
         if column in META_COLS:
@@ -64,12 +64,15 @@ class Settings:
         return params, metrics
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        import copy
+
+        # what dataclasses.asdict gave: every value a deep copy
+        d = {n: copy.deepcopy(getattr(self, n)) for n in fields(Settings)}
         extra = d.pop("extra")
         return {**d, **extra}
 
 
-_KNOWN = {f.name for f in fields(Settings)} - {"extra"}
+_KNOWN = set(fields(Settings)) - {"extra"}
 
 
 def path(repo: str | os.PathLike) -> Path:
