@@ -26,7 +26,7 @@ TYPE_CHECKING = False  # typing's own import costs a few ms of a fresh list
 if TYPE_CHECKING:
     from .runs import Run
 
-# runs/sql (sqlite3), tempfile and shutil are imported where used: a `list` answered from
+# runs/sql (sqlite3) and the scratch helpers are imported where used: a `list` answered from
 # the summary cache never needs them, and its start-up is most of its cost.
 
 DEFAULT_DB = "results/experiments.db"
@@ -274,8 +274,7 @@ class DBAt:
         self.tmp: str | None = None
 
     def __enter__(self) -> Path | None:
-        import tempfile
-
+        from .atomic import scratch_dir
         from .sql import sqlite_connect
 
         if self.rev is None:
@@ -284,7 +283,7 @@ class DBAt:
                 return p if p.is_file() else None
             # A private copy (sqlite backup: consistent, includes the WAL): whatever a query
             # does to it, the user's DB is never opened for writing.
-            self.tmp = tempfile.mkdtemp(prefix="ev-history-")
+            self.tmp = scratch_dir("ev-history-")
             dest = Path(self.tmp) / "experiments.db"
             src = sqlite_connect(p, readonly=True)
             try:
@@ -301,7 +300,7 @@ class DBAt:
             if rf.locate(self.rev, self.db_rel).out is None and \
                     rf.blob(self.rev, self.db_rel) is None:
                 return None
-            self.tmp = tempfile.mkdtemp(prefix="ev-history-")
+            self.tmp = scratch_dir("ev-history-")
             dest = Path(self.tmp) / "experiments.db"
             rf.write(self.rev, self.db_rel, dest)
             return dest
@@ -311,9 +310,9 @@ class DBAt:
 
     def __exit__(self, *exc) -> None:
         if self.tmp:
-            import shutil
+            from .atomic import remove_tree
 
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            remove_tree(self.tmp)
 
 
 @plain
