@@ -227,3 +227,79 @@ def test_prune_keeps_never_recorded_candidates_unless_include_untracked(dvc_repo
     out = mm(repo, "prune", "--keep", "1", "--metric", "f1_score", "--yes",
              "--include-untracked")
     assert [d["run_id"] for d in out["deleted"]] == [t.track_id] and not fresh.exists()
+
+
+def test_a_staged_copy_is_used_only_by_the_promote_that_made_it(dvc_repo):
+    """promote copies model.bin's new bytes while the cache object is fsynced, and renames
+    that copy in; a staged copy or checkout temp a killed run left is never used: removed."""
+    repo = dvc_repo
+    a, b = make_runs(repo, 2)
+    cand = {r: next((repo / "models/candidates").glob(f"*--{r}.bin")) for r in (a, b)}
+    size = cand[a].stat().st_size
+    assert cand[b].stat().st_size == size  # same size: only the bytes tell them apart
+    prod = repo / PROD
+    stale = prod.with_name(".model.bin.ev-staged")
+    tmp = prod.with_name(".model.bin.ev-0123abcd")
+
+    def plant():
+        stale.write_bytes(b"X" * size)
+        tmp.write_bytes(b"half")
+
+    def check(run: str):
+        assert md5(prod) == md5(cand[run])
+        assert sorted(p.name for p in prod.parent.iterdir()) == [
+            ".gitignore", "ledger.jsonl", "model.bin", "model.bin.dvc"]
+        obj = repo / ".dvc/cache/files/md5" / md5(cand[run])[:2] / md5(cand[run])[2:]
+        assert md5(obj) == md5(cand[run]) and not prod.samefile(obj)
+
+    mm(repo, "promote", "--run-id", a, "--reason", "a")
+    check(a)
+    mm(repo, "promote", "--run-id", b, "--reason", "b")  # a new object: staged, renamed in
+    check(b)
+    plant()  # as a promote killed while staging / a checkout killed while copying leave them
+    mm(repo, "rollback", "--reason", "back to a")  # from the cache: nothing staged
+    check(a)
+    plant()
+    mm(repo, "promote", "--run-id", b, "--reason", "b again")  # b's object is cached already
+    check(b)
+    cp = sh(["dvc", "status", "--json", PROD + ".dvc"], cwd=repo)
+    assert json.loads(cp.stdout or "{}") == {}
+
+
+def test_store_object_stages_the_checkout_copy_while_the_object_is_flushed(dvc_repo):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from _evlib import dvcstore
+
+    repo = dvc_repo
+    src = repo / "model.src"
+    src.write_bytes(b"weights\n" * 100_000)
+    dest = repo / "models/production/model.bin"
+    dest.parent.mkdir(parents=True)
+    st = dvcstore.staged(dest)
+    st.write_bytes(b"a killed run's copy")
+    got_md5, _sha, size = dvcstore.store_object(repo, src, stage=dest)
+    assert got_md5 == md5(src) and size == src.stat().st_size
+    obj = dvcstore.cache_object(repo, got_md5)
+    assert md5(obj) == got_md5 and obj.stat().st_mode & 0o777 == 0o444
+    assert st.read_bytes() == src.read_bytes() and st.stat().st_ino != obj.stat().st_ino
+    ino = st.stat().st_ino
+    dvcstore.checkout(repo, got_md5, dest, use_staged=True)
+    assert not st.exists() and dest.stat().st_ino == ino  # renamed in, not copied again
+    assert dest.read_bytes() == src.read_bytes() and dest.stat().st_mode & 0o777 == 0o644
+    # not this call's copy: removed, and dest made from the object
+    st.write_bytes(b"X" * size)
+    dvcstore.checkout(repo, got_md5, dest)
+    assert not st.exists() and dest.read_bytes() == src.read_bytes()
+    # the object is there already (nothing to flush, nothing staged): a stale copy is removed
+    st.write_bytes(b"X" * size)
+    assert dvcstore.store_object(repo, src, stage=dest)[0] == got_md5
+    assert not st.exists()
+    dvcstore.checkout(repo, got_md5, dest, use_staged=True)
+    assert not st.exists() and dest.read_bytes() == src.read_bytes()
+    # hardlink cache: nothing staged (the checkout is a link)
+    (repo / ".dvc/config.local").write_text("[cache]\n    type = hardlink\n")
+    src.write_bytes(b"other\n" * 1000)
+    m2, _, _ = dvcstore.store_object(repo, src, stage=dest)
+    assert not st.exists()
+    dvcstore.checkout(repo, m2, dest, use_staged=True)
+    assert dest.samefile(dvcstore.cache_object(repo, m2))

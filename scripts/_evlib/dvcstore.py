@@ -85,10 +85,15 @@ def _cache_type(repo: Path) -> str:
     return found
 
 
-def store_object(repo: Path, src: Path, *, move: bool = False) -> tuple[str, str, int]:
+def store_object(repo: Path, src: Path, *, move: bool = False,
+                 stage: Path | None = None) -> tuple[str, str, int]:
     """Put src's bytes into the DVC cache under their md5 (hashed while copied, fsynced).
 
     move=True: src is a complete temp file of ours: hashed, then renamed in when it can be.
+    stage: a workspace path the object is about to be checked out to; with a copy/reflink
+    cache its copy is written to staged(stage) while the object is fsynced (the two
+    overlap instead of adding up), for checkout() to rename in. Whoever passes stage
+    removes staged(stage) if checkout() does not consume it.
     Returns (md5, sha256, size). An object already there is kept (DVC objects are immutable).
     """
     from .atomic import _fsync_dir, fsync_file
@@ -97,6 +102,9 @@ def store_object(repo: Path, src: Path, *, move: bool = False) -> tuple[str, str
     base = cache / "files" / "md5"
     base.mkdir(parents=True, exist_ok=True)
     tmp = base / f".ev-{uuid.uuid4().hex}.tmp"
+    if stage is not None:  # whatever is there is not this call's copy
+        with contextlib.suppress(FileNotFoundError):
+            staged(stage).unlink()
     try:
         if move:
             md5, sha = hashes(src)
@@ -112,7 +120,10 @@ def store_object(repo: Path, src: Path, *, move: bool = False) -> tuple[str, str
         if obj.is_file() and obj.stat().st_size == size:
             tmp.unlink()
             return md5, sha, size
-        fsync_file(tmp)
+        if stage is not None and _cache_type(repo) not in ("hardlink", "symlink"):
+            _fsync_while_staging(tmp, staged(stage))
+        else:
+            fsync_file(tmp)
         os.chmod(tmp, 0o444)  # DVC keeps cache objects read-only
         obj.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, obj)
@@ -124,11 +135,60 @@ def store_object(repo: Path, src: Path, *, move: bool = False) -> tuple[str, str
         raise
 
 
-def checkout(repo: Path, md5: str, dest: Path) -> None:
-    """Make dest the cache object md5 the way DVC's cache.type would (new inode or link)."""
+def staged(dest: Path) -> Path:
+    """Where store_object(stage=dest) writes dest's next copy (one name per workspace file:
+    one promote or rollback of an alias runs at a time, under its lock)."""
+    return dest.with_name(f".{dest.name}.ev-staged")
+
+
+def _fsync_while_staging(tmp: Path, stage: Path) -> None:
+    """fsync tmp (the new cache object) in a thread while it is copied to stage: the flush
+    to disk and the copy through the page cache run at once instead of one after the other."""
+    import threading
+
+    from .atomic import fsync_file
+
+    err: list[BaseException] = []
+
+    def flush() -> None:
+        try:
+            fsync_file(tmp)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            err.append(exc)
+
+    t = threading.Thread(target=flush, name="ev-fsync")
+    t.start()
+    try:
+        shutil.copyfile(tmp, stage)
+        os.chmod(stage, 0o644)
+    except OSError:  # no staged copy: checkout() copies from the object instead
+        with contextlib.suppress(FileNotFoundError):
+            stage.unlink()
+    finally:
+        t.join()
+    if err:
+        with contextlib.suppress(FileNotFoundError):
+            stage.unlink()
+        raise err[0]
+
+
+def checkout(repo: Path, md5: str, dest: Path, *, use_staged: bool = False) -> None:
+    """Make dest the cache object md5 the way DVC's cache.type would (new inode or link).
+
+    use_staged: the caller's own store_object(stage=dest) call of this process just staged
+    md5's copy (copied from the object's hashed bytes): rename it in if it is whole. A
+    staged file is never trusted otherwise (a killed run's): it is removed."""
     obj = cache_object(repo, md5)
     kind = _cache_type(repo)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    st = staged(dest)
+    if use_staged and kind not in ("hardlink", "symlink"):
+        with contextlib.suppress(FileNotFoundError):
+            if st.stat().st_size == obj.stat().st_size:
+                os.replace(st, dest)
+                return
+    with contextlib.suppress(FileNotFoundError):
+        st.unlink()
     tmp = dest.with_name(f".{dest.name}.ev-{uuid.uuid4().hex[:8]}")
     try:
         if kind == "hardlink":
