@@ -85,15 +85,10 @@ def _cache_type(repo: Path) -> str:
     return found
 
 
-def store_object(repo: Path, src: Path, *, move: bool = False,
-                 stage: Path | None = None) -> tuple[str, str, int]:
+def store_object(repo: Path, src: Path, *, move: bool = False) -> tuple[str, str, int]:
     """Put src's bytes into the DVC cache under their md5 (hashed while copied, fsynced).
 
     move=True: src is a complete temp file of ours: hashed, then renamed in when it can be.
-    stage: a workspace path the object is about to be checked out to; with a copy/reflink
-    cache its copy is written to staged(stage) while the object is fsynced (the two
-    overlap instead of adding up), for checkout() to rename in. Whoever passes stage
-    removes staged(stage) if checkout() does not consume it.
     Returns (md5, sha256, size). An object already there is kept (DVC objects are immutable).
     """
     from .atomic import _fsync_dir, fsync_file
@@ -101,10 +96,7 @@ def store_object(repo: Path, src: Path, *, move: bool = False,
     cache = cache_dir(repo)
     base = cache / "files" / "md5"
     base.mkdir(parents=True, exist_ok=True)
-    tmp = base / f".ev-{uuid.uuid4().hex}.tmp"
-    if stage is not None:  # whatever is there is not this call's copy
-        with contextlib.suppress(FileNotFoundError):
-            staged(stage).unlink()
+    tmp = base / f".ev-{os.getpid()}-{uuid.uuid4().hex}.tmp"  # the pid: see remove_temps
     try:
         if move:
             md5, sha = hashes(src)
@@ -120,10 +112,7 @@ def store_object(repo: Path, src: Path, *, move: bool = False,
         if obj.is_file() and obj.stat().st_size == size:
             tmp.unlink()
             return md5, sha, size
-        if stage is not None and _cache_type(repo) not in ("hardlink", "symlink"):
-            _fsync_while_staging(tmp, staged(stage))
-        else:
-            fsync_file(tmp)
+        fsync_file(tmp)
         os.chmod(tmp, 0o444)  # DVC keeps cache objects read-only
         obj.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, obj)
@@ -135,60 +124,51 @@ def store_object(repo: Path, src: Path, *, move: bool = False,
         raise
 
 
-def staged(dest: Path) -> Path:
-    """Where store_object(stage=dest) writes dest's next copy (one name per workspace file:
-    one promote or rollback of an alias runs at a time, under its lock)."""
-    return dest.with_name(f".{dest.name}.ev-staged")
+STALE_S = 600  # a temp file unchanged this long whose writer is gone: a killed run's
 
 
-def _fsync_while_staging(tmp: Path, stage: Path) -> None:
-    """fsync tmp (the new cache object) in a thread while it is copied to stage: the flush
-    to disk and the copy through the page cache run at once instead of one after the other."""
-    import threading
+def remove_temps(repo: Path, dest: Path) -> list[str]:
+    """Remove what a killed promote/rollback of dest left: checkout()'s temp files next to
+    dest (the caller holds dest's alias lock, so none is being written), and store_object's
+    temp files in the cache whose writing process is gone and that have not changed for
+    STALE_S (the cache may be shared with other worktrees). Returns the names removed."""
+    import time
 
-    from .atomic import fsync_file
+    removed = []
+    pre = f".{dest.name}.ev-"
+    hexdigits = set("0123456789abcdef")
+    with contextlib.suppress(OSError), os.scandir(dest.parent) as it:
+        for e in it:
+            tail = e.name[len(pre):]
+            if e.name.startswith(pre) and len(tail) == 8 and set(tail) <= hexdigits:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(e.path)
+                    removed.append(e.name)
+    now = time.time()
+    with contextlib.suppress(OSError), os.scandir(cache_dir(repo) / "files" / "md5") as it:
+        for e in it:
+            parts = e.name.split("-")
+            if not (e.name.startswith(".ev-") and e.name.endswith(".tmp") and len(parts) == 3
+                    and parts[1].isdigit()):
+                continue
+            with contextlib.suppress(OSError):
+                if now - e.stat(follow_symlinks=False).st_mtime < STALE_S:
+                    continue
+                try:
+                    os.kill(int(parts[1]), 0)
+                    continue  # its writer (or a process with its pid) is alive
+                except ProcessLookupError:
+                    pass
+                os.unlink(e.path)
+                removed.append(e.name)
+    return removed
 
-    err: list[BaseException] = []
 
-    def flush() -> None:
-        try:
-            fsync_file(tmp)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            err.append(exc)
-
-    t = threading.Thread(target=flush, name="ev-fsync")
-    t.start()
-    try:
-        shutil.copyfile(tmp, stage)
-        os.chmod(stage, 0o644)
-    except OSError:  # no staged copy: checkout() copies from the object instead
-        with contextlib.suppress(FileNotFoundError):
-            stage.unlink()
-    finally:
-        t.join()
-    if err:
-        with contextlib.suppress(FileNotFoundError):
-            stage.unlink()
-        raise err[0]
-
-
-def checkout(repo: Path, md5: str, dest: Path, *, use_staged: bool = False) -> None:
-    """Make dest the cache object md5 the way DVC's cache.type would (new inode or link).
-
-    use_staged: the caller's own store_object(stage=dest) call of this process just staged
-    md5's copy (copied from the object's hashed bytes): rename it in if it is whole. A
-    staged file is never trusted otherwise (a killed run's): it is removed."""
+def checkout(repo: Path, md5: str, dest: Path) -> None:
+    """Make dest the cache object md5 the way DVC's cache.type would (new inode or link)."""
     obj = cache_object(repo, md5)
     kind = _cache_type(repo)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    st = staged(dest)
-    if use_staged and kind not in ("hardlink", "symlink"):
-        with contextlib.suppress(FileNotFoundError):
-            if st.stat().st_size == obj.stat().st_size:
-                os.replace(st, dest)
-                return
-    with contextlib.suppress(FileNotFoundError):
-        st.unlink()
     tmp = dest.with_name(f".{dest.name}.ev-{uuid.uuid4().hex[:8]}")
     try:
         if kind == "hardlink":

@@ -44,7 +44,7 @@ from .dvcstore import (
     ev_tmp,
     hashes,
     remember,
-    staged,
+    remove_temps,
     store_object,
 )
 from .errors import NOT_FOUND, REFUSED, USAGE, EVError
@@ -222,15 +222,13 @@ def _intent_path(repo: Path, a: Alias) -> Path:
     return ev_tmp(repo) / f"{a.name}.intent.json"
 
 
-def _apply(repo: Path, a: Alias, intent: dict, s: _settings.Settings, *,
-           use_staged: bool = False) -> None:
-    """Steps after the intent is durable; each one idempotent, so a re-run may repeat it.
-    use_staged: this process's store_object staged model.bin's copy (see checkout)."""
+def _apply(repo: Path, a: Alias, intent: dict, s: _settings.Settings) -> None:
+    """Steps after the intent is durable; each one idempotent, so a re-run may repeat it."""
     md5, size = intent["md5"], intent["size"]
     dest = repo / a.model
     have, _ = disk_md5(repo, a, md5)
     if have != md5:
-        checkout(repo, md5, dest, use_staged=use_staged)
+        checkout(repo, md5, dest)
     remember(repo, a, md5)
     dvc_file = repo / a.dvc
     cur = dvc_file.read_text() if dvc_file.exists() else None
@@ -245,23 +243,10 @@ def _apply(repo: Path, a: Alias, intent: dict, s: _settings.Settings, *,
         gto.commit_and_tag(repo, a, intent, s)
 
 
-def _remove_temps(dest: Path) -> None:
-    """dest's staged copy and checkout()'s temp files (.NAME.ev-XXXXXXXX), left by a kill."""
-    with contextlib.suppress(OSError):
-        with os.scandir(dest.parent) as it:
-            names = [e.name for e in it if e.name.startswith(f".{dest.name}.ev-")]
-        for n in names:
-            tail = n[len(dest.name) + 5:]
-            if tail == "staged" or (len(tail) == 8 and all(c in "0123456789abcdef"
-                                                          for c in tail)):
-                with contextlib.suppress(FileNotFoundError):
-                    (dest.parent / n).unlink()
-
-
 def recover(repo: Path, a: Alias, s: _settings.Settings | None = None) -> dict | None:
     """Finish or undo a change a killed promote/rollback left; None when there was none.
-    Called holding the alias's lock, so model.bin's temp files are a killed run's: removed."""
-    _remove_temps(repo / a.model)
+    Called holding the alias's lock: the temp files a killed run left are removed first."""
+    remove_temps(repo, repo / a.model)
     p = _intent_path(repo, a)
     if not p.exists():
         return None
@@ -368,13 +353,13 @@ def _public(rec: dict | None) -> dict | None:
 
 
 def _write(repo: Path, a: Alias, entry: dict, md5: str, size: int, *, commit: bool,
-           s: _settings.Settings, request: dict, use_staged: bool = False) -> None:
+           s: _settings.Settings, request: dict) -> None:
     old = repo / a.dvc
     intent = {"entry": entry, "md5": md5, "size": size, "commit": commit, "request": request,
               "old_dvc": old.read_text() if old.exists() else None}
     p = _intent_path(repo, a)
     write_text(p, json.dumps(intent, default=str))
-    _apply(repo, a, intent, s, use_staged=use_staged)
+    _apply(repo, a, intent, s)
     p.unlink()
 
 
@@ -416,33 +401,20 @@ def promote(repo: Path, a: Alias, *, src_file: Path, source: str, run, version: 
             res["unchanged"] = bool(cur and cur["in_sync"] and cur["in_ledger"]
                                     and cur["md5"] == md5 and cur["run_id"] == entry["run_id"])
             return res
-        try:
-            return _promote_stored(repo, a, src_file, entry, prev, saved, cur, res,
-                                   commit=commit, s=s, request=request)
-        finally:  # a copy staged for model.bin and not renamed in (unchanged, or failed)
-            with contextlib.suppress(FileNotFoundError):
-                staged(repo / a.model).unlink()
-
-
-def _promote_stored(repo: Path, a: Alias, src_file: Path, entry: dict, prev, saved: dict,
-                    cur, res: dict, *, commit: bool, s: _settings.Settings,
-                    request: dict) -> dict:
-    """promote after its checks: the object stored (model.bin's copy staged meanwhile),
-    then the change written."""
-    md5, sha, size = store_object(repo, src_file, stage=repo / a.model)
-    if saved:
-        prev = {**(prev or {}), **saved, "run_id": (prev or {}).get("run_id"),
-                "version": (prev or {}).get("version")}
-    entry.update(model={"path": a.model, "md5": md5, "sha256": sha, "size": size},
-                 previous=prev)
-    if cur and cur["in_sync"] and cur["in_ledger"] and cur["md5"] == md5 \
-            and cur["run_id"] == entry["run_id"]:
-        res["unchanged"] = True
+        md5, sha, size = store_object(repo, src_file)
+        if saved:
+            prev = {**(prev or {}), **saved, "run_id": (prev or {}).get("run_id"),
+                    "version": (prev or {}).get("version")}
+        entry.update(model={"path": a.model, "md5": md5, "sha256": sha, "size": size},
+                     previous=prev)
+        if cur and cur["in_sync"] and cur["in_ledger"] and cur["md5"] == md5 \
+                and cur["run_id"] == entry["run_id"]:
+            res["unchanged"] = True
+            return res
+        _gto_entry(repo, a, entry, md5, s)
+        _write(repo, a, entry, md5, size, commit=commit, s=s, request=request)
+        res["committed"] = commit
         return res
-    _gto_entry(repo, a, entry, md5, s)
-    _write(repo, a, entry, md5, size, commit=commit, s=s, request=request, use_staged=True)
-    res["committed"] = commit
-    return res
 
 
 def _pick_target(repo: Path, a: Alias, entries: list[dict], stacks: list[list[dict]], *,
