@@ -109,8 +109,18 @@ _PER_RUN = ('SELECT track_id, (SELECT x.m FROM "default" x WHERE x.track_id = d.
 
 @pytest.mark.parametrize("decl", ["REAL", "", "TEXT COLLATE NOCASE", "NUMERIC"])
 @pytest.mark.parametrize("mode", ["max", "min"])
-def test_rank_runs_one_pass_agrees_with_a_subquery_per_run(tmp_path, decl, mode):
+def test_rank_runs_one_pass_agrees_with_a_subquery_per_run(tmp_path, decl, mode, monkeypatch):
     import random
+
+    import _evlib.runs as runs_mod
+
+    real_connect = runs_mod.sqlite_connect
+
+    def old_sqlite(*a, **k):  # a SQLite build before 3.32: at most 999 bound variables
+        con = real_connect(*a, **k)
+        con.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+        return con
+    monkeypatch.setattr(runs_mod, "sqlite_connect", old_sqlite)
     rnd = random.Random(f"{decl}{mode}")
     path = tmp_path / "r.db"
     con = sqlite3.connect(path)
@@ -127,7 +137,63 @@ def test_rank_runs_one_pass_agrees_with_a_subquery_per_run(tmp_path, decl, mode)
         where = f"WHERE track_id IN ({','.join('?' * len(ids))})" if ids else ""
         want = [(t, v, type(v), n) for t, v, n in con.execute(
             _PER_RUN.replace("x.m", "x.f1").format(where=where, order=order), ids or [])]
-        got = rank_runs(path, "f1", mode, ids)["ranking"]
-        assert [(e["track_id"], e["value"], type(e["value"]), e["rows"]) for e in got] == want
-        assert [e["rank"] for e in got] == list(range(1, len(want) + 1))
+        # and with 2,000 more ids that name no run: past the bound-variable limit the ids
+        # go through a temp table, with the same answer
+        for many in ([None] if ids is None else [ids, ids + [f"x{i}" for i in range(2_000)]]):
+            got = rank_runs(path, "f1", mode, many)["ranking"]
+            assert [(e["track_id"], e["value"], type(e["value"]), e["rows"])
+                    for e in got] == want
+            assert [e["rank"] for e in got] == list(range(1, len(want) + 1))
+    con.close()
+
+
+def test_count_events_of_more_runs_than_sqlite_binds(tmp_path, monkeypatch):
+    """A sweep's row count of its runs: past SQLite's bound-variable limit (999 before 3.32)
+    it counted 0 (the error was taken for "not a results DB"); now exact."""
+    import _evlib.sweep as sweep_mod
+
+    real_connect = sweep_mod.sqlite_connect
+
+    def old_sqlite(*a, **k):
+        con = real_connect(*a, **k)
+        con.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+        return con
+    monkeypatch.setattr(sweep_mod, "sqlite_connect", old_sqlite)
+    path = tmp_path / "r.db"
+    con = sqlite3.connect(path)
+    con.execute('CREATE TABLE "default" (track_id TEXT COLLATE NOCASE, timestamp TEXT)')
+    con.executemany('INSERT INTO "default" VALUES (?, ?)',
+                    [(f"run-{i % 1500}", str(i)) for i in range(3000)] + [("RUN-1", "x"), (1, "y")])
+    con.commit()
+    con.close()
+    ids = [f"run-{i}" for i in range(1200)]
+    # NOCASE: 'RUN-1' is run-1's; the integer 1 was stored as the text '1' (TEXT affinity)
+    assert sweep_mod.count_events(path, ids) == 2 * 1200 + 1
+    assert sweep_mod.count_events(path, ids[:10]) == 2 * 10 + 1
+    assert sweep_mod.count_events(path, ["1"]) == 1
+    assert sweep_mod.count_events(path, ["1"] + [f"n{i}" for i in range(1000)]) == 1
+    assert sweep_mod.count_events(path, [1] + [f"n{i}" for i in range(1000)]) == \
+        sweep_mod.count_events(path, [1]) == 1  # a bound integer meets TEXT affinity
+    assert sweep_mod.count_events(path) == 3002
+
+
+@pytest.mark.parametrize("decl", ["INTEGER", "TEXT", "REAL", "NUMERIC", "", "BLOB",
+                                  "TEXT COLLATE NOCASE", "DECIMAL(10,5)", "VARCHAR(8)"])
+def test_in_values_matches_what_bound_variables_match(decl):
+    """in_values over the bind limit (a temp table) selects exactly the rows `IN (?, ...)`
+    selects, whatever the column's affinity and collation and the values' types."""
+    from _evlib.sql import MAX_BINDS, in_values
+
+    con = sqlite3.connect(":memory:")
+    con.execute(f'CREATE TABLE t (k {decl})')
+    stored = [1, 1.0, 2.5, "1", "1.0", "2.5", "a", "A", b"a", None, -0.0, 0, "0", " 1", 2**62, "1e3", 1000]
+    con.executemany("INSERT INTO t VALUES (?)", [(v,) for v in stored])
+    probe = [1, "1", 1.0, "1.0", 2.5, "2.5", "a", b"a", 0.0, "0", " 1", 2**62, float(2**62), "1e3", 1000, None, "zz"]
+    for v in probe:
+        cond, binds = in_values(con, "t", "k", [v])
+        want = con.execute(f"SELECT rowid FROM t WHERE {cond} ORDER BY rowid", binds).fetchall()
+        cond, binds = in_values(con, "t", "k", [v] + [f"pad{i}" for i in range(MAX_BINDS)])
+        assert "temp." in cond and binds == []
+        got = con.execute(f"SELECT rowid FROM t WHERE {cond} ORDER BY rowid", binds).fetchall()
+        assert got == want, (decl, v)
     con.close()

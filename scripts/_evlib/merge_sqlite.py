@@ -39,7 +39,7 @@ from .merge_common import (
     same_file,
     sweep_stale_temps,
 )
-from .sql import is_sqlite_file, quote_ident, sqlite_columns, sqlite_connect
+from .sql import affinity, is_sqlite_file, quote_ident, sqlite_columns, sqlite_connect
 
 XETRACK_TABLES = (EVENTS_TABLE, *ASSET_TABLES)
 MAX_NAMED_KEYS = 5
@@ -50,20 +50,6 @@ LOCK_TIMEOUT_S = 60.0  # how long an in-place merge waits for a writer's transac
 # writer attached, the merge refuses instead of risking that writer's "database is locked".
 LIVE_WRITER_MAX_ROWS = 200_000
 _SAFE_TYPE = re.compile(r"^[A-Za-z0-9_ ]*(\([0-9, ]*\))?$")
-
-
-def affinity(decl: str) -> str:
-    """SQLite's column affinity of a declared type (section 3.1 of SQLite's datatype doc)."""
-    d = (decl or "").upper()
-    if "INT" in d:
-        return "INTEGER"
-    if "CHAR" in d or "CLOB" in d or "TEXT" in d:
-        return "TEXT"
-    if "BLOB" in d or not d:
-        return "BLOB"
-    if "REAL" in d or "FLOA" in d or "DOUB" in d:
-        return "REAL"
-    return "NUMERIC"
 
 
 def _storage_class(decl: str) -> str:

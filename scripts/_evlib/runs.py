@@ -16,7 +16,7 @@ from pathlib import Path
 from . import EVENTS_TABLE
 from .errors import USAGE, EVError
 from .plain import factory, plain
-from .sql import quote_ident, sqlite_columns, sqlite_connect, sqlite_tables
+from .sql import in_values, quote_ident, sqlite_columns, sqlite_connect, sqlite_tables
 
 RULE = "last non-null value per track_id"
 
@@ -157,8 +157,8 @@ def rank_runs(db: str | os.PathLike, metric: str, mode: str = "max",
         if track_ids is not None:
             if not track_ids:
                 return {"ranked_by": ranked_by, "ranking": []}
-            where = f"WHERE track_id IN ({','.join('?' * len(track_ids))})"
-            binds = list(track_ids)
+            cond, binds = in_values(con, EVENTS_TABLE, "track_id", track_ids)
+            where = f"WHERE {cond}"
         order = "DESC" if mode == "max" else "ASC"
         t, m = quote_ident(EVENTS_TABLE), quote_ident(metric)
         # One pass: each run's last value by a window over the rows (a subquery per run

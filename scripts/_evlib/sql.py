@@ -49,6 +49,42 @@ def sqlite_connect(path: str | os.PathLike, *, readonly: bool = False,
     return con
 
 
+def affinity(decl: str) -> str:
+    """SQLite's column affinity of a declared type (section 3.1 of SQLite's datatype doc)."""
+    d = (decl or "").upper()
+    if "INT" in d:
+        return "INTEGER"
+    if "CHAR" in d or "CLOB" in d or "TEXT" in d:
+        return "TEXT"
+    if "BLOB" in d or not d:
+        return "BLOB"
+    if "REAL" in d or "FLOA" in d or "DOUB" in d:
+        return "REAL"
+    return "NUMERIC"
+
+
+MAX_BINDS = 500  # values bound one per variable up to this many; beyond, a temp table
+
+
+def in_values(con: sqlite3.Connection, table: str, column: str, values: list
+              ) -> tuple[str, list]:
+    """(SQL, binds) for `column IN values` on main.table, within SQLite's bound-variable
+    limit (999 before 3.32, 32766 since): over MAX_BINDS values they go into a temp table
+    first, whose column is declared as table.column is, so each value is converted on the
+    way in by the same affinity a bound `?` meets in `IN (?, ...)` (1 matches '1' in a TEXT
+    column either way); the column's collation applies to both."""
+    col = quote_ident(column)
+    if len(values) <= MAX_BINDS:
+        return f"{col} IN ({','.join('?' * len(values))})", list(values)
+    decl = next((d for n, d, _pk in sqlite_columns(con, table) if n.lower() == column.lower()),
+                "")
+    aff = affinity(decl)
+    name = quote_ident(f"ev_in_{len(values)}_{id(values):x}")
+    con.execute(f"CREATE TEMP TABLE {name} (v{'' if aff == 'BLOB' else ' ' + aff})")
+    con.executemany(f"INSERT INTO temp.{name} VALUES (?)", ((v,) for v in values))
+    return f"{col} IN (SELECT v FROM temp.{name})", []
+
+
 def sqlite_tables(con: sqlite3.Connection, schema: str = "main") -> list[str]:
     q = f"SELECT name FROM {quote_ident(schema)}.sqlite_master WHERE type='table' ORDER BY name"
     return [r[0] for r in con.execute(q)]

@@ -41,7 +41,7 @@ from typing import Any
 from . import EVENTS_TABLE
 from .errors import USAGE, EVError
 from .runs import rank_runs
-from .sql import quote_ident, sqlite_connect, sqlite_tables
+from .sql import in_values, quote_ident, sqlite_connect, sqlite_tables
 
 LEDGER = "sweep.jsonl"  # append-only, one JSON object per line
 LEGACY_LEDGER = "sweep.json"  # the format before: read once, never written
@@ -125,15 +125,15 @@ def count_events(db: Path, track_ids: list[str] | None = None) -> int:
     its table is missing, or it is not a readable SQLite DB)."""
     if not Path(db).exists() or track_ids == []:
         return 0
-    where, binds = "", []
-    if track_ids is not None:
-        where = f" WHERE track_id IN ({','.join('?' * len(track_ids))})"
-        binds = list(track_ids)
     try:
         con = sqlite_connect(db, readonly=True)
         try:
             if EVENTS_TABLE not in sqlite_tables(con):
                 return 0
+            where, binds = "", []
+            if track_ids is not None:
+                cond, binds = in_values(con, EVENTS_TABLE, "track_id", track_ids)
+                where = f" WHERE {cond}"
             return con.execute(f"SELECT count(*) FROM {quote_ident(EVENTS_TABLE)}{where}",
                                binds).fetchone()[0]
         finally:
