@@ -14,6 +14,8 @@ layout, so building 200 versions takes seconds, not `dvc add` minutes). Then, pe
    (listfast's file removed before each run: the path before listfast), informative.
 3. **objects local**: `list` with the objects in the cache but no summary cache (informative).
 4. slope: seconds per version of the remote list (least squares over N), and of its ratio.
+5. floor (informative): FLOOR, the least a fresh list does in Python with the standard
+   library and none of the bundle's checks or caches, on the same clone; and `python -c pass`.
 
 `--before` also times the previous implementation (a `git archive` of --before-rev's
 scripts/) on the same clones, for the before/after table: its remote list, and its cached
@@ -48,6 +50,42 @@ ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
 ENV.pop("PYTHONDONTWRITEBYTECODE", None)
 DB = "results/experiments.db"
 COLS = ("track_id", "timestamp", "version", "model", "config_C", "f1_score", "precision")
+
+
+# The floor, informative: the least a fresh `list` must do, in Python with the standard
+# library and nothing of the bundle (no checks, no caches, no atomic writes, one metric):
+# for-each-ref, one cat-file for every tag's DB .dvc, each DB object copied from the remote
+# into the cache with its md5 checked, a count and a max per version, JSON out.
+FLOOR = r"""
+import hashlib, json, os, sqlite3, subprocess
+fmt = "%(refname:short)%1f%(contents)%1e"
+out = subprocess.run(["git", "for-each-ref", "refs/tags", "--format=" + fmt],
+                     capture_output=True, check=True).stdout.decode()
+tags = [r.strip("\n").split("\x1f")[0] for r in out.split("\x1e") if r.strip("\n")]
+req = "".join(t + ":results/experiments.db.dvc\n" for t in tags).encode()
+raw = subprocess.run(["git", "cat-file", "--batch"], input=req, capture_output=True,
+                     check=True).stdout
+remote = [ln.split("=", 1)[1].strip() for ln in open(".dvc/config")
+          if ln.strip().startswith("url")][0]
+res, pos = [], 0
+for t in tags:
+    nl = raw.index(b"\n", pos)
+    size = int(raw[pos:nl].split()[2])
+    blob, pos = raw[nl + 1:nl + 1 + size], nl + 2 + size
+    md5 = blob.split(b"md5: ")[1].split(b"\n")[0].decode()
+    data = open(os.path.join(remote, "files", "md5", md5[:2], md5[2:]), "rb").read()
+    assert hashlib.md5(data).hexdigest() == md5
+    d = os.path.join(".dvc", "cache", "files", "md5", md5[:2])
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, md5[2:]), "wb") as f:
+        f.write(data)
+    con = sqlite3.connect("file:" + os.path.join(d, md5[2:]) + "?mode=ro", uri=True)
+    n, best = con.execute('SELECT count(*), max(f1_score) FROM "default" WHERE version = ?',
+                          (t,)).fetchone()
+    con.close()
+    res.append({"tag": t, "runs": n, "value": best})
+print(json.dumps({"status": "ok", "versions": res}))
+"""
 
 
 def sh(*cmd, cwd, env=None):
@@ -186,6 +224,15 @@ def measure(tmp: Path, n: int, runs: int, old_scripts: Path | None) -> dict:
         t = time.perf_counter()
         xp()
         t_remote = min(t_remote, time.perf_counter() - t)
+    # the floor (informative): FLOOR on the same clone, and Python's bare start-up
+    def floor():
+        reset()
+        out = json.loads(sh(sys.executable, "-c", FLOOR, cwd=clone).stdout)
+        assert len(out["versions"]) == n, out
+    t_floor = best_of(3, floor)
+    t_python = best_of(5, lambda: sh(sys.executable, "-c", "pass", cwd=clone))
+    reset()
+    xp()  # the cache and summary cache as the first list leaves them, for what follows
     # 2. the second list: the summary cache (and listfast's answer file, written by the
     # first); timed interleaved with its baseline, best of 10 each
     calls.unlink(missing_ok=True)
@@ -214,6 +261,10 @@ def measure(tmp: Path, n: int, runs: int, old_scripts: Path | None) -> dict:
         "git_show_loop_s": round(t_show, 3), "copy_bytes_s": round(t_bytes, 3),
         "list_remote_s": round(t_remote, 3),
         "list_remote_vs_show_loop_plus_bytes": round(t_remote / t_base_remote, 2),
+        "floor_minimal_list_s": round(t_floor, 3),
+        "floor_vs_show_loop_plus_bytes": round(t_floor / t_base_remote, 2),
+        "list_remote_vs_floor": round(t_remote / t_floor, 2),
+        "python_start_s": round(t_python, 3),
         "objects_fetched_into_cache": in_cache,
         "git_processes_first_list": git_calls,
         "git_processes_cached_list": git_calls_cached,
