@@ -305,8 +305,21 @@ def test_big_model_comes_back_through_the_dvc_remote(env):
     e = env
     size = 300_000
     before = set((e["remotes"] / "dvc").rglob("*"))
+    # what a driver killed while pulling leaves (removed), and a live driver's (kept)
+    import os
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    incoming = e["proj"] / ".ev" / "incoming"
+    dead, live = incoming / f"{gone}-{'a' * 32}", incoming / f"{os.getpid()}-{'b' * 32}"
+    for d in (dead, live):
+        (d / ".dvc").mkdir(parents=True)
+        (d / "data").write_bytes(b"half a model")
     cp = sweep(e, "d4", grid([0.31, 0.32], size=size), threshold=100_000)
     assert cp.returncode == 0, cp.stderr
+    assert sorted(x.name for x in incoming.iterdir()) == [live.name]
     rep = report(cp)
     assert all(r["transfers"] == {"shard": "dask", "models/production/model.bin": "dvc"}
                for r in rep["runs"])

@@ -17,6 +17,7 @@ are in the ledger with their shards; the next sweep skips them and resubmits the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -217,6 +218,27 @@ def _best(shard: Path, metric: str, mode: str):
 
 # --- the executor -------------------------------------------------------------------------
 
+def _remove_dead_stages(root: Path) -> list[str]:
+    """Remove the pull stages (.ev/incoming/PID-HEX) of drivers that are gone: a killed
+    sweep's, with whatever it had half pulled. Another live sweep's are kept."""
+    removed = []
+    with contextlib.suppress(OSError), os.scandir(root) as it:
+        for e in it:
+            pid, _, rest = e.name.partition("-")
+            if not (pid.isdigit() and rest) or int(pid) == os.getpid():
+                continue
+            try:
+                os.kill(int(pid), 0)
+                continue
+            except ProcessLookupError:
+                pass
+            except OSError:
+                continue  # alive, another user's
+            shutil.rmtree(e.path, ignore_errors=True)
+            removed.append(e.name)
+    return removed
+
+
 class DaskExecutor:
     """Runs a sweep's runs as Dask tasks; execute() has runner.execute's contract."""
 
@@ -244,6 +266,7 @@ class DaskExecutor:
         self.info: dict[str, dict] = {}  # run key -> worker, timing, transfers
         self._lock = threading.Lock()
         self.plan: dict = {}
+        self._swept = False  # .ev/incoming/ cleared of killed drivers' stages
 
     @property
     def concurrency(self) -> int:
@@ -451,7 +474,12 @@ class DaskExecutor:
 
         root = self.repo / ".ev" / "incoming"
         root.mkdir(parents=True, exist_ok=True)
-        stage = root / uuid.uuid4().hex
+        with self._lock:
+            if not self._swept:
+                _remove_dead_stages(root)
+                self._swept = True
+        # named by the driver's pid: a killed driver's stages are known dead, and removed
+        stage = root / f"{os.getpid()}-{uuid.uuid4().hex}"
         try:
             stage_repo(stage, self.plan["dvc_remote"], cache_dir(self.repo))
             (stage / "data.dvc").write_text(record)
