@@ -274,10 +274,17 @@ class DaskExecutor:
         when each runs."""
         return self.max_in_flight
 
+    def _remove_dead_stages(self) -> None:
+        with self._lock:
+            if not self._swept:
+                _remove_dead_stages(self.repo / ".ev" / "incoming")
+                self._swept = True
+
     # pre-flight: everything a worker needs is published; nothing is submitted otherwise
     def preflight(self, lineage: dict) -> dict:
         from .runner import dvc_outs
 
+        self._remove_dead_stages()
         repo = self.repo
         dirty = [p for p in lineage.get("dirty_paths") or []
                  if p.strip('"') not in self.ignore_dirty]
@@ -474,10 +481,7 @@ class DaskExecutor:
 
         root = self.repo / ".ev" / "incoming"
         root.mkdir(parents=True, exist_ok=True)
-        with self._lock:
-            if not self._swept:
-                _remove_dead_stages(root)
-                self._swept = True
+        self._remove_dead_stages()
         # named by the driver's pid: a killed driver's stages are known dead, and removed
         stage = root / f"{os.getpid()}-{uuid.uuid4().hex}"
         try:
