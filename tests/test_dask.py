@@ -521,3 +521,77 @@ def test_s3_dvc_remote_inputs_and_big_model(env):
     for lr in (0.81, 0.82):
         md5 = hashlib.md5(model_bytes(lr, size)).hexdigest()  # noqa: S324
         assert f"store/files/md5/{md5[:2]}/{md5[2:]}" in objs
+
+
+def test_workers_keep_only_the_newest_checkouts(env):
+    """Each sweep at a new commit makes a checkout on every worker (its tree and pulled
+    inputs); beyond EV_DASK_KEEP_CHECKOUTS (default 3) the least recently used go."""
+    import hashlib
+
+    e = env
+    proj = e["proj"]
+    hexname = set("0123456789abcdef")
+
+    def checkouts(base: Path) -> set[str]:
+        return {p.name for p in base.iterdir() if len(p.name) == 40 and set(p.name) <= hexname}
+
+    bad = run_script("sweep.py", "--repo", proj, "--json", "--version", "k0", "--grid",
+                     write_grid(proj, "k0", grid([0.91])), "--executor", "dask",
+                     "--scheduler", e["cluster"].address, *CMD, cwd=proj,
+                     env={**os.environ, "EV_DASK_KEEP_CHECKOUTS": "0"})
+    assert bad.returncode == 2 and json.loads(bad.stdout)["status"] == "error"
+    assert bad.stderr.strip().splitlines()[-1] == (
+        "sweep.py: error: EV_DASK_KEEP_CHECKOUTS must be a whole number of 1 or more, not "
+        "'0'; unset it (default 3) or set e.g. EV_DASK_KEEP_CHECKOUTS=2")
+    (proj / "NOTES.md").write_text("a new commit\n")
+    sh("git add NOTES.md && git commit -qm notes && git push -q origin main", cwd=proj)
+    head = sh(["git", "rev-parse", "HEAD"], cwd=proj).stdout.strip()
+    g = write_grid(proj, "k1", grid([0.91, 0.92, 0.93, 0.94]))
+    cp = run_script("sweep.py", "--repo", proj, "--json", "--version", "k1", "--grid", g,
+                    "--executor", "dask", "--scheduler", e["cluster"].address,
+                    "--model-output", "models/production/model.bin", *CMD, cwd=proj,
+                    env={**os.environ, "EV_DASK_KEEP_CHECKOUTS": "1"})
+    assert cp.returncode == 0, cp.stderr
+    rep = report(cp)
+    # this project's folder on each worker (another project's, the S3 one's, is its own)
+    url = rep["executor"]["git_remote"]
+    bases = [d / "ev-sweep" / hashlib.sha256(url.encode()).hexdigest()[:12]
+             for d in e["cluster"].root.glob("worker-*")]
+    ran = [b for b in bases if b.is_dir() and head in checkouts(b)]
+    assert ran, "no worker ran the sweep at the new commit"
+    removed = {c for r in rep["runs"] for c in r["checkouts_removed"]}
+    assert removed and head not in removed
+    for b in ran:
+        assert checkouts(b) == {head}
+        wts = sh(["git", "worktree", "list", "--porcelain"], cwd=b / "repo").stdout
+        assert {ln.split()[1].rsplit("/", 1)[-1] for ln in wts.splitlines()
+                if ln.startswith("worktree ")} == {"repo", head}  # git knows them gone
+    check_end_state(e, "k1", [0.91, 0.92, 0.93, 0.94])
+
+
+def test_collect_checkouts_spares_the_newest_and_those_in_use(tmp_path):
+    """No cluster: the keep-newest rule, and a checkout a run holds (its shared in-use lock)
+    is never removed, however old."""
+    import fcntl
+
+    sys.path.insert(0, str(SCRIPTS))
+    from _evlib import dask_task
+
+    base = tmp_path / "base"
+    names = [f"{i:040x}" for i in range(4)]
+    for age, name in enumerate(names):  # names[0] newest
+        ok = base / name / ".ev" / "checkout.ok"
+        ok.parent.mkdir(parents=True)
+        ok.write_text(name + "\n")
+        (base / name / "data.bin").write_bytes(b"x" * 1000)
+        os.utime(ok, (time.time() - 100 * age, time.time() - 100 * age))
+    (base / "repo").mkdir()  # the mirror: never a checkout
+    held = os.open(base / names[3] / ".ev" / "in-use.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(held, fcntl.LOCK_SH)
+    try:
+        assert sorted(dask_task.collect_checkouts(base, keep=2)) == [names[2]]
+    finally:
+        os.close(held)
+    assert sorted(p.name for p in base.iterdir()) == sorted([names[0], names[1], names[3],
+                                                             "repo"])
+    assert dask_task.collect_checkouts(base, keep=2) == [names[3]]  # released: now it goes

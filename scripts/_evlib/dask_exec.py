@@ -218,6 +218,10 @@ def _best(shard: Path, metric: str, mode: str):
 
 # --- the executor -------------------------------------------------------------------------
 
+# Commit checkouts each worker keeps (the newest used; the one a run uses is never removed)
+KEEP_CHECKOUTS = 3
+
+
 def _remove_dead_stages(root: Path) -> list[str]:
     """Remove the pull stages (.ev/incoming/PID-HEX) of drivers that are gone: a killed
     sweep's, with whatever it had half pulled. Another live sweep's are kept."""
@@ -285,6 +289,11 @@ class DaskExecutor:
         from .runner import dvc_outs
 
         self._remove_dead_stages()
+        keep = os.environ.get("EV_DASK_KEEP_CHECKOUTS", str(KEEP_CHECKOUTS))
+        if not keep.isdigit() or int(keep) < 1:
+            raise EVError(f"EV_DASK_KEEP_CHECKOUTS must be a whole number of 1 or more, not "
+                          f"{keep!r}", code=USAGE, hint="unset it (default "
+                          f"{KEEP_CHECKOUTS}) or set e.g. EV_DASK_KEEP_CHECKOUTS=2")
         repo = self.repo
         dirty = [p for p in lineage.get("dirty_paths") or []
                  if p.strip('"') not in self.ignore_dirty]
@@ -313,7 +322,8 @@ class DaskExecutor:
         if inputs:
             _check_on_remote(repo, inputs, remote)
         self.plan = {"commit": commit, "git_remote": name, "git_url": url,
-                     "dvc_remote": remote, "inputs": inputs, "lineage": lineage}
+                     "dvc_remote": remote, "inputs": inputs, "lineage": lineage,
+                     "keep_checkouts": int(keep)}
         return self.plan
 
     def connect(self) -> None:
@@ -366,7 +376,8 @@ class DaskExecutor:
         p = self.plan
         task = {"git_url": p["git_url"], "commit": p["commit"], "dvc_remote": p["dvc_remote"],
                 "inputs": p["inputs"], "lineage": lineage or p["lineage"],
-                "run": spec.to_dict(), "gpus": self.gpus, "threshold": self.threshold}
+                "run": spec.to_dict(), "gpus": self.gpus, "threshold": self.threshold,
+                "keep_checkouts": p["keep_checkouts"]}
         kwargs = {"resources": {"GPU": self.gpus}} if self.gpus else {}
         t0 = time.time()
         fut = self.client.submit(_bootstrap(), self.zip_name, task, pure=False,
@@ -409,6 +420,7 @@ class DaskExecutor:
         self._record(spec.key, {"worker": out["worker"], "host": out["host"],
                                 "gpus": out.get("gpus"),
                                 "checkout_reused": out["checkout_reused"],
+                                "checkouts_removed": out.get("checkouts_removed") or [],
                                 "timing": {**out["timing"],
                                            "driver_s": round(time.time() - t0, 3),
                                            "landing_s": round(time.time() - t_back, 3)},
@@ -431,7 +443,8 @@ class DaskExecutor:
             info = self.info.get(r["key"])
             if info:
                 r.update({k: info.get(k) for k in ("worker", "host", "seconds", "timing",
-                                                    "transfers", "checkout_reused")})
+                                                    "transfers", "checkout_reused",
+                                                    "checkouts_removed")})
                 if info.get("gpus"):
                     r["gpus"] = info["gpus"]
         p = self.plan

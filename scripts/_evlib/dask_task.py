@@ -310,6 +310,59 @@ def run_task(spec: dict) -> dict:
     with _flock(base / "git.lock"):
         co, reused = checkout(spec, base)
         runner.ensure_ignored(co)
+        # held until this run ends: a collection (under git.lock, like this) skips co
+        in_use = _hold_shared(co / ".ev" / "in-use.lock")
+        os.utime(co / ".ev" / "checkout.ok")  # the last use, for the keep-newest rule
+        removed = collect_checkouts(base, keep=spec.get("keep_checkouts", 3))
+    try:
+        return _run_in(spec, base, co, reused, removed, t0, runner)
+    finally:
+        os.close(in_use)
+
+
+def _hold_shared(path: Path) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
+
+
+def collect_checkouts(base: Path, keep: int) -> list[str]:
+    """Remove this worker's commit checkouts beyond the `keep` most recently used, unless a
+    run holds one (its shared in-use lock). Called holding base/git.lock. Returns the
+    commits removed."""
+    found = []
+    with contextlib.suppress(OSError), os.scandir(base) as it:
+        for e in it:
+            if len(e.name) in (40, 64) and all(c in "0123456789abcdef" for c in e.name):
+                ok = Path(e.path) / ".ev" / "checkout.ok"
+                with contextlib.suppress(OSError):
+                    found.append((ok.stat().st_mtime if ok.exists() else 0.0, e.name))
+    removed = []
+    for _used, name in sorted(found, reverse=True)[keep:]:
+        co = base / name
+        lock = co / ".ev" / "in-use.lock"
+        fd = None
+        if lock.exists():
+            fd = os.open(lock, os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue  # a run is using it
+        try:
+            (co / ".ev" / "checkout.ok").unlink(missing_ok=True)  # half-removed: redone
+            shutil.rmtree(co, ignore_errors=True)
+        finally:
+            if fd is not None:
+                os.close(fd)
+        removed.append(name)
+    if removed and (base / "repo" / ".git").exists():
+        _run(["git", "worktree", "prune"], base / "repo", "git worktree prune", _env())
+    return removed
+
+
+def _run_in(spec: dict, base: Path, co: Path, reused: bool, removed: list[str], t0: float,
+            runner) -> dict:
     t_setup = time.time()
     run = runner.RunSpec(**spec["run"])
     gpus = _gpu_slots(base, spec["gpus"]) if spec.get("gpus") else []
@@ -331,7 +384,8 @@ def run_task(spec: dict) -> dict:
            "rows": res.rows, "track_ids": res.track_ids, "seconds": res.seconds,
            "log": runner.tail(Path(res.log)) if res.log else "", "gpus": run.gpus,
            "worker": _worker_name(), "host": socket.gethostname(),
-           "checkout_reused": reused, "shard": None, "models": {}}
+           "checkout_reused": reused, "checkouts_removed": removed, "shard": None,
+           "models": {}}
     try:
         if res.shard:
             whole = workdir / "shard-whole.db"
