@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
+import os
 import random
 import sys
 
@@ -61,3 +62,29 @@ def test_quick_parse_answers_a_plain_merge_and_leaves_the_rest_to_argparse():
                   ["--strategy", "union"], ["--base-db", "-b.db"], ["--", "--json"],
                   ["-h"], ["--help"], ["--base-db", "a", "b"]):
         assert cli.quick_parse(other, opts) is None, other
+
+
+def test_exit_now_flushes_runs_atexit_and_keeps_the_code(tmp_path):
+    """cli.exit_now skips the teardown only: buffered output (a pipe), atexit callbacks and
+    the exit code are those of sys.exit; a live thread gets a normal exit (it is waited for)."""
+    import subprocess
+
+    prog = tmp_path / "p.py"
+    prog.write_text(
+        "import atexit, sys, threading, time\n"
+        f"sys.path.insert(0, {str(SCRIPTS)!r})\n"
+        "from _evlib import cli\n"
+        "atexit.register(lambda: print('atexit ran'))\n"
+        "print('out ' * 1000)\n"
+        "print('err line', file=sys.stderr)\n"
+        "if sys.argv[1] == 'thread':\n"
+        "    threading.Thread(target=lambda: (time.sleep(0.3), print('thread done'))).start()\n"
+        "cli.exit_now(int(sys.argv[2]))\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # block-buffered
+    for mode, rc in (("plain", 0), ("plain", 3), ("thread", 4)):
+        p = subprocess.run([sys.executable, str(prog), mode, str(rc)], capture_output=True,
+                           text=True, env=env)
+        assert p.returncode == rc
+        assert p.stderr == "err line\n"
+        tail = ["thread done", "atexit ran"] if mode == "thread" else ["atexit ran"]
+        assert p.stdout.splitlines() == ["out " * 1000, *tail]

@@ -274,3 +274,27 @@ def resolve_path(p: str | os.PathLike, base: Path | None = None) -> Path:
     """A user path, relative to the current directory (like every CLI), made absolute."""
     path = Path(p).expanduser()
     return path if path.is_absolute() else (Path.cwd() / path)
+
+
+def exit_now(rc: int) -> None:
+    """sys.exit(rc) without the interpreter's teardown (freeing every module and object:
+    ~4 ms of a 30 ms merge, none of it needed by a script that has finished). Output is
+    flushed and atexit callbacks run first, as at a normal exit; when that cannot be done
+    (a flush fails, another thread is still running), it is a normal exit."""
+    threading = sys.modules.get("threading")
+    if threading is not None and threading.active_count() > 1:
+        sys.exit(rc)  # a normal exit waits for non-daemon threads
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except Exception:
+        sys.exit(rc)  # the normal exit reports the failed flush (exit 120)
+    import atexit
+
+    atexit._run_exitfuncs()  # run (and cleared): a normal exit would not run them again
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except Exception:
+        sys.exit(rc)
+    os._exit(rc)
