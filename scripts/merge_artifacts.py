@@ -30,4 +30,5 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 if __name__ == "__main__":
     from _evlib import cli, merge_cli
 
-    sys.exit(cli.main(merge_cli.PROG, lambda: merge_cli.build(__doc__), merge_cli.handler))
+    cli.exit_now(cli.main(merge_cli.PROG, lambda: merge_cli.build(__doc__), merge_cli.handler,
+                          quick=merge_cli.quick_options()))

@@ -394,3 +394,31 @@ def test_an_experiment_adding_a_column_to_existing_rows_merges_and_fills_it(git_
     con = sqlite3.connect(base)
     got = sorted(con.execute('SELECT f1_score, auc FROM "default"').fetchall())
     assert got == [(0.5, pytest.approx(0.8)), (0.6, pytest.approx(0.9))]
+
+
+def test_precheck_answers_are_reused_only_for_unchanged_files(tmp_path):
+    """merge_dbs(prechecked=...) reads a file again when it changed since precheck_db: here
+    the input gained a column (and rows: the file grew) and that column is merged."""
+    sys.path.insert(0, str(SCRIPTS))
+    from _evlib.merge import merge_dbs, precheck_db
+
+    base, exp = tmp_path / "base.db", tmp_path / "exp.db"
+    make_xetrack_db(base, [{"f1_score": 0.1}])
+    make_xetrack_db(exp, [{"f1_score": 0.2}])
+    seen = precheck_db(base, [exp], "merge")
+    assert len(seen) == 2
+    same = merge_dbs(base, [exp], base, dry_run=True, prechecked=seen)
+    assert same["inputs"][0]["tables"]["default"]["added"] == 1
+    con = sqlite3.connect(exp)
+    con.execute('ALTER TABLE "default" ADD COLUMN extra REAL')
+    con.executemany('INSERT INTO "default" (track_id, timestamp, f1_score, extra) '
+                    "VALUES (?, ?, 0.3, ?)", [("late", f"t{i:05d}", i * 0.5) for i in range(2000)])
+    con.commit()
+    con.close()
+    rep = merge_dbs(base, [exp], base, prechecked=seen)
+    stats = rep["inputs"][0]["tables"]["default"]
+    assert stats["added"] == 2001
+    assert [c["column"] for c in stats["columns_added"]] == ["extra"]
+    con = sqlite3.connect(base)
+    assert con.execute('SELECT sum(extra) FROM "default"').fetchone()[0] == 0.5 * 1999 * 2000 / 2
+    con.close()

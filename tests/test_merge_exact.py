@@ -798,3 +798,46 @@ def test_a_later_input_is_checked_against_what_an_earlier_one_made_of_the_base(
     assert "table 'default' column 'v': text '007' would be stored as integer 7 " \
         in exc.value.message
     assert base.read_bytes() == before
+
+
+def test_the_quick_nobody_has_it_open_answer_is_the_scans(tmp_path):
+    """open_by's lease shortcut says "nobody" only when nobody has the file open: a plain
+    open() by another process (not SQLite), this process's own connection and a -journal
+    all fall back to the /proc scan, which names the other process; SIGIO is left as it was,
+    and outside the main thread the shortcut is not taken."""
+    import signal
+    import threading
+
+    from _evlib import merge_common
+
+    path = db(tmp_path / "base.db", "INTEGER", (1, "r1", "t"))
+    before = signal.getsignal(signal.SIGIO)
+    assert merge_common.open_by(path) == []
+    assert signal.getsignal(signal.SIGIO) == before
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import sys, time; f = open(sys.argv[1], 'rb'); "
+                               "print('open', flush=True); time.sleep(60)", str(path)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "open\n"
+        assert merge_common._open_nowhere(path) is False
+        assert [p["pid"] for p in merge_common.open_by(path)] == [holder.pid]
+    finally:
+        holder.kill()
+        holder.wait()
+    con = sqlite3.connect(path)
+    try:
+        con.execute("SELECT 1 FROM sqlite_master").fetchall()
+        assert merge_common._open_nowhere(path) is False  # ours: the scan skips this process
+        assert merge_common.open_by(path) == []
+    finally:
+        con.close()
+    journal = Path(f"{path}-journal")
+    journal.write_bytes(b"")
+    assert merge_common._open_nowhere(path) is False
+    journal.unlink()
+    got = []
+    t = threading.Thread(target=lambda: got.append(merge_common._open_nowhere(path)))
+    t.start()
+    t.join()
+    assert got == [False] and signal.getsignal(signal.SIGIO) == before

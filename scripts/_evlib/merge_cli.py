@@ -15,38 +15,51 @@ EXAMPLE = ("python scripts/merge_artifacts.py --strategy merge --base-db results
            "--exp-db a.db b.db --output-db results/experiments.db --json")
 
 
+# The options after cli.parser's common ones (--json, --repo, --dry-run), in --help order:
+# one table for the parser and for cli.quick_parse (a plain merge is parsed without argparse).
+OPTIONS: list[tuple[str, dict]] = [
+    ("--strategy", {"choices": ("merge", "rebase"), "default": "merge",
+                    "help": "merge (union, default) or rebase (experiment rows win by key)"}),
+    ("--data-strategy", {"choices": ("merge", "rebase"), "default": None,
+                         "help": "strategy for the data files (default: --strategy)"}),
+    ("--base-db", {"metavar": "DB", "help": "the results DB to merge into"}),
+    ("--exp-db", {"metavar": "DB", "nargs": "+", "default": [],
+                  "help": "experiment/shard results DBs, merged in the order given"}),
+    ("--output-db", {"metavar": "DB", "help": "where to write (default: --base-db)"}),
+    ("--base-data", {"metavar": "PARQUET", "help": "the data file to merge into"}),
+    ("--exp-data", {"metavar": "PARQUET", "nargs": "+", "default": [],
+                    "help": "experiment data files, in order (a later file wins on rebase)"}),
+    ("--output-data", {"metavar": "PARQUET", "help": "where to write (default: --base-data)"}),
+    ("--table", {"metavar": "NAME", "action": "append", "default": None,
+                 "help": "DB table to merge (repeatable; default: the tables xetrack wrote: "
+                         "default, assets, keys, counts)"}),
+    ("--key-columns", {"metavar": "COL", "nargs": "+", "default": None,
+                       "help": "columns identifying a row (DB rebase, data rebase, keyed data "
+                               "merge)"}),
+    ("--on-conflict", {"choices": ("keep-base", "keep-exp"), "default": None,
+                       "help": "which row wins when a DB key has different values (default: "
+                               "exit 3)"}),
+    ("--new-base", {"action": "store_true",
+                    "help": "--base-db may not exist yet: start it from the experiment DBs "
+                            "(without this flag a missing base is an error: a typo must not "
+                            "create a new DB)"}),
+    ("--force", {"action": "store_true",
+                 "help": "replace an existing --output-db/--output-data that is not the base"}),
+    ("--full-check", {"action": "store_true",
+                      "help": "check the merged DB with PRAGMA integrity_check (default: row "
+                              "counts + PRAGMA quick_check, half the cost on large DBs)"}),
+]
+
+
+def quick_options() -> list[tuple[str, dict]]:
+    """Every option of build()'s parser, for cli.main(quick=...)."""
+    return cli.common_options(dry_run=True) + OPTIONS
+
+
 def build(doc: str):
     p = cli.parser(PROG, doc, EXAMPLE, codes=(CONFLICT, REFUSED), dry_run=True,
                    code_notes=refused_note("--force"))
-    p.add_argument("--strategy", choices=("merge", "rebase"), default="merge",
-                   help="merge (union, default) or rebase (experiment rows win by key)")
-    p.add_argument("--data-strategy", choices=("merge", "rebase"), default=None,
-                   help="strategy for the data files (default: --strategy)")
-    p.add_argument("--base-db", metavar="DB", help="the results DB to merge into")
-    p.add_argument("--exp-db", metavar="DB", nargs="+", default=[],
-                   help="experiment/shard results DBs, merged in the order given")
-    p.add_argument("--output-db", metavar="DB", help="where to write (default: --base-db)")
-    p.add_argument("--base-data", metavar="PARQUET", help="the data file to merge into")
-    p.add_argument("--exp-data", metavar="PARQUET", nargs="+", default=[],
-                   help="experiment data files, in order (a later file wins on rebase)")
-    p.add_argument("--output-data", metavar="PARQUET",
-                   help="where to write (default: --base-data)")
-    p.add_argument("--table", metavar="NAME", action="append", default=None,
-                   help="DB table to merge (repeatable; default: the tables xetrack wrote: "
-                        "default, assets, keys, counts)")
-    p.add_argument("--key-columns", metavar="COL", nargs="+", default=None,
-                   help="columns identifying a row (DB rebase, data rebase, keyed data merge)")
-    p.add_argument("--on-conflict", choices=("keep-base", "keep-exp"), default=None,
-                   help="which row wins when a DB key has different values (default: exit 3)")
-    p.add_argument("--new-base", action="store_true",
-                   help="--base-db may not exist yet: start it from the experiment DBs "
-                        "(without this flag a missing base is an error: a typo must not "
-                        "create a new DB)")
-    p.add_argument("--force", action="store_true",
-                   help="replace an existing --output-db/--output-data that is not the base")
-    p.add_argument("--full-check", action="store_true",
-                   help="check the merged DB with PRAGMA integrity_check (default: row counts "
-                        "+ PRAGMA quick_check, half the cost on large DBs)")
+    cli.add_options(p, OPTIONS)
     return p
 
 
@@ -112,8 +125,10 @@ def handler(args) -> int:
                       hint="check the path; to start a new results DB from the experiment "
                            "DBs, pass --new-base")
     # Every input is checked before anything is written.
+    prechecked = None
     if args.base_db:
-        merge.precheck_db(path(args.base_db), [path(e) for e in args.exp_db], args.strategy)
+        prechecked = merge.precheck_db(path(args.base_db), [path(e) for e in args.exp_db],
+                                       args.strategy)
     if args.base_data:
         merge.precheck_data(path(args.base_data), [path(e) for e in args.exp_data])
 
@@ -128,7 +143,7 @@ def handler(args) -> int:
             on_conflict=args.on_conflict, tables=args.table, key_columns=args.key_columns,
             dry_run=args.dry_run, recoverable=recoverable,
             check="full" if args.full_check else "quick", force=args.force,
-            new_base_dirs=args.new_base))
+            new_base_dirs=args.new_base, prechecked=prechecked))
     if args.base_data:
         reports.append(merge.merge_data(
             path(args.base_data), [path(e) for e in args.exp_data],

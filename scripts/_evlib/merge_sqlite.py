@@ -115,12 +115,38 @@ def _roll_back_hot_journal(path: Path) -> None:
         con.close()
 
 
-def precheck_db(base: Path, exps: list[Path], strategy: str) -> None:
-    """Cheap checks of every DB path (exists, is SQLite) before anything is written."""
+def _file_state(path: Path, flag: str) -> tuple | None:
+    """What a file's stat says of its bytes (and, for the base, whether a -journal is
+    beside it): equal before two reads means the first read's answer is the second's."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    state = (st.st_dev, st.st_ino, st.st_mode, st.st_nlink, st.st_size, st.st_mtime_ns,
+             st.st_ctime_ns)
+    if flag == "--base-db":
+        state += (os.path.lexists(f"{path}-journal"),)
+    return state
+
+
+def precheck_db(base: Path, exps: list[Path], strategy: str) -> dict:
+    """Cheap checks of every DB path (exists, is SQLite) before anything is written.
+
+    Returns what was read, for merge_dbs(prechecked=...): a file whose stat is unchanged
+    since is not opened and read a second time."""
+    seen: dict = {}
+
+    def check(path: Path, flag: str) -> None:
+        state = _file_state(path, flag)  # before the read: a change during it shows later
+        schema = _open_db_input(path, flag)
+        if state is not None:
+            seen[(flag, os.path.abspath(path))] = (state, schema)
+
     if base.exists() or strategy == "rebase":
-        _open_db_input(base, "--base-db")
+        check(base, "--base-db")
     for e in exps:
-        _open_db_input(e, "--exp-db")
+        check(e, "--exp-db")
+    return seen
 
 
 def _table_key(table: str, cols: list[tuple[str, str, int]], key_columns) -> list[str]:
@@ -144,7 +170,7 @@ def merge_dbs(base: Path, exps: list[Path], output: Path | None = None, *,
               tables: list[str] | None = None, key_columns: list[str] | None = None,
               dry_run: bool = False, backup_dir: Path | None = None,
               recoverable=None, check: str = "quick", force: bool = False,
-              new_base_dirs: bool = False) -> dict:
+              new_base_dirs: bool = False, prechecked: dict | None = None) -> dict:
     """Merge (union by key) or rebase (experiment rows replace base rows by key) results DBs.
 
     output defaults to base (merged in place: one transaction). check: "quick" (row counts +
@@ -155,6 +181,7 @@ def merge_dbs(base: Path, exps: list[Path], output: Path | None = None, *,
     An existing output that is not the base is refused (REFUSED) unless force. A missing
     output directory is an error, unless new_base_dirs and the base (= output) is missing:
     then it is made (the CLI's --new-base: a DVC stage's first run has no results/ yet).
+    prechecked: precheck_db's answer for these paths, used for a file unchanged since.
     Raises EVError (CONFLICT when keys disagree and on_conflict is None). Returns the report.
     """
     base, output = Path(base), Path(output or base)
@@ -175,8 +202,15 @@ def merge_dbs(base: Path, exps: list[Path], output: Path | None = None, *,
     if base_missing and strategy == "rebase":
         raise EVError(f"--base-db {base}: no such file", code=USAGE,
                       hint="rebase needs an existing base; use --strategy merge to create one")
-    base_schema = {} if base_missing else _open_db_input(base, "--base-db")
-    exp_schemas = [_open_db_input(e, "--exp-db") for e in exps]
+
+    def read(path: Path, flag: str) -> dict:
+        hit = prechecked.get((flag, os.path.abspath(path))) if prechecked else None
+        if hit is not None and hit[0] == _file_state(path, flag):
+            return hit[1]
+        return _open_db_input(path, flag)
+
+    base_schema = {} if base_missing else read(base, "--base-db")
+    exp_schemas = [read(e, "--exp-db") for e in exps]
     want = _tables_wanted(tables, exps, exp_schemas, base_schema)
     keys: dict[str, list[str]] = {}
     for t in want:
