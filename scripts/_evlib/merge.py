@@ -11,7 +11,8 @@ Public API: merge_dbs(), merge_data(); both return a report dict and raise EVErr
 from __future__ import annotations
 
 from .merge_common import dvc_recoverable, sweep_stale_temps
-from .merge_sqlite import affinity, merge_dbs, precheck_db
+from .merge_sqlite import merge_dbs, precheck_db
+from .sql import affinity
 
 
 def __getattr__(name: str):
