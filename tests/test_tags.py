@@ -40,6 +40,41 @@ def test_param_values_cannot_forge_fields_and_lineage_parses(dvc_repo):
     assert tag.lineage["params"]["note"] == "a | f1_score=1.0 | x\n{"  # exact, parsed
 
 
+def test_step_and_count_columns_are_no_params_when_no_metrics_are_named(dvc_repo):
+    """metrics: null (recognised by name): epoch, n_rows and the like are neither params
+    nor metrics in a tag, `experiments.py show` and Settings.split; a setting named like
+    them (epochs, n_estimators) stays a param; a step column named in metrics is one."""
+    from _evlib import settings
+    from xetrack import Tracker
+
+    repo = dvc_repo
+    (repo / "ev.yaml").write_text("metrics: null\n")
+    (repo / "results").mkdir()
+    t = Tracker(str(repo / "results/experiments.db"),
+                params={"version": "e0.1.0", "model": "toy", "lr": 0.1, "epochs": 3,
+                        "n_estimators": 50})
+    for ep in range(1, 4):
+        t.log({"epoch": ep, "loss": 1 / ep, "f1_score": 0.5 + ep / 10})
+    t.log({"n_rows": 1000, "train_count": 800, "f1_score": 0.9, "seed": 3})
+    sh(["dvc", "add", "-q", "results/experiments.db"], cwd=repo)
+    commit_all(repo, "runs")
+    res, _ = ts(repo, "--create")
+    want = {"model": "toy", "lr": 0.1, "epochs": 3, "n_estimators": 50, "seed": 3}
+    assert res["message"].splitlines()[0] == (
+        "model=toy | lr=0.1 | epochs=3 | n_estimators=50 | seed=3 | f1_score=0.9 | data=none "
+        "| baseline")
+    assert res["lineage"]["params"] == want
+    assert res["lineage"]["metrics"] == {"loss": 1 / 3, "f1_score": 0.9}
+    assert history.all_tags(repo)["e0.1.0"].lineage["params"] == want
+    cp = run_script("experiments.py", "--json", "show", "e0.1.0", cwd=repo)
+    assert json.loads(cp.stdout)["run_list"][0]["params"] == want
+    values = {"epoch": 3, "n_rows": 1000, "lr": 0.1, "f1_score": 0.9, "step": "warmup"}
+    assert settings.Settings().split(values) == (
+        {"lr": 0.1, "step": "warmup"}, {"f1_score": 0.9})  # a step that is no number stays
+    assert settings.Settings(metrics=["f1_score", "n_rows"]).split(values) == (
+        {"lr": 0.1, "step": "warmup"}, {"n_rows": 1000, "f1_score": 0.9})
+
+
 def test_a_run_without_a_model_param_has_no_model_field(dvc_repo):
     from xetrack import Tracker
 

@@ -20,7 +20,7 @@ from .histcache import SummaryCache
 from .plain import plain
 from .proc import git, git_ok
 from .revfile import RevFiles, file_at
-from .settings import META_COLS, METRIC_RE
+from .settings import META_COLS, METRIC_RE, is_step
 
 TYPE_CHECKING = False  # typing's own import costs a few ms of a fresh list
 if TYPE_CHECKING:
@@ -200,7 +200,10 @@ def fetch(repo: Path, rev: str, path: str, dest: Path) -> dict:
 # --- results DB: runs ---------------------------------------------------------------------
 
 def run_params(r: Run, metric_cols: set[str]) -> dict:
-    return {k: v for k, v in r.values.items() if k not in META_COLS and k not in metric_cols}
+    """Metrics here are recognised by name (metric_columns): step and count columns are
+    then no params either (settings.is_step), as in Settings.split."""
+    return {k: v for k, v in r.values.items() if k not in META_COLS and k not in metric_cols
+            and not is_step(k, v)}
 
 
 def run_metrics(r: Run, metric_cols: set[str]) -> dict:
