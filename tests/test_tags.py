@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import _evlib.history as history
-from conftest import run_script, sh
+from conftest import run_script, run_script_closed_stdout, sh
 from test_registry import make_runs
 
 
@@ -73,6 +73,27 @@ def test_step_and_count_columns_are_no_params_when_no_metrics_are_named(dvc_repo
         {"lr": 0.1, "step": "warmup"}, {"f1_score": 0.9})  # a step that is no number stays
     assert settings.Settings(metrics=["f1_score", "n_rows"]).split(values) == (
         {"lr": 0.1, "step": "warmup"}, {"n_rows": 1000, "f1_score": 0.9})
+
+
+def test_create_into_a_closed_stdout_is_still_success(dvc_repo):
+    """`tag_suggest.py --create | head -1`: the tag is made, exit 0, nothing on stderr; the
+    same for experiments.py list (its full path, then its fast path) over that tag."""
+    from xetrack import Tracker
+
+    repo = dvc_repo
+    (repo / "results").mkdir()
+    t = Tracker(str(repo / "results/experiments.db"), params={"version": "e0.1.0"})
+    t.log({"f1_score": 0.5})
+    sh(["dvc", "add", "-q", "results/experiments.db"], cwd=repo)
+    commit_all(repo, "runs")
+    for args in (["--create"], ["--create", "--json", "--version", "e0.1.0"]):  # unchanged
+        cp = run_script_closed_stdout("tag_suggest.py", *args, cwd=repo)
+        assert (cp.returncode, cp.stderr) == (0, ""), args
+    assert list(history.all_tags(repo)) == ["e0.1.0"]
+    for _ in range(2):
+        cp = run_script_closed_stdout("experiments.py", "list", cwd=repo)
+        assert (cp.returncode, cp.stderr) == (0, "")
+    assert run_script("experiments.py", "list", cwd=repo).stdout.startswith("e0.1.0 ")
 
 
 def test_a_run_without_a_model_param_has_no_model_field(dvc_repo):

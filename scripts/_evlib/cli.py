@@ -132,7 +132,19 @@ def emit(args: argparse.Namespace, payload: dict, text: str | Callable[[], str] 
 def main(prog: str, build: Callable[[], argparse.ArgumentParser],
          handler: Callable[[argparse.Namespace], int | None],
          argv: list[str] | None = None) -> int:
-    """Parse, run handler, map EVError to its one line and exit code."""
+    """Parse, run handler, map EVError to its one line and exit code. A reader that closed
+    stdout (`| head -1`) changes neither (pipe.py)."""
+    from . import pipe
+
+    old = pipe.install()
+    try:
+        return _main(prog, build, handler, argv)
+    finally:
+        pipe.finish(old)
+
+
+def _main(prog: str, build: Callable[[], argparse.ArgumentParser],
+          handler: Callable[[argparse.Namespace], int | None], argv: list[str] | None) -> int:
     _Parser.last_error = None
     try:
         args = build().parse_args(argv)
