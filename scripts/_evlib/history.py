@@ -72,17 +72,25 @@ class TagInfo:
 
 
 def all_tags(repo: Path) -> dict[str, TagInfo]:
-    fmt = "%(refname:short)%1f%(creatordate:iso-strict)%1f%(*objectname)%(objectname)%1f" \
-          "%(contents)%1e"
+    fmt = "%(refname:short)%1f%(creatordate:iso-strict)%1f%(*objecttype)%1f" \
+          "%(*objectname)%(objectname)%1f%(contents)%1e"
     out = git(repo, "for-each-ref", "refs/tags", f"--format={fmt}")
-    tags = {}
+    tags, nested = {}, []
     for rec in out.split("\x1e"):
         rec = rec.strip("\n")
         if not rec:
             continue
-        name, date, obj, msg = (rec.split("\x1f") + ["", "", "", ""])[:4]
-        # %(*objectname) is the peeled commit for annotated tags; it precedes %(objectname)
+        name, date, kind, obj, msg = (rec.split("\x1f") + ["", "", "", "", ""])[:5]
+        # %(*objectname) is what an annotated tag points at; it precedes %(objectname)
         tags[name] = TagInfo(name, date, obj[:40], msg.strip())
+        if kind == "tag":  # a tag of a tag: peeled one level only, to a tag object
+            nested.append(name)
+    if nested:
+        from .repo import peel_commits
+
+        peeled = peel_commits(repo, [tags[n].commit for n in nested])
+        for n in nested:
+            tags[n].commit = peeled.get(tags[n].commit, tags[n].commit)
     return tags
 
 
