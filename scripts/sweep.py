@@ -188,7 +188,8 @@ def handler(args) -> int:
         metric=args.metric or s.metric or "f1_score", metric_mode=args.mode or s.mode,
         model_outputs=outs or None, require_models=bool(outs), gpus=parse_gpus(args.gpus),
         kill_stale=args.kill_stale, settings=s, executor=executor,
-        on_progress=None if args.json else (lambda m: cli.progress(PROG, m)))
+        on_progress=None if args.json else (lambda m: cli.progress(PROG, m)),
+        on_warn=lambda m: cli.warn(PROG, m))  # a recovery: always said, like run.py's
     failed = bool(report.get("failed"))
     if failed:
         n = len(report["failed"])

@@ -51,6 +51,18 @@ def run_script(name: str, *args: str, cwd=None, env=None, input=None
     return sh([*cmd, *map(str, args)], cwd=cwd, check=False, env=env, input=input)
 
 
+def run_script_closed_stdout(name: str, *args: str, cwd=None) -> subprocess.CompletedProcess:
+    """Run scripts/<name> with stdout a pipe whose reader is gone (`| head -1` once head has
+    exited): every write to it fails with EPIPE, deterministically."""
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        return subprocess.run([sys.executable, str(SCRIPTS / name), *map(str, args)], cwd=cwd,
+                              stdout=w, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    finally:
+        os.close(w)
+
+
 def init_git(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     sh(["git", "init", "-q", "-b", "main"], cwd=path)

@@ -8,7 +8,7 @@ import re
 import sys
 
 import pytest
-from conftest import ROOT, SCRIPTS, copy_tree, run_script, sh
+from conftest import ROOT, SCRIPTS, copy_tree, run_script, run_script_closed_stdout, sh
 
 USER_SCRIPTS = sorted(p.name for p in SCRIPTS.glob("*.py") if not p.name.startswith("_"))
 DOCS = [ROOT / "SKILL.md", *sorted((ROOT / "references").glob("*.md"))]
@@ -84,6 +84,17 @@ def test_a_usage_error_with_json_prints_one_error_object(script, tmp_path):
     assert (out["status"], out["code"]) == ("error", 2)
     assert err == f"{script}: error: {out['error']}"
     assert "--no-such-flag" in out["error"] or "required" in out["error"]
+
+
+@pytest.mark.parametrize("script", USER_SCRIPTS)
+def test_a_closed_stdout_changes_no_exit_code_and_prints_no_traceback(script, tmp_path):
+    """`script.py ... | head -1`: the output nobody reads is dropped; the exit code and the
+    stderr lines are the command's own (BrokenPipe used to be exit 1 and its own line)."""
+    cp = run_script_closed_stdout(script, "--help", cwd=tmp_path)
+    assert (cp.returncode, cp.stderr) == (0, "")
+    cp = run_script_closed_stdout(script, "--json", "--no-such-flag", cwd=tmp_path)
+    (err,) = cp.stderr.splitlines()
+    assert cp.returncode == 2 and err.startswith(f"{script}: error: "), cp.stderr
 
 
 def test_json_after_the_command_separator_is_the_commands_not_the_scripts(tmp_path):

@@ -199,6 +199,32 @@ def test_malformed_tags_warned_and_ignored(git_repo):
         "model=logreg | C=1 | f1_score=0.5 | data=none | baseline"
 
 
+def test_a_tag_of_a_tag_is_peeled_to_its_commit(git_repo):
+    """for-each-ref's %(*objectname) peels one level: a nested annotated tag's commit was a
+    tag object id (list/show --json, the summary cache, teardown's tip check)."""
+    import _evlib.history as history
+
+    repo = git_repo
+    log_runs(repo, "e0.1.0", [("logreg", 1.0, 0.5)])
+    sh("git add -A && git commit -qm runs", cwd=repo)
+    cp, _ = suggest(repo, "--create")
+    assert cp.returncode == 0, cp.stderr
+    head = sh(["git", "rev-parse", "HEAD"], cwd=repo).stdout.strip()
+    msg = sh(["git", "tag", "-l", "--format=%(contents)", "e0.1.0"], cwd=repo).stdout
+    (repo.parent / "msg.txt").write_text(msg)
+    sh("git tag -a -m inner inner HEAD && git tag -a -m outer outer inner && "
+       "git tag light outer && git tag -a -m tree treetag 'HEAD^{tree}' && "
+       f"git tag -f -a -F {repo.parent / 'msg.txt'} e0.1.0 outer", cwd=repo)
+    tags = history.all_tags(repo)
+    tree = sh(["git", "rev-parse", "HEAD^{tree}"], cwd=repo).stdout.strip()
+    assert {n: t.commit for n, t in tags.items()} == {
+        "e0.1.0": head, "inner": head, "outer": head, "light": head, "treetag": tree}
+    assert tags["e0.1.0"].lineage["version"] == "e0.1.0"
+    cp = run_script("experiments.py", "--json", "show", "e0.1.0", cwd=repo)
+    assert cp.returncode == 0, cp.stderr
+    assert json.loads(cp.stdout)["commit"] == head
+
+
 def test_exp_sequence_is_separate(git_repo):
     sh("git tag e0.4.0 && git tag exp-transformer-v1 && git tag exp-cnn-v7", cwd=git_repo)
     log_runs(git_repo, "exp-transformer", [("transformer", 1.0, 0.94)])

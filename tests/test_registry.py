@@ -167,6 +167,38 @@ def test_promote_rollback_restore_by_run_challenger_gto_and_a_fresh_clone(dvc_re
         "history`, or promote it")
 
 
+def test_status_offers_exactly_what_rollback_accepts_with_byte_identical_models(dvc_repo):
+    """Two runs with byte-identical models: a rollback to the other run is a change of the
+    ledger (as an MLflow/GTO alias moved to another version), offered and done; the same run
+    twice in a row is nothing to restore: not offered, and refused."""
+    repo = dvc_repo
+    a, b = make_runs(repo, 2)
+    cand = {r: next((repo / "models/candidates").glob(f"*--{r}.bin")) for r in (a, b)}
+    cand[b].write_bytes(cand[a].read_bytes())
+    same = md5(cand[a])
+    mm(repo, "promote", "--run-id", a, "--reason", "first")
+    mm(repo, "promote", "--run-id", b, "--reason", "same bytes, other run")
+    st = mm(repo, "status")["production"]
+    assert (st["run_id"], st["md5"], st["rollback_to"]["run_id"]) == (b, same, a)
+    out = mm(repo, "rollback", "--reason", "back to the first run")
+    assert (out["entry"]["restores"], out["entry"]["run_id"]) == (1, a)
+    assert out["entry"]["model"]["md5"] == same and md5(repo / PROD) == same
+    st = mm(repo, "status")["production"]
+    assert (st["run_id"], st["version"], st["in_sync"]) == (a, "e0.1.0", True)
+    assert st["rollback_to"] is None and st["undo"]["command"] == "rollback --to 2"
+    mm(repo, "rollback", "--to", "2", "--reason", "undo")
+    assert mm(repo, "status")["production"]["run_id"] == b
+    # the same run promoted again over a deleted model.bin: entries 5 and 2 are one state
+    (repo / PROD).unlink()
+    mm(repo, "promote", "--run-id", b, "--reason", "again")
+    assert [e["run_id"] for e in ledger(repo)] == [a, b, a, b, b]
+    st = mm(repo, "status")["production"]
+    assert (st["run_id"], st["in_sync"], st["rollback_to"]) == (b, True, None)
+    assert mm(repo, "rollback", "--reason", "x", rc=4)["error"] == (
+        f"production already holds that model (md5 {same}, ledger entry 2); nothing to "
+        "restore; see `model_manager.py history`")
+
+
 def test_promote_under_another_dvcs_lock_replaces_nothing_early(dvc_repo):
     """promote writes the object and the .dvc itself: another dvc holding the repository
     lock cannot make it fail half-way (the issue's exit 1 after model.bin was replaced)."""

@@ -140,8 +140,8 @@ def test_versions_table_and_embedded_data(report):
     data = json.loads(blob)
     assert data["default_pair"] == ["e0.2.0", "e1.0.0"] and data["metric"] == "f1_score"
     v = {x["tag"]: x for x in data["versions"]}
-    assert v["e0.2.0"]["params"] == {"C": 1.0, "model": "logreg", "solver": "lbfgs",
-                                     "epoch": 5}
+    # epoch is a step column: no param (settings.is_step)
+    assert v["e0.2.0"]["params"] == {"C": 1.0, "model": "logreg", "solver": "lbfgs"}
     assert v["e1.0.0"]["data"] == {"data/train.csv": md5(DATA2)}
     assert v["exp-forest-v1"]["version"] == "exp-forest"
 

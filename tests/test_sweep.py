@@ -732,6 +732,9 @@ def test_a_run_killed_mid_stamp_is_redone_not_collected(git_repo, tmp_path, phas
     assert cp.returncode == 0, cp.stderr
     out = json.loads(cp.stdout)
     assert out["recovered"] == ([key] if phase == "running" else [])
+    # a recovery line is a warning, with --json too (as run.py's and model_manager.py's)
+    assert cp.stderr == (f"sweep.py: warning: collected run-{key}, which ended after its "
+                         "sweep was killed\n" if phase == "running" else "")
     assert out["counts"]["done"] == (0 if phase == "running" else 1)
     assert _per_key(git_repo / "results/experiments.db", "m1") == {key: 1}
 

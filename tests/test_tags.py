@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import _evlib.history as history
-from conftest import run_script, sh
+from conftest import run_script, run_script_closed_stdout, sh
 from test_registry import make_runs
 
 
@@ -38,6 +38,62 @@ def test_param_values_cannot_forge_fields_and_lineage_parses(dvc_repo):
     assert r"note=a \| f1_score=1.0 \| x\n{" in fields
     assert "\n" not in tag.subject
     assert tag.lineage["params"]["note"] == "a | f1_score=1.0 | x\n{"  # exact, parsed
+
+
+def test_step_and_count_columns_are_no_params_when_no_metrics_are_named(dvc_repo):
+    """metrics: null (recognised by name): epoch, n_rows and the like are neither params
+    nor metrics in a tag, `experiments.py show` and Settings.split; a setting named like
+    them (epochs, n_estimators) stays a param; a step column named in metrics is one."""
+    from _evlib import settings
+    from xetrack import Tracker
+
+    repo = dvc_repo
+    (repo / "ev.yaml").write_text("metrics: null\n")
+    (repo / "results").mkdir()
+    t = Tracker(str(repo / "results/experiments.db"),
+                params={"version": "e0.1.0", "model": "toy", "lr": 0.1, "epochs": 3,
+                        "n_estimators": 50})
+    for ep in range(1, 4):
+        t.log({"epoch": ep, "loss": 1 / ep, "f1_score": 0.5 + ep / 10})
+    t.log({"n_rows": 1000, "train_count": 800, "f1_score": 0.9, "seed": 3})
+    sh(["dvc", "add", "-q", "results/experiments.db"], cwd=repo)
+    commit_all(repo, "runs")
+    res, _ = ts(repo, "--create")
+    want = {"model": "toy", "lr": 0.1, "epochs": 3, "n_estimators": 50, "seed": 3}
+    assert res["message"].splitlines()[0] == (
+        "model=toy | lr=0.1 | epochs=3 | n_estimators=50 | seed=3 | f1_score=0.9 | data=none "
+        "| baseline")
+    assert res["lineage"]["params"] == want
+    assert res["lineage"]["metrics"] == {"loss": 1 / 3, "f1_score": 0.9}
+    assert history.all_tags(repo)["e0.1.0"].lineage["params"] == want
+    cp = run_script("experiments.py", "--json", "show", "e0.1.0", cwd=repo)
+    assert json.loads(cp.stdout)["run_list"][0]["params"] == want
+    values = {"epoch": 3, "n_rows": 1000, "lr": 0.1, "f1_score": 0.9, "step": "warmup"}
+    assert settings.Settings().split(values) == (
+        {"lr": 0.1, "step": "warmup"}, {"f1_score": 0.9})  # a step that is no number stays
+    assert settings.Settings(metrics=["f1_score", "n_rows"]).split(values) == (
+        {"lr": 0.1, "step": "warmup"}, {"n_rows": 1000, "f1_score": 0.9})
+
+
+def test_create_into_a_closed_stdout_is_still_success(dvc_repo):
+    """`tag_suggest.py --create | head -1`: the tag is made, exit 0, nothing on stderr; the
+    same for experiments.py list (its full path, then its fast path) over that tag."""
+    from xetrack import Tracker
+
+    repo = dvc_repo
+    (repo / "results").mkdir()
+    t = Tracker(str(repo / "results/experiments.db"), params={"version": "e0.1.0"})
+    t.log({"f1_score": 0.5})
+    sh(["dvc", "add", "-q", "results/experiments.db"], cwd=repo)
+    commit_all(repo, "runs")
+    for args in (["--create"], ["--create", "--json", "--version", "e0.1.0"]):  # unchanged
+        cp = run_script_closed_stdout("tag_suggest.py", *args, cwd=repo)
+        assert (cp.returncode, cp.stderr) == (0, ""), args
+    assert list(history.all_tags(repo)) == ["e0.1.0"]
+    for _ in range(2):
+        cp = run_script_closed_stdout("experiments.py", "list", cwd=repo)
+        assert (cp.returncode, cp.stderr) == (0, "")
+    assert run_script("experiments.py", "list", cwd=repo).stdout.startswith("e0.1.0 ")
 
 
 def test_a_run_without_a_model_param_has_no_model_field(dvc_repo):

@@ -69,9 +69,11 @@ def test_teardown_refuses_listing_what_would_be_lost_then_removes(dvc_repo):
     assert json.loads(cp.stdout)["items"] == expected
     assert wt.exists()
 
-    # Fix the tip only: a plain `dvc push` pushes the tip, not the tag exp-tr-v0.
+    # Fix the tip only: a plain `dvc push` pushes the tip, not the tag exp-tr-v0. The tip's
+    # tag is a tag of a tag (peeled to the tip's commit, not to the inner tag's object).
     (wt / "notes.txt").unlink()
-    sh("git tag -a exp-tr-v1 -m v1 && dvc push -q", cwd=wt)
+    sh("git tag -a exp-tr-v1-inner -m inner && git tag -a exp-tr-v1 -m v1 exp-tr-v1-inner "
+       "&& dvc push -q", cwd=wt)
     from _evlib.atomic import copy_file
 
     copy_file(wt / "results" / "experiments.db", repo / "results" / "experiments.db")  # merged
@@ -93,7 +95,8 @@ def test_teardown_refuses_listing_what_would_be_lost_then_removes(dvc_repo):
     assert cp.returncode == 0, cp.stderr
     out = json.loads(cp.stdout)
     assert (out["status"], out["removed"], out["branch_deleted"], out["tags"],
-            out["backup_tag"], out["lost"]) == ("ok", str(wt), "exp/tr", ["exp-tr-v1"], None, [])
+            out["backup_tag"], out["lost"]) == (
+        "ok", str(wt), "exp/tr", ["exp-tr-v1", "exp-tr-v1-inner"], None, [])
     assert not wt.exists() and worktree_list(repo) == [str(repo)]
     assert sh(["git", "branch", "--list", "exp/tr"], cwd=repo).stdout == ""
     assert tip(repo, "exp-tr-v1^{commit}") == head

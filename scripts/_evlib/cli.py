@@ -230,10 +230,23 @@ def main(prog: str, build: Callable[[], argparse.ArgumentParser],
          handler: Callable[[argparse.Namespace], int | None],
          argv: list[str] | None = None,
          quick: list[tuple[str, dict]] | None = None) -> int:
-    """Parse, run handler, map EVError to its one line and exit code.
+    """Parse, run handler, map EVError to its one line and exit code. A reader that closed
+    stdout (`| head -1`) changes neither (pipe.py).
 
     quick: the parser's options (see quick_parse): a plain command line is parsed without
     building the parser (or importing argparse); anything else goes to build()'s parser."""
+    from . import pipe
+
+    old = pipe.install()
+    try:
+        return _main(prog, build, handler, argv, quick)
+    finally:
+        pipe.finish(old)
+
+
+def _main(prog: str, build: Callable[[], argparse.ArgumentParser],
+          handler: Callable[[argparse.Namespace], int | None], argv: list[str] | None,
+          quick: list[tuple[str, dict]] | None) -> int:
     _LAST_ERROR[0] = None
     args = quick_parse(sys.argv[1:] if argv is None else argv, quick) if quick else None
     if args is None:

@@ -152,13 +152,15 @@ def run_command_sweep(repo: Path, command: list[str], runs: list[dict], *, versi
                       require_models: bool = False, gpus: list[str] | None = None,
                       kill_stale: bool = False, settings=None,
                       on_progress: Callable[[str], None] | None = None,
-                      executor=None) -> dict:
+                      executor=None, on_warn: Callable[[str], None] | None = None) -> dict:
     """Run `command` once per run (see the module doc); merge; rank. Returns the report.
 
     executor: None runs each run here (runner.execute, one reused sandbox per worker); an
     object with execute(repo, spec, workdir, lineage=...) like runner.execute's
     (dask_exec.DaskExecutor) runs them elsewhere and lands their files here; the rest
     (candidates, ledger, merge, ranking) is the same code.
+    on_warn: what a killed sweep left and this one recovered (said with --json too, as every
+    recovery is); None: said through on_progress.
     """
     from . import settings as settings_mod
 
@@ -206,7 +208,8 @@ def run_command_sweep(repo: Path, command: list[str], runs: list[dict], *, versi
                           workers=workers, append_args=append_args, metric=metric,
                           metric_mode=metric_mode, outs=outs, require=require, gpus=gpus,
                           kill_stale=kill_stale, ledger=ledger, directory=directory,
-                          on_progress=on_progress, executor=executor)
+                          on_progress=on_progress, executor=executor,
+                          on_warn=on_warn or on_progress)
         finally:
             ledger.save()
             ledger.close()
@@ -233,7 +236,7 @@ def _handle_stale(repo: Path, version: str, kill_stale: bool, on_progress) -> li
 
 def _sweep(repo, s, command, runs, *, version, db, db_rel, workers, append_args, metric,
            metric_mode, outs, require, gpus, kill_stale, ledger, directory, on_progress,
-           executor=None):
+           executor=None, on_warn=None):
     runner.ensure_ignored(repo)
     killed = _handle_stale(repo, version, kill_stale, on_progress)
     base = sandboxes(repo, version)
@@ -253,8 +256,8 @@ def _sweep(repo, s, command, runs, *, version, db, db_rel, workers, append_args,
             if res.ok:
                 _land(repo, s, res, directory, ledger)
                 recovered.append(key)
-                if on_progress:
-                    on_progress(f"collected run-{key}, which ended after its sweep was killed")
+                if on_warn:
+                    on_warn(f"collected run-{key}, which ended after its sweep was killed")
         runner.remove_workdir(wd)
     in_db = keys_in_db(db, version)
     items = plan(runs, directory, in_db, ledger)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .dvcmeta import Out
 
-FORMAT = 1
+FORMAT = 2  # 2: step and count columns are no params
 NAME = "ev-history.json"
 
 

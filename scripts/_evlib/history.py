@@ -20,7 +20,7 @@ from .histcache import SummaryCache
 from .plain import plain
 from .proc import git, git_ok
 from .revfile import RevFiles, file_at
-from .settings import META_COLS, METRIC_RE
+from .settings import META_COLS, METRIC_RE, is_step
 
 TYPE_CHECKING = False  # typing's own import costs a few ms of a fresh list
 if TYPE_CHECKING:
@@ -72,17 +72,25 @@ class TagInfo:
 
 
 def all_tags(repo: Path) -> dict[str, TagInfo]:
-    fmt = "%(refname:short)%1f%(creatordate:iso-strict)%1f%(*objectname)%(objectname)%1f" \
-          "%(contents)%1e"
+    fmt = "%(refname:short)%1f%(creatordate:iso-strict)%1f%(*objecttype)%1f" \
+          "%(*objectname)%(objectname)%1f%(contents)%1e"
     out = git(repo, "for-each-ref", "refs/tags", f"--format={fmt}")
-    tags = {}
+    tags, nested = {}, []
     for rec in out.split("\x1e"):
         rec = rec.strip("\n")
         if not rec:
             continue
-        name, date, obj, msg = (rec.split("\x1f") + ["", "", "", ""])[:4]
-        # %(*objectname) is the peeled commit for annotated tags; it precedes %(objectname)
+        name, date, kind, obj, msg = (rec.split("\x1f") + ["", "", "", "", ""])[:5]
+        # %(*objectname) is what an annotated tag points at; it precedes %(objectname)
         tags[name] = TagInfo(name, date, obj[:40], msg.strip())
+        if kind == "tag":  # a tag of a tag: peeled one level only, to a tag object
+            nested.append(name)
+    if nested:
+        from .repo import peel_commits
+
+        peeled = peel_commits(repo, [tags[n].commit for n in nested])
+        for n in nested:
+            tags[n].commit = peeled.get(tags[n].commit, tags[n].commit)
     return tags
 
 
@@ -200,7 +208,10 @@ def fetch(repo: Path, rev: str, path: str, dest: Path) -> dict:
 # --- results DB: runs ---------------------------------------------------------------------
 
 def run_params(r: Run, metric_cols: set[str]) -> dict:
-    return {k: v for k, v in r.values.items() if k not in META_COLS and k not in metric_cols}
+    """Metrics here are recognised by name (metric_columns): step and count columns are
+    then no params either (settings.is_step), as in Settings.split."""
+    return {k: v for k, v in r.values.items() if k not in META_COLS and k not in metric_cols
+            and not is_step(k, v)}
 
 
 def run_metrics(r: Run, metric_cols: set[str]) -> dict:

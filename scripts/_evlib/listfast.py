@@ -274,7 +274,11 @@ def serve(argv: list[str]) -> bool:
     if err:
         sys.stderr.write(err)
         sys.stderr.flush()
+    from . import pipe
+
+    old = pipe.install()  # a reader that closed stdout: still exit 0 (pipe.py)
     sys.stdout.write(out)
+    pipe.finish(old)
     return True
 
 

@@ -172,6 +172,13 @@ def _entry_summary(e: dict | None) -> dict | None:
                                   "restores")}
 
 
+def same_model(state: dict | None, md5: str | None, run_id: str | None) -> bool:
+    """Restoring state would change nothing: the same bytes as the same run. (Bytes alone are
+    not the identity: like promote, and like an MLflow or GTO alias moved to another version,
+    a rollback to another run whose model is byte-identical is a change of the ledger.)"""
+    return bool(state) and state["md5"] == md5 and state["run_id"] == run_id
+
+
 def alias_info(repo: Path, a: Alias, rev: str | None = None) -> dict | None:
     """What the alias holds (working tree, or at rev): hashes, how it got there, DVC sync."""
     if rev is None:
@@ -191,6 +198,12 @@ def alias_info(repo: Path, a: Alias, rev: str | None = None) -> dict | None:
     md5 = dvc_md5 or dmd5
     entry = top if top and top["md5"] == md5 else None
     last = entries[-1] if entries else None
+    # What status offers is what rollback accepts: it refuses a target that is the model
+    # there now, unless model.bin is out of sync (then restoring it is a change).
+    synced = rev is not None or (dmd5 is not None and dmd5 == dvc_md5)
+    prev = stack[-2] if len(stack) > 1 and entry else None
+    if prev and synced and same_model(prev, md5, entry["run_id"]):
+        prev = None
     info = {"alias": a.name, "path": a.model, "md5": md5, "dvc_md5": dvc_md5,
             "run_id": entry and entry["run_id"], "version": entry and entry["version"],
             "source": entry and entry["source"], "metrics": entry and entry["metrics"],
@@ -199,12 +212,13 @@ def alias_info(repo: Path, a: Alias, rev: str | None = None) -> dict | None:
             "changed_by": _entry_summary(last) if entry else None,
             "promoted_at": entry and entry["time"],
             "in_cache": bool(dvc_md5) and cache_object(repo, dvc_md5).is_file(),
-            "rollback_to": (stack[-2] if len(stack) > 1 and entry else None),
-            "undo": None}
-    if entry and last and last.get("action") == "rollback" and len(entries) > 1:
+            "rollback_to": prev, "undo": None}
+    undone = stacks[-2][-1] if len(stacks) > 1 and stacks[-2] else None
+    if entry and last and last.get("action") == "rollback" and len(entries) > 1 \
+            and not (synced and same_model(undone, md5, entry["run_id"])):
         info["undo"] = {"command": f"rollback --to {last['seq'] - 1}"
                         + ("" if a.name == DEFAULT_ALIAS else f" --alias {a.name}"),
-                        "restores": stacks[-2][-1] if stacks[-2] else None}
+                        "restores": undone}
     if rev is None:
         info["disk_md5"] = dmd5
         info["in_sync"] = dmd5 is not None and dmd5 == dvc_md5
@@ -508,7 +522,7 @@ def rollback(repo: Path, a: Alias, *, reason: str, to: int | None, run_id: str |
                                "want, or pass --force")
         target, mode, seq = _pick_target(repo, a, entries, stacks, to=to, run_id=run_id,
                                          version=version, tag=tag)
-        if target["md5"] == cur["md5"] and cur["in_sync"]:
+        if cur["in_sync"] and same_model(target, cur["md5"], cur["run_id"]):
             raise EVError(f"{a.name} already holds that model (md5 {cur['md5']}, ledger "
                           f"entry {seq})", code=REFUSED,
                           hint="nothing to restore; see `model_manager.py history`")

@@ -170,3 +170,19 @@ def resolve_commit(repo: Path, ref: str) -> str | None:
         return None
     cp = run(["git", "rev-parse", "--verify", "-q", f"{ref}^{{commit}}"], cwd=repo, check=False)
     return cp.stdout.strip() if cp.returncode == 0 else None
+
+
+def peel_commits(repo: Path, ids: list[str]) -> dict[str, str]:
+    """{tag object id: the commit it finally points at} for tags of tags (for-each-ref's
+    %(*objectname) peels one level only); one `git cat-file` for them all, none when ids is
+    empty. An id that peels to no commit (a tag of a tree) is left out."""
+    if not ids:
+        return {}
+    cp = run(["git", "cat-file", "--batch-check=%(objectname) %(objecttype)"], cwd=repo,
+             input="".join(f"{i}^{{commit}}\n" for i in ids))
+    out = {}
+    for i, line in zip(ids, cp.stdout.splitlines(), strict=True):
+        parts = line.split()
+        if len(parts) == 2 and parts[1] == "commit":
+            out[i] = parts[0]
+    return out

@@ -32,6 +32,18 @@ META_COLS = XETRACK_COLS | LINEAGE_COLS
 METRIC_RE = re.compile(r"(^|_)(f1|f1_score|precision|prec|recall|accuracy|acc|auc|roc_auc|"
                        r"loss|mse|rmse|mae|r2|score|map|ndcg|bleu|rouge\w*|perplexity|"
                        r"error_rate|wer|cer|iou|dice)($|_)")
+# Recognised by name the same way: a numeric column named like a step counter or a count
+# of what a run read (the epoch of a row, n_rows) is never a param (a metric only when the
+# settings file names it one); a change of it is no change of configuration. Whole names
+# only: epochs, max_steps, n_estimators or num_layers are settings of a run, so params.
+STEP_RE = re.compile(r"epoch|step|global_step|iteration|iter|rows|examples|count|"
+                     r"(n|num)_(rows|samples|examples|records|items|tokens)|\w+_count")
+
+
+def is_step(column: str, value) -> bool:
+    """A numeric step or count column (STEP_RE), by its name and its value."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        bool(STEP_RE.fullmatch(column.lower()))
 
 
 @plain
@@ -58,8 +70,9 @@ class Settings:
         return column not in META_COLS and not self.is_metric(column)
 
     def split(self, values: dict) -> tuple[dict, dict]:
-        """(params, metrics) of a run's values; lineage and xetrack columns in neither."""
-        params = {k: v for k, v in values.items() if self.is_param(k)}
+        """(params, metrics) of a run's values; lineage and xetrack columns in neither, step
+        and count columns (is_step) in metrics only when named there."""
+        params = {k: v for k, v in values.items() if self.is_param(k) and not is_step(k, v)}
         metrics = {k: v for k, v in values.items() if self.is_metric(k)}
         return params, metrics
 

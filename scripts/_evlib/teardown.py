@@ -20,7 +20,7 @@ from . import dvcmeta
 from .dvcmeta import Out, find_object, is_meta_file, object_path, parse_outs
 from .errors import NOT_FOUND, REFUSED, EVError
 from .proc import dvc_run, git, git_ok, git_to_file
-from .repo import dirty_paths, find_repo, main_worktree, resolve_commit
+from .repo import dirty_paths, find_repo, main_worktree, peel_commits, resolve_commit
 from .sql import is_sqlite_file, quote_ident, sqlite_connect, sqlite_tables
 from .worktree import (
     drop_pending,
@@ -239,10 +239,13 @@ def teardown_check(repo: Path, name: str, main_db: str | None = None) -> dict:
                 raise
             items.append(f"cannot check DVC outputs: {exc.line()}")
     tags: dict[str, list[str]] = {}
-    for line in git(main, "for-each-ref", "refs/tags",
-                    "--format=%(refname:short) %(objectname) %(*objectname)").splitlines():
-        parts = line.split()
-        tags.setdefault(parts[-1], []).append(parts[0])
+    rows = [line.split() for line in git(
+        main, "for-each-ref", "refs/tags",
+        "--format=%(refname:short) %(objectname) %(*objecttype) %(*objectname)").splitlines()]
+    # a tag of a tag: %(*objectname) is the inner tag; peel it to its commit
+    peeled = peel_commits(main, [p[-1] for p in rows if len(p) == 4 and p[2] == "tag"])
+    for parts in rows:
+        tags.setdefault(peeled.get(parts[-1], parts[-1]), []).append(parts[0])
     tip_tags = [t for t in tags.get(tip, []) if not t.startswith("backup/")]
     if not tip_tags:
         items.append(f"no tag points at {branch}'s last commit {tip[:12]}")

@@ -1,0 +1,71 @@
+"""stdout whose reader went away (`script.py ... | head -1`): the rest of the output is
+dropped, never an error. The command goes on and exits with what it did: a tag created, a
+model promoted or a sweep run is no failure because nobody read its last lines (and the
+interpreter's own final flush prints no "Exception ignored ... BrokenPipeError").
+
+Only os and sys: experiments.py's fast path (listfast) uses it before anything else loads.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def _gone(f) -> None:
+    """The reader closed the pipe: fd 1 becomes /dev/null, so whatever is still buffered,
+    and every later write, goes there quietly."""
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        return
+    try:
+        os.dup2(fd, f.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+    finally:
+        os.close(fd)
+
+
+class QuietStdout:
+    """sys.stdout, with a broken pipe swallowed on write and flush."""
+
+    def __init__(self, f) -> None:
+        self._f = f
+
+    def write(self, s: str) -> int:
+        try:
+            return self._f.write(s)
+        except BrokenPipeError:
+            _gone(self._f)
+            return len(s)
+
+    def flush(self) -> None:
+        try:
+            self._f.flush()
+        except BrokenPipeError:
+            _gone(self._f)
+
+    def __getattr__(self, name: str):
+        return getattr(self._f, name)
+
+
+def install():
+    """Wrap sys.stdout (once); returns what to restore with finish()."""
+    old = sys.stdout
+    if old is not None and not isinstance(old, QuietStdout):
+        sys.stdout = QuietStdout(old)
+    return old
+
+
+def finish(old) -> None:
+    """Flush what the command printed (a closed pipe is no error), put sys.stdout back."""
+    out = sys.stdout
+    if out is not None:
+        try:
+            out.flush()
+        except BrokenPipeError:
+            _gone(out)
+        except (OSError, ValueError):
+            pass
+    sys.stdout = old
