@@ -25,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import stat
 from pathlib import Path
 
 COPIES_FILE = "copies.json"  # in a run directory: the sandbox's private copies
@@ -49,23 +50,40 @@ def ident(path) -> tuple | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def _cache_linked(entry: os.DirEntry) -> bool:
-    """The file is (a link to) a DVC cache object: writing it would write the cache."""
+def project_files(repo: Path) -> tuple[set, list]:
+    """(the files git shows: tracked, or untracked and not ignored; the DVC outputs' paths).
+    Files git ignores and DVC does not track (caches, virtualenvs, old outputs) are not the
+    project's: not guarded, never copied (a uv virtualenv is hard links throughout)."""
+    from . import lineage
+    from .proc import git
+
+    listed = git(repo, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
     try:
-        if entry.is_symlink():
-            return bool(_CACHE_OBJECT.search(os.path.realpath(entry.path)))
-        return entry.stat(follow_symlinks=False).st_nlink > 1
-    except OSError:
-        return False
+        outs = [o.path.rstrip("/") for o in lineage.dvc_outs(repo)]
+    except Exception:  # noqa: BLE001 - a bad .dvc file is reported where it is read
+        outs = []
+    return set(filter(None, listed.split("\0"))), outs
 
 
-def survey(repo: Path, skip: set, skip_top: set, skip_name: set, skip_suffix: tuple
-           ) -> tuple[dict, list]:
-    """({rel: identity} of every file a sandbox shows through a link, [rel of files that must
-    be private copies]). skip: repo-relative paths not to remember (private outputs, the
-    sweep's own folders); the other rules are mirror's."""
+def survey(repo: Path, skip: set, skip_top: set, skip_name: set, skip_suffix: tuple,
+           untracked: str = "") -> tuple[dict, list, dict]:
+    """({rel: identity} of every project file (project_files) a sandbox shows through a link,
+    [rel of those that must be private copies: (links to) DVC cache objects], {folder:
+    identity} of the folders walked but `untracked`'s (the candidates folder: the bundle adds
+    files there)). skip: repo-relative paths not to remember (private outputs, the sweep's
+    own folders); the other rules are mirror's. One stat per file (two for a symlink)."""
     snap: dict = {}
     copies: list = []
+    dirs: dict = {"": ident(repo)}
+    files, outs = project_files(repo)
+    outs_under = tuple(o + "/" for o in outs)
+    outs = set(outs)
+    walked = {"/".join(p.split("/")[:i]) for p in [*files, *outs] for i in range(1, p.count("/") + 1)}
+
+    def wanted(rel: str, is_dir: bool) -> bool:
+        if rel in outs or rel.startswith(outs_under):
+            return True
+        return rel in walked if is_dir else rel in files
 
     def walk(d: str, prefix: str) -> None:
         try:
@@ -79,15 +97,36 @@ def survey(repo: Path, skip: set, skip_top: set, skip_name: set, skip_suffix: tu
                     continue
                 if e.name in skip_name or e.name.endswith(skip_suffix):
                     continue
-                if e.is_dir(follow_symlinks=False):
-                    walk(e.path, rel + "/")
-                elif _cache_linked(e):
-                    copies.append(rel)
-                elif not e.is_dir() and (i := ident(e.path)) is not None:
-                    snap[rel] = i  # (a symlink to a folder outside: not walked)
+                try:
+                    is_dir = e.is_dir(follow_symlinks=False)
+                    if not wanted(rel, is_dir):
+                        continue
+                    if is_dir:
+                        if rel != untracked:
+                            dirs[rel] = ident(e.path)
+                        walk(e.path, rel + "/")
+                        continue
+                    # Old candidates (models, maybe large, maybe many) stay links, checked
+                    # like any other file: a run never writes their names.
+                    copy = not untracked or prefix[:-1] != untracked
+                    if e.is_symlink():
+                        st = os.stat(e.path)
+                        if copy and _CACHE_OBJECT.search(os.path.realpath(e.path)):
+                            copies.append(rel)
+                            continue
+                        if not stat.S_ISREG(st.st_mode):
+                            continue  # (a symlink to a folder outside: not walked)
+                    else:
+                        st = e.stat(follow_symlinks=False)
+                        if copy and st.st_nlink > 1:  # a hard link: the cache object itself
+                            copies.append(rel)
+                            continue
+                except OSError:
+                    continue
+                snap[rel] = (st.st_ino, st.st_size, st.st_mtime_ns)
 
     walk(str(repo), "")
-    return snap, sorted(copies)
+    return snap, sorted(copies), dirs
 
 
 def copy_in(src: Path, dst: Path) -> tuple:

@@ -388,8 +388,17 @@ def prepare(repo: Path, spec: RunSpec, workdir: Path, *, reuse: bool = False,
     hide = guard.MOVED.get(str(repo), set())
     db_dir = os.path.dirname(os.path.normpath(spec.results_db).replace(os.sep, "/"))
     skip = _private_names(private) | hide | {f"{db_dir}/shards" if db_dir else "shards"}
-    snap, copies = guard.survey(repo, skip, _SKIP_TOP, _SKIP_ANY_NAME, _SKIP_ANY_SUFFIX)
     rec = guard.box(workdir)
+    last = rec.get("survey")
+    # The last survey still holds if its run found no linked file changed and no folder
+    # gained or lost an entry since (a sweep's reused sandbox: one stat per folder).
+    if last and rec.pop("clean", False) and last[0] == skip and not guard.changed(repo,
+                                                                                 last[3]):
+        snap, copies = last[1], last[2]
+    else:
+        snap, copies, dirs = guard.survey(repo, skip, _SKIP_TOP, _SKIP_ANY_NAME,
+                                          _SKIP_ANY_SUFFIX, spec.real_dir)
+        rec["survey"] = (skip, snap, copies, dirs)
     if set(copies) != set(rec["copies"]) and tree.is_dir():
         import shutil  # other folders become real: built again
 
@@ -543,6 +552,8 @@ def complete(run: Launched, code: int) -> RunResult:
                         f"directory, or to $EV_SHARD_DB")
         return result
     through = guard.changed(run.repo, run.linked)
+    if not through:
+        guard.box(Path(result.workdir))["clean"] = True
     if through:
         more = f" (and {len(through) - 1} other files)" if len(through) > 1 else ""
         result.error = (f"the command changed the project's {through[0]}{more} through its "
