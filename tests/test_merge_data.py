@@ -62,12 +62,47 @@ def test_merge_several_files_counts_each_file(git_repo):
 
 def test_merge_with_key_adds_only_new_keys(git_repo):
     write(git_repo / "base.parquet", {"id": [1, 2], "x": ["a", "b"]})
-    write(git_repo / "exp.parquet", {"id": [2, 3], "x": ["B", "c"]})
+    write(git_repo / "exp.parquet", {"id": [2, 3], "x": ["b", "c"]})
     rep = ok(merge(git_repo, "--base-data", "base.parquet", "--exp-data", "exp.parquet",
                    "--key-columns", "id"))["data"]
     got = read(git_repo / "base.parquet")
     assert sorted(zip(got["id"], got["x"], strict=True)) == [(1, "a"), (2, "b"), (3, "c")]
     assert rep["inputs"][0]["added"] == 1 and rep["inputs"][0]["skipped"] == 1
+    assert rep["conflicts"] == 0 and rep["inputs"][0]["conflicts"] == 0
+
+
+def test_keyed_merge_with_different_values_is_a_conflict_unless_a_side_is_chosen(git_repo):
+    """As the DB merge: exit 3, nothing written, one line; --on-conflict picks the side."""
+    base = write(git_repo / "base.parquet", {"id": [1, 2, 4], "x": ["a", "b", "d"]})
+    write(git_repo / "exp.parquet", {"id": [2, 3, 4], "x": ["B", "c", "d"]})
+    before = base.read_bytes()
+    args = ("--base-data", "base.parquet", "--exp-data", "exp.parquet", "--key-columns", "id")
+    cp = run_script("merge_artifacts.py", *args, cwd=git_repo)
+    assert cp.returncode == 3 and cp.stdout == ""
+    assert cp.stderr == (f"merge_artifacts.py: error: 1 row(s) have the same key but different "
+                         f"values (id=2 in {git_repo / 'exp.parquet'}); nothing written; re-run "
+                         f"with --on-conflict keep-base or keep-exp to choose which side wins\n")
+    assert json.loads(merge(git_repo, *args).stdout)["code"] == 3
+    assert base.read_bytes() == before
+    assert sorted(p.name for p in git_repo.iterdir() if p.suffix == ".parquet") == [
+        "base.parquet", "exp.parquet"]
+
+    rep = ok(merge(git_repo, *args, "--on-conflict", "keep-base", "--output-data",
+                   "kb.parquet"))["data"]
+    assert read(git_repo / "kb.parquet") == {"id": [1, 2, 4, 3], "x": ["a", "b", "d", "c"]}
+    assert (rep["on_conflict"], rep["conflicts"], rep["rows_out"]) == ("keep-base", 1, 4)
+    assert {k: rep["inputs"][0][k] for k in ("read", "added", "skipped", "conflicts",
+                                             "replaced")} == {
+        "read": 3, "added": 1, "skipped": 1, "conflicts": 1, "replaced": 0}
+
+    rep = ok(merge(git_repo, *args, "--on-conflict", "keep-exp"))["data"]
+    assert read(base) == {"id": [1, 4, 2, 3], "x": ["a", "d", "B", "c"]}
+    assert (rep["on_conflict"], rep["conflicts"], rep["replaced"]) == ("keep-exp", 1, 1)
+    assert {k: rep["inputs"][0][k] for k in ("added", "skipped", "conflicts", "replaced")} == {
+        "added": 2, "skipped": 1, "conflicts": 1, "replaced": 1}
+    # Now both sides agree: a re-run without the flag adds nothing and is no conflict.
+    rep = ok(merge(git_repo, *args))["data"]
+    assert (rep["conflicts"], rep["inputs"][0]["added"]) == (0, 0)
 
 
 def test_rebase_keeps_exp_rows_and_later_file_wins(git_repo):
@@ -202,7 +237,7 @@ def test_dvc_pipeline_template_repro(dvc_repo):
     make_xetrack_db(dvc_repo / "shards/p0.db", [{"f1_score": 0.1}])
     make_xetrack_db(dvc_repo / "shards/p1.db", [{"f1_score": 0.2}])
     write(dvc_repo / "data/train.parquet", {"id": [1, 2], "x": ["a", "b"]})
-    write(dvc_repo / "data/incoming.parquet", {"id": [2, 3], "x": ["B", "c"]})
+    write(dvc_repo / "data/incoming.parquet", {"id": [2, 3], "x": ["b", "c"]})
     cp = sh(["dvc", "repro", "-q"], cwd=dvc_repo, check=False)
     assert cp.returncode == 0, cp.stderr
     assert count_rows(dvc_repo / "results/experiments.db") == 2
@@ -210,6 +245,8 @@ def test_dvc_pipeline_template_repro(dvc_repo):
     assert sorted(zip(got["id"], got["x"], strict=True)) == [(1, "a"), (2, "b"), (3, "c")]
     # A new shard re-runs the stage; persist keeps the old rows in the output DB.
     make_xetrack_db(dvc_repo / "shards/p2.db", [{"f1_score": 0.3}])
+    # Relabelled rows: a merge would now be a conflict (exit 3); rebase makes them win.
+    write(dvc_repo / "data/incoming.parquet", {"id": [2, 3], "x": ["B", "c"]})
     params.write_text(params.read_text().replace("data_strategy: merge",
                                                  "data_strategy: rebase"))
     sh(["dvc", "repro", "-q"], cwd=dvc_repo)
@@ -266,3 +303,16 @@ def test_sigkill_mid_parquet_rebase_leaves_old_or_new_file(git_repo):
              "exp.parquet", "--key-columns", "id", "--output-data", "base.parquet"))
     assert pq.read_metadata(base).num_rows == 300_000
     assert not [p.name for p in git_repo.iterdir() if ".tmp" in p.name]
+
+
+def test_a_data_conflict_stops_a_db_and_data_merge_before_the_db_is_written(git_repo):
+    make_xetrack_db(git_repo / "base.db", [{"f1_score": 0.1}])
+    make_xetrack_db(git_repo / "exp.db", [{"f1_score": 0.2}])
+    write(git_repo / "base.parquet", {"id": [1], "x": ["a"]})
+    write(git_repo / "exp.parquet", {"id": [1], "x": ["A"]})
+    before = (git_repo / "base.db").read_bytes()
+    cp = merge(git_repo, "--base-db", "base.db", "--exp-db", "exp.db", "--base-data",
+               "base.parquet", "--exp-data", "exp.parquet", "--key-columns", "id")
+    assert cp.returncode == 3 and json.loads(cp.stdout)["code"] == 3
+    assert (git_repo / "base.db").read_bytes() == before
+    assert count_rows(git_repo / "base.db") == 1

@@ -398,12 +398,16 @@ def _pq_case(tmp_path: Path, case: str):
     else:
         base = pqw(d / "b.parquet", t([0.5, 1.5, 2.5], ["a", "b", "c"], [1, 2, 3]))
         e1 = {"merge": ([1.5, -0.0, 9.0], ["x", "y", "y"], [2, 4, 5]),
+              "keep-exp": ([1.5, -0.0, 9.0], ["x", "y", "y"], [2, 4, 5]),
+              "conflict": ([1.5, -0.0, 9.0], ["x", "y", "y"], [2, 4, 5]),
               "rebase": ([1.5, -0.0, 9.0], ["x", "y", "y"], [2, 4, 5]),
               "null": ([1.5, 2.5], ["x", "y"], [7, None]),
               "dup": ([1.5, 2.5, 1.5, 3.5], ["x", "y", "x", "x"], [8, 7, 8, 7])}[case]
         exps = [pqw(d / "e1.parquet", t(*e1)),
                 pqw(d / "e2.parquet", t([4.5, 5.5], ["p", "q"], [5, 6]))]
         kw = {"key_columns": ["id"], "strategy": "rebase" if case == "rebase" else "merge"}
+        # id 2 differs from the base's, id 5 between e1 and e2: conflicts, a side chosen
+        kw["on_conflict"] = {"merge": "keep-base", "keep-exp": "keep-exp"}.get(case)
     try:
         rep = merge_data(base, exps, d / "out.parquet", **kw)
     except EVError as exc:
@@ -414,7 +418,8 @@ def _pq_case(tmp_path: Path, case: str):
     return cols, [i["added"] for i in rep["inputs"]], rep["rows_out"]
 
 
-@pytest.mark.parametrize("case", ["keyless", "merge", "rebase", "null", "dup"])
+@pytest.mark.parametrize("case", ["keyless", "merge", "keep-exp", "conflict", "rebase",
+                                  "null", "dup"])
 def test_parquet_rows_picked_in_memory_match_the_duckdb_query(tmp_path, monkeypatch, case):
     """Small inputs are compared in memory (Arrow ranks + numpy), large ones by DuckDB: both
     pick the same rows, bit for bit (-0.0, NaN payloads, NULLs), and refuse alike."""
@@ -424,14 +429,48 @@ def test_parquet_rows_picked_in_memory_match_the_duckdb_query(tmp_path, monkeypa
     monkeypatch.setattr(merge_parquet, "ARROW_MAX_BYTES", -1)
     duck = _pq_case(tmp_path / "duckdb", case)
     assert arrow == duck
-    want = {"keyless": ([4, 1], 11), "merge": ([2, 1], 6), "rebase": ([2, 2], 6)}
+    want = {"keyless": ([4, 1], 11), "merge": ([2, 1], 6), "keep-exp": ([2, 2], 6),
+            "rebase": ([2, 2], 6)}
     if case in want:
         assert (arrow[1], arrow[2]) == want[case]
+        if case == "keep-exp":  # the later file's row of each conflicting key
+            assert arrow[0]["id"] == [1, 3, 2, 4, 5, 6]
+    elif case == "conflict":
+        assert arrow == (3, "2 row(s) have the same key but different values (id=2 in "
+                            "D/e1.parquet)")
     elif case == "null":
         assert arrow == (2, "D/e1.parquet: a key column (id) is NULL in row 1")
     else:
         assert arrow == (3, "D/e1.parquet: rows 1 and 3 have the same key (id) but different "
                             "values")
+
+@pytest.mark.parametrize("path", ["arrow", "duckdb"])
+def test_keyed_data_merge_conflicts_compare_values_exactly(tmp_path, monkeypatch, path):
+    """-0.0 is not 0.0 (a conflict); the same NaN, and NULL, equal themselves (no conflict),
+    in memory and in DuckDB; keep-exp writes the experiment's bits."""
+    from _evlib import merge_parquet
+
+    if path == "duckdb":
+        monkeypatch.setattr(merge_parquet, "ARROW_MAX_BYTES", -1)
+    base = pqw(tmp_path / "b.parquet", pa.table({"id": [1, 2, 3, 4],
+                                                 "x": pa.array([0.0, _nan(1), None, 1.5])}))
+    exp = pqw(tmp_path / "e.parquet", pa.table({"id": [1, 2, 3, 4, 5],
+                                                "x": pa.array([-0.0, _nan(1), None, 1.5, 2.0])}))
+    with pytest.raises(EVError) as exc:
+        merge_data(base, [exp], tmp_path / "o.parquet", key_columns=["id"])
+    assert exc.value.code == 3 and exc.value.line() == (
+        f"1 row(s) have the same key but different values (id=1 in {exp}); nothing written; "
+        f"re-run with --on-conflict keep-base or keep-exp to choose which side wins")
+    assert not (tmp_path / "o.parquet").exists()
+    rep = merge_data(base, [exp], tmp_path / "o.parquet", key_columns=["id"],
+                     on_conflict="keep-exp")
+    out = pq.read_table(tmp_path / "o.parquet")
+    assert out.column("id").to_pylist() == [2, 3, 4, 1, 5]
+    bits = out.column("x").to_numpy(zero_copy_only=False).view("int64").tolist()
+    assert bits[3] == -(2 ** 63) and bits[0] == pa.array([_nan(1)]).to_numpy().view(
+        "int64")[0]
+    assert (rep["conflicts"], rep["replaced"], rep["inputs"][0]["added"]) == (1, 1, 2)
+
 
 # --- file modes ---------------------------------------------------------------------------------
 

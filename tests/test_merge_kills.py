@@ -40,7 +40,8 @@ OPS = {
     "db dry run": lambda d: merge_dbs(d / "base.db", [d / "exp.db"], d / "base.db",
                                       dry_run=True),
     "parquet in place": lambda d: merge_data(d / "base.parquet", [d / "exp.parquet"],
-                                             d / "base.parquet", key_columns=["id"]),
+                                             d / "base.parquet", key_columns=["id"],
+                                             on_conflict="keep-base"),  # (x differs)
     "parquet dry run": lambda d: merge_data(d / "base.parquet", [d / "exp.parquet"],
                                             d / "base.parquet", dry_run=True),
 }

@@ -37,8 +37,8 @@ OPTIONS: list[tuple[str, dict]] = [
                        "help": "columns identifying a row (DB rebase, data rebase, keyed data "
                                "merge)"}),
     ("--on-conflict", {"choices": ("keep-base", "keep-exp"), "default": None,
-                       "help": "which row wins when a DB key has different values (default: "
-                               "exit 3)"}),
+                       "help": "which row wins when a key has different values in a DB or "
+                               "a keyed data merge (default: exit 3)"}),
     ("--new-base", {"action": "store_true",
                     "help": "--base-db may not exist yet: start it from the experiment DBs "
                             "(without this flag a missing base is an error: a typo must not "
@@ -94,6 +94,8 @@ def _text(reports: list[dict]) -> str:
         else:
             for inp in r["inputs"]:
                 extra = "".join(f", {k} {inp[k]}" for k in ("added", "skipped") if k in inp)
+                if inp.get("conflicts"):  # (a keyed merge with --on-conflict)
+                    extra += f", conflicts {inp['conflicts']}, replaced {inp['replaced']}"
                 cols = ", ".join(f"{c['column']} {c['type']}" for c in inp["columns_added"])
                 out.append(f"  {inp['path']}: read {inp['read']}{extra}"
                            + (f", columns added: {cols}" if cols else ""))
@@ -135,7 +137,16 @@ def handler(args) -> int:
     def recoverable(p: Path) -> bool:
         return merge.dvc_recoverable(repo, p)
 
+    def data(dry_run: bool) -> dict:
+        return merge.merge_data(
+            path(args.base_data), [path(e) for e in args.exp_data],
+            path(args.output_data or args.base_data), strategy=data_strategy,
+            key_columns=args.key_columns, dry_run=dry_run, recoverable=recoverable,
+            force=args.force, on_conflict=args.on_conflict)
+
     reports = []
+    if args.base_db and args.base_data and not args.dry_run:
+        data(True)  # a data conflict or refusal must stop the command before the DB is written
     if args.base_db:
         reports.append(merge.merge_dbs(
             path(args.base_db), [path(e) for e in args.exp_db],
@@ -145,11 +156,7 @@ def handler(args) -> int:
             check="full" if args.full_check else "quick", force=args.force,
             new_base_dirs=args.new_base, prechecked=prechecked))
     if args.base_data:
-        reports.append(merge.merge_data(
-            path(args.base_data), [path(e) for e in args.exp_data],
-            path(args.output_data or args.base_data), strategy=data_strategy,
-            key_columns=args.key_columns, dry_run=args.dry_run, recoverable=recoverable,
-            force=args.force))
+        reports.append(data(args.dry_run))
     payload = {"status": "ok", "dry_run": args.dry_run}
     for r in reports:
         payload[r["kind"]] = r

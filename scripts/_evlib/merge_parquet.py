@@ -22,7 +22,7 @@ import json
 import os
 from pathlib import Path
 
-from .errors import FAILED, USAGE, EVError
+from .errors import CONFLICT, FAILED, USAGE, EVError
 from .merge_common import (
     backup_path,
     backup_report,
@@ -279,17 +279,26 @@ def _batches(path: Path, columns=None):
 def merge_data(base: Path, exps: list[Path], output: Path | None = None, *,
                strategy: str = "merge", key_columns: list[str] | None = None,
                dry_run: bool = False, backup_dir: Path | None = None,
-               recoverable=None, force: bool = False) -> dict:
+               recoverable=None, force: bool = False, on_conflict: str | None = None) -> dict:
     """Merge (append the rows the base lacks) or rebase (experiment rows win by key) parquet.
 
     Rebase: every experiment row is kept, plus the base rows whose key no experiment has;
     when several experiment files carry a key, the LATER file's rows win. Rows keep their
     order: the base's rows first, then each experiment's in file order.
+
+    Keyed merge: an experiment row whose key an earlier file (the base, or an earlier
+    experiment) has with other values is a conflict (values compared exactly: float bits,
+    so NaN equals the same NaN and -0.0 is not 0.0; NULLs equal): CONFLICT (exit 3), nothing
+    written, unless on_conflict says which side wins: keep-base (the earliest file's rows
+    of that key) or keep-exp (the LATEST file's rows of that key replace the others).
     """
     base, output = Path(base), Path(output or base)
     exps = [Path(e) for e in exps]
     if strategy not in ("merge", "rebase"):
         raise EVError(f"unknown strategy {strategy!r}", code=USAGE, hint="use merge or rebase")
+    if on_conflict not in (None, "keep-base", "keep-exp"):
+        raise EVError(f"unknown --on-conflict {on_conflict!r}", code=USAGE,
+                      hint="use keep-base or keep-exp")
     if not exps:
         raise EVError("no --exp-data given", code=USAGE, hint="pass one or more --exp-data files")
     if strategy == "rebase" and not key_columns:
@@ -322,8 +331,11 @@ def merge_data(base: Path, exps: list[Path], output: Path | None = None, *,
     with dir_lock(output.parent):
         sweep_stale_temps(output)
         with scratch_dir(output) as work:
-            sel = _select(files, schemas, conforms, out_schema, key, strategy, work)
+            sel, conf = _select(files, schemas, conforms, out_schema, key, strategy, work,
+                                on_conflict)
         _counts(report, sel, schemas, strategy)
+        if strategy == "merge" and key:
+            _conflict_report(report, conf, files, key, on_conflict, len(sel[0]))
         unchanged = (same_file(output, base) and out_schema.equals(schemas[0][0],
                                                                    check_metadata=True)
                      and len(sel[0]) == schemas[0][1] and not any(len(s) for s in sel[1:]))
@@ -340,22 +352,75 @@ def merge_data(base: Path, exps: list[Path], output: Path | None = None, *,
     return report
 
 
-def _select(files, schemas, conforms, out_schema, key, strategy, work: Path) -> list:
-    """Per file, the sorted row numbers that go to the output: in memory with Arrow's hash
-    kernels and numpy when the inputs are small enough and every column hashes, else by one
-    DuckDB query that spills to disk (DuckDB's import alone costs ~35 MB)."""
+def _select(files, schemas, conforms, out_schema, key, strategy, work: Path,
+            on_conflict=None) -> tuple[list, dict | None]:
+    """(per file, the sorted row numbers that go to the output; a keyed merge's conflicts:
+    {"rows": per file, "first": (file, row), "replaced": per file}). In memory with Arrow's
+    hash kernels and numpy when the inputs are small enough and every column hashes, else by
+    one DuckDB query that spills to disk (DuckDB's import alone costs ~35 MB)."""
     import numpy as np
     import pyarrow as pa
 
     n_exp_rows = sum(n for _s, n in schemas[1:])
     if strategy == "merge" and n_exp_rows == 0:
         return [np.arange(schemas[0][1], dtype=np.int64)] + [np.empty(0, np.int64)] * (
-            len(files) - 1)
+            len(files) - 1), None
     hashable = all(not pa.types.is_nested(_canon(pa.nulls(0, f.type)).type)
                    for f in out_schema)
     if hashable and _data_bytes(files) <= ARROW_MAX_BYTES:
-        return _select_arrow(files, conforms, out_schema, key, strategy)
-    return _select_duckdb(files, conforms, out_schema, key, strategy, work)
+        return _select_arrow(files, conforms, out_schema, key, strategy, on_conflict)
+    return _select_duckdb(files, conforms, out_schema, key, strategy, work, on_conflict)
+
+
+def _conflict_report(report, conf, files, key, on_conflict, base_kept: int) -> None:
+    """A keyed merge's conflict counts into the report (per input: conflicts, replaced: its
+    rows that replaced another file's, skipped: the rest not written, not counting
+    conflicts a keep-base left out); CONFLICT if nobody chose a side."""
+    n_files = len(files)
+    rows = list(conf["rows"]) if conf else [0] * n_files
+    replaced = list(conf["replaced"]) if conf else [0] * n_files
+    total = int(sum(rows))
+    report["on_conflict"], report["conflicts"] = on_conflict, total
+    for inp, n, r in zip(report["inputs"], rows[1:], replaced[1:], strict=True):
+        inp["conflicts"], inp["replaced"] = int(n), int(r)
+        if on_conflict != "keep-exp":
+            inp["skipped"] = inp["read"] - inp["added"] - int(n)
+    if on_conflict == "keep-exp":
+        report["replaced"] = report["base_rows"] - base_kept
+    if total and on_conflict is None:
+        fi, row = conf["first"]
+        raise EVError(f"{total} row(s) have the same key but different values "
+                      f"({_key_text(files[fi], row, key)} in {files[fi]})", code=CONFLICT,
+                      hint="nothing written; re-run with --on-conflict keep-base or "
+                           "keep-exp to choose which side wins")
+
+
+def _key_text(path: Path, row: int, key: list[str]) -> str:
+    """'id=5' (the key's values in that row of the file), read for the error line only."""
+    for row0, b in _batches(path, columns=key):
+        if row < row0 + b.num_rows:
+            return ", ".join(f"{k}={b.column(i)[row - row0].as_py()!r}"
+                             for i, k in enumerate(key))
+    return f"row {row}"
+
+
+def _key_conflicts(f, k, g, n_keys, first, n_files):
+    """A keyed merge's conflicts: rows of a later file than the first with their key whose
+    values are not that first file's ((rows per file, first (file, row index)), and which
+    keys conflict). Rows arrive in (file, row) order."""
+    import numpy as np
+
+    fk = f == first[k]
+    lo = np.full(n_keys, np.iinfo(np.int64).max, np.int64)
+    hi = np.full(n_keys, -1, np.int64)
+    np.minimum.at(lo, k[fk], g[fk])
+    np.maximum.at(hi, k[fk], g[fk])
+    del fk
+    c = (f > first[k]) & ((g != lo[k]) | (lo != hi)[k])
+    ck = np.zeros(n_keys, bool)
+    ck[k[c]] = True
+    hit = np.flatnonzero(c)
+    return np.bincount(f[c], minlength=n_files), (int(hit[0]) if len(hit) else None), ck
 
 
 def _data_bytes(files) -> int:
@@ -368,7 +433,8 @@ def _data_bytes(files) -> int:
     return total
 
 
-def _select_arrow(files, conforms, out_schema, key, strategy) -> list:
+def _select_arrow(files, conforms, out_schema, key, strategy, on_conflict=None
+                  ) -> tuple[list, dict | None]:
     """_select in memory. Each column's exact stand-in (_canon) is replaced by its dense
     rank over all files at once (equal values, and all NULLs, share one: as in DuckDB's
     PARTITION BY); the ranks are combined into one group id per row, and the same rules as
@@ -422,11 +488,22 @@ def _select_arrow(files, conforms, out_schema, key, strategy) -> list:
             first = np.full(n_keys, len(files), np.int32)
             np.minimum.at(first, k, f)
             keep = (f == 0) | (f == first[k])
+            rows, hit, ck = _key_conflicts(f, k, row_id[0], n_keys, first, len(files))
+            conf = {"rows": rows, "replaced": np.zeros(len(files), np.int64),
+                    "first": None if hit is None else (int(f[hit]), int(hit - start[f[hit]]))}
+            if on_conflict == "keep-exp" and hit is not None:
+                last = np.full(n_keys, -1, np.int32)
+                np.maximum.at(last, k, f)
+                won = ck[k]
+                keep = np.where(won, f == last[k], keep)
+                conf["replaced"] = np.bincount(f[keep & won & (f > first[k])],
+                                               minlength=len(files))
         else:
             last = np.full(n_keys, -1, np.int32)
             np.maximum.at(last, k, f)
             keep = f == last[k]
-    return [np.flatnonzero(keep[start[i]:start[i + 1]]) for i in range(len(files))]
+    sel = [np.flatnonzero(keep[start[i]:start[i + 1]]) for i in range(len(files))]
+    return sel, (conf if key and strategy == "merge" else None)
 
 
 def _combine(acc, code):
@@ -545,13 +622,15 @@ def _refuse_differing_duplicates(files, f, r, k, g, key) -> None:
                   hint="nothing written; keep one row per key in that file")
 
 
-def _select_duckdb(files, conforms, out_schema, key, strategy, work: Path) -> list:
+def _select_duckdb(files, conforms, out_schema, key, strategy, work: Path,
+                   on_conflict=None) -> tuple[list, dict | None]:
     """_select by one DuckDB query (on disk: bounded memory)."""
     import duckdb
     import numpy as np
     import pyarrow as pa
 
     names = out_schema.names
+    conf = None
     con = duckdb.connect(str(work / "select.duckdb"))  # on disk: bounded memory
     try:
         from .sql import quote_literal
@@ -608,8 +687,14 @@ def _select_duckdb(files, conforms, out_schema, key, strategy, work: Path) -> li
                               f"({', '.join(key)}) but different values", code=CONFLICT,
                               hint="nothing written; keep one row per key in that file")
             if strategy == "merge":
-                q = (f"SELECT f, r FROM (SELECT f, r, min(f) OVER (PARTITION BY {part}) AS mf "
-                     f"FROM rows) WHERE f = 0 OR f = mf")
+                conf = _duckdb_conflicts(con, part, cols, len(files))
+                won = ("CASE WHEN ck THEN f = xf ELSE f = 0 OR f = mf END"
+                       if on_conflict == "keep-exp" else "f = 0 OR f = mf")
+                q = f"SELECT f, r FROM sel WHERE {won}"
+                if on_conflict == "keep-exp":
+                    for fi, n in con.execute("SELECT f, count(*) FROM sel WHERE ck AND f > mf "
+                                             "AND f = xf GROUP BY f").fetchall():
+                        conf["replaced"][fi] = n
             else:
                 q = (f"SELECT f, r FROM (SELECT f, r, max(f) OVER (PARTITION BY {part}) AS xf "
                      f"FROM rows) WHERE f = xf")
@@ -627,7 +712,26 @@ def _select_duckdb(files, conforms, out_schema, key, strategy, work: Path) -> li
         con.close()
     f, r = np.asarray(res["f"]), np.asarray(res["r"], dtype=np.int64)
     bounds = np.searchsorted(f, np.arange(len(files) + 1))
-    return [r[bounds[i]:bounds[i + 1]] for i in range(len(files))]
+    return [r[bounds[i]:bounds[i + 1]] for i in range(len(files))], conf
+
+
+def _duckdb_conflicts(con, part: str, cols: list[str], n_files: int) -> dict:
+    """_key_conflicts in DuckDB: table sel (f, r, mf/xf: the first/last file with the key,
+    c: the row conflicts, ck: its key does). Rows compare as structs: NULLs are equal."""
+    v = f"row({', '.join(cols)})"
+    w = f"OVER (PARTITION BY {part})"
+    con.execute(
+        f"CREATE TABLE sel AS WITH a AS (SELECT f, r, {part}, {v} AS v, min(f) {w} AS mf, "
+        f"max(f) {w} AS xf FROM rows), b AS (SELECT *, min(v) FILTER (WHERE f = mf) {w} AS v0,"
+        f" max(v) FILTER (WHERE f = mf) {w} AS v1 FROM a), d AS (SELECT f, r, {part}, mf, xf,"
+        f" (f > mf AND (v IS DISTINCT FROM v0 OR v0 IS DISTINCT FROM v1)) AS c FROM b) "
+        f"SELECT f, r, mf, xf, c, bool_or(c) {w} AS ck FROM d")
+    rows = [0] * n_files
+    for fi, n in con.execute("SELECT f, count(*) FROM sel WHERE c GROUP BY f").fetchall():
+        rows[fi] = n
+    first = con.execute("SELECT f, r FROM sel WHERE c ORDER BY f, r LIMIT 1").fetchone()
+    return {"rows": rows, "replaced": [0] * n_files,
+            "first": tuple(first) if first else None}
 
 
 def _counts(report, sel, schemas, strategy) -> None:

@@ -5,6 +5,8 @@ The command runs in a per-run sandbox: a folder (inside the repository, so the c
 output paths (the results DB, the model paths), which are private: absent at the start and
 written into the sandbox. A script that writes the fixed paths ``results/experiments.db`` and
 ``models/production/model.bin`` therefore writes its own copies, and N of them can run at once.
+Nothing else it writes may reach the project through a link (see ``guard``): files linked to a
+DVC cache object are private copies, and a run that changed any other linked file fails.
 
 Afterwards the run's results DB (its "shard") gets the bundle's lineage columns
 (``settings.LINEAGE_COLS``: ``ev_run``, ``ev_command``, ``ev_commit``, ``ev_dirty``,
@@ -38,7 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import EVENTS_TABLE
+from . import EVENTS_TABLE, guard
 from . import lineage as lineage_mod
 from .errors import FAILED, USAGE, EVError
 from .sql import add_columns, quote_ident, sqlite_columns, sqlite_connect, sqlite_tables
@@ -137,15 +139,18 @@ def _private_names(private: list[str]) -> set[str]:
     return out
 
 
-def mirror(repo: Path, tree: Path, private: list[str], cwd: str = ".", real: str = "") -> None:
+def mirror(repo: Path, tree: Path, private: list[str], cwd: str = ".", real: str = "", *,
+           copies: list[str] = (), hide: set = frozenset()) -> None:
     """tree/ = the repository as symlinks, with the private paths (and their parents) and the
-    folder `real` (the candidates folder: its files linked one by one) real.
+    folder `real` (the candidates folder: its files linked one by one) real. copies: files
+    left out here (prepare puts private copies there; their folders are real); hide: paths
+    not shown at all (guard.MOVED).
 
     On an existing tree (a reused sandbox) only the missing links are added.
     """
     private = [os.path.normpath(p).replace(os.sep, "/") for p in private]
-    names = _private_names(private)
-    parents = _parents(private, cwd, real)
+    names = _private_names(private) | set(copies) | set(hide)
+    parents = _parents(private, cwd, real, copies)
 
     def walk(src: Path, dst: Path, prefix: str) -> None:
         dst.mkdir(parents=True, exist_ok=True)
@@ -158,6 +163,8 @@ def mirror(repo: Path, tree: Path, private: list[str], cwd: str = ".", real: str
                 if entry.name in _SKIP_ANY_NAME or entry.name.endswith(_SKIP_ANY_SUFFIX):
                     continue
                 if rel in parents and entry.is_dir(follow_symlinks=False):
+                    if (dst / entry.name).is_symlink():  # now real (a copy inside it)
+                        (dst / entry.name).unlink()
                     walk(Path(entry.path), dst / entry.name, rel + "/")
                 elif entry.name not in have:
                     os.symlink(entry.path, dst / entry.name)
@@ -378,7 +385,33 @@ def prepare(repo: Path, spec: RunSpec, workdir: Path, *, reuse: bool = False,
         # over it in place (ext4 pays for each file created, truncated or removed).
         with contextlib.suppress(FileNotFoundError):
             (workdir / LOG_FILE).unlink()
-    mirror(repo, tree, private, spec.cwd, spec.real_dir)
+    hide = guard.MOVED.get(str(repo), set())
+    db_dir = os.path.dirname(os.path.normpath(spec.results_db).replace(os.sep, "/"))
+    skip = _private_names(private) | hide | {f"{db_dir}/shards" if db_dir else "shards"}
+    rec = guard.box(workdir)
+    last = rec.get("survey")
+    # The last survey still holds if its run found no linked file changed and no folder
+    # gained or lost an entry since (a sweep's reused sandbox: one stat per folder).
+    if last and rec.pop("clean", False) and last[0] == skip and not guard.changed(repo,
+                                                                                 last[3]):
+        snap, copies = last[1], last[2]
+    else:
+        snap, copies, dirs = guard.survey(repo, skip, _SKIP_TOP, _SKIP_ANY_NAME,
+                                          _SKIP_ANY_SUFFIX, spec.real_dir)
+        rec["survey"] = (skip, snap, copies, dirs)
+    if set(copies) != set(rec["copies"]) and tree.is_dir():
+        import shutil  # other folders become real: built again
+
+        shutil.rmtree(tree)
+        rec["copies"] = {}
+    mirror(repo, tree, private, spec.cwd, spec.real_dir, copies=copies, hide=hide)
+    for rel in copies:  # a private copy, fresh unless it and its source are as copied
+        src, old = guard.ident(repo / rel), rec["copies"].get(rel)
+        if old is None or old[0] != src or guard.ident(tree / rel) != old[1]:
+            rec["copies"][rel] = (src, guard.copy_in(repo / rel, tree / rel))
+    if copies or rec["copies"]:
+        guard.save_copies(workdir, rec)
+    rec["snap"] = snap
 
 
 @dataclass
@@ -393,6 +426,7 @@ class Launched:
     repo: Path
     lineage: dict
     t0: float
+    linked: dict = field(default_factory=dict)  # guard's identities of the linked files
     tee: threading.Thread | None = None
     reuse: bool = False  # a sweep's reused sandbox (its state is rewritten in place)
 
@@ -437,7 +471,7 @@ def launch(repo: Path, spec: RunSpec, workdir: Path, *, lineage: dict, stream=No
     out = open(log_path, "wb")  # noqa: SIM115 - closed by Launched.close
     run = Launched(result=result, proc=None, state={}, out=out, log_path=log_path,
                    watched=watched, repo=repo, lineage=lineage, t0=time.monotonic(),
-                   reuse=reuse)
+                   linked=guard.box(workdir).get("snap") or {}, reuse=reuse)
     try:
         if stream is None:
             run.proc = _spawn(wrapped, cwd, env, out)
@@ -516,6 +550,16 @@ def complete(run: Launched, code: int) -> RunResult:
         result.error = (f"the command wrote {changed[0]} in the repository itself, not in its "
                         f"run directory (an absolute path?); write it relative to the current "
                         f"directory, or to $EV_SHARD_DB")
+        return result
+    through = guard.changed(run.repo, run.linked)
+    if not through:
+        guard.box(Path(result.workdir))["clean"] = True
+    if through:
+        more = f" (and {len(through) - 1} other files)" if len(through) > 1 else ""
+        result.error = (f"the command changed the project's {through[0]}{more} through its "
+                        f"sandbox's link; nothing was collected; restore it "
+                        f"({guard.restore_hint(run.repo, through[0])}) and make the command "
+                        f"write new files instead of changing the project's")
         return result
     if code != 0:
         result.rows, result.track_ids = _shard_info(
@@ -721,11 +765,11 @@ def collect_models(result: RunResult, candidates_dir: Path, names: dict | None =
     return done
 
 
-def _parents(private: list[str], cwd: str = ".", real: str = "") -> set[str]:
-    """Folders that are real in a sandbox: the private paths' parents, `real` with its
-    parents, and the directory the command starts in with its parents (so that `..` from
-    there stays in the sandbox)."""
-    private = [os.path.normpath(p).replace(os.sep, "/") for p in private]
+def _parents(private: list[str], cwd: str = ".", real: str = "", copies=()) -> set[str]:
+    """Folders that are real in a sandbox: the private paths' and the copies' parents, `real`
+    with its parents, and the directory the command starts in with its parents (so that `..`
+    from there stays in the sandbox)."""
+    private = [os.path.normpath(p).replace(os.sep, "/") for p in [*private, *copies]]
     if real:
         private.append(os.path.normpath(real).replace(os.sep, "/") + "/_")
     out = {"/".join(p.split("/")[:i]) for p in private for i in range(1, p.count("/") + 1)}
@@ -741,7 +785,9 @@ def extras(result: RunResult) -> list[str]:
     spec = result.spec
     tree = Path(result.workdir) / "tree"
     private = spec.private
-    names, parents = _private_names(private), _parents(private, spec.cwd, spec.real_dir)
+    copies = guard.copies_of(result.workdir)
+    names = _private_names(private) | set(copies)
+    parents = _parents(private, spec.cwd, spec.real_dir, copies)
     names |= set(result.models)  # the run's models are collected as candidates, not extras
     found: list[str] = []
 
@@ -788,12 +834,14 @@ def collect_extras(result: RunResult, repo: Path, spill: Path | None) -> dict:
     with _EXTRAS_LOCK:
         for rel in extras(result):
             put(tree / rel, rel)
+        guard.MOVED.setdefault(str(Path(repo).resolve()), set()).update(moved)
     return {"moved": moved, "kept": kept}
 
 
 def remove_workdir(workdir: Path) -> None:
     import shutil
 
+    guard.forget(workdir)
     shutil.rmtree(workdir, ignore_errors=True)
 
 
