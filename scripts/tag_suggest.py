@@ -44,12 +44,15 @@ def build():
     p.add_argument("--kind", choices=("e", "exp"), default="e",
                    help="e: e<major>.<minor>.<patch> (default); exp: exp-NAME-vN worktree tags")
     p.add_argument("--name", default=None, help="experiment name for --kind exp")
-    p.add_argument("--db", default=history.DEFAULT_DB,
-                   help=f"results DB, relative to the repository root (default {history.DEFAULT_DB})")
+    p.add_argument("--db", default=None,
+                   help="results DB, relative to the repository root (default: ev.yaml's "
+                        f"results_db, else {history.DEFAULT_DB})")
     p.add_argument("--metric", default=None,
-                   help="column that ranks runs (default f1_score if present)")
-    p.add_argument("--mode", choices=("max", "min"), default="max",
-                   help="best run has the max (default) or min metric")
+                   help="column that ranks runs (default: ev.yaml's metric, else f1_score if "
+                        "present)")
+    p.add_argument("--mode", choices=("max", "min"), default=None,
+                   help="best run has the max or min metric (default: ev.yaml's mode, else "
+                        "max)")
     p.add_argument("--bump", choices=("major", "minor", "patch"), default=None,
                    help="override the inferred bump level")
     p.add_argument("--description", default=None, help="the human part of the message")
@@ -83,7 +86,12 @@ def handler(args) -> int:
     repo = find_repo(args.repo)
     if args.name and args.kind == "e":
         args.kind = "exp"
-    db = history.db_path(repo, args.db)
+    # ev.yaml's choices, as experiments.py, the ledger and the report use them: a tag
+    # ranks runs the way the project says
+    st = history.project_settings(repo)
+    db = history.db_path(repo, args.db if args.db is not None else st.results_db)
+    args.metric = args.metric if args.metric is not None else st.metric
+    args.mode = args.mode or st.mode or "max"
     res = tagging.suggest(repo, version=args.version, tag_name=args.tag, kind=args.kind, name=args.name, db=db,
                           metric=args.metric, mode=args.mode, bump=args.bump,
                           description=args.description,

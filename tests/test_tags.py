@@ -206,3 +206,29 @@ def test_a_production_change_with_no_new_runs_gets_its_own_tag(dvc_repo):
         "--version e0.2.0 --tag e0.2.2")
     res, _ = ts(repo, "--version", "e0.2.0", "--tag", "e0.2.2")
     assert (res["production_change"], res["name"]) == (True, "e0.2.2")
+
+
+def test_tags_rank_runs_as_ev_yaml_says_unless_flags_say_otherwise(dvc_repo):
+    """ev.yaml's metric, mode and results_db choose the tag's best run, as they do for
+    experiments.py, the ledger and the report; --metric/--mode/--db still override."""
+    from xetrack import Tracker
+
+    repo = dvc_repo
+    (repo / "ev.yaml").write_text("metric: loss\nmode: min\nresults_db: results/other.db\n")
+    (repo / "results").mkdir()
+    ids = {}
+    for name, loss, f1 in (("low-loss", 0.1, 0.6), ("high-f1", 0.5, 0.9)):
+        t = Tracker(str(repo / "results/other.db"), params={"version": "e0.1.0", "model": name})
+        t.log({"loss": loss, "f1_score": f1})
+        ids[name] = t.track_id
+    sh(["dvc", "add", "-q", "results/other.db"], cwd=repo)
+    commit_all(repo, "runs")
+    res, _ = ts(repo)
+    assert res["lineage"]["run"] == ids["low-loss"]
+    assert (res["lineage"]["metric"], res["lineage"]["mode"]) == ("loss", "min")
+    assert "| loss=0.1 |" in res["message"].splitlines()[0]
+    res, _ = ts(repo, "--metric", "f1_score", "--mode", "max")
+    assert res["lineage"]["run"] == ids["high-f1"]
+    # --db another file: no runs there, as before (the flag wins over ev.yaml)
+    cp = run_script("tag_suggest.py", "--json", "--db", "results/none.db", cwd=repo)
+    assert cp.returncode != 0, cp.stdout
