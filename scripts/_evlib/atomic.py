@@ -61,6 +61,18 @@ def remove_tree(path: str | os.PathLike) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process pid still runs (a temp file named by its writer's pid is a killed
+    run's once this is False; another user's process counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):  # not every filesystem lets a directory be fsynced
         fd = os.open(path, os.O_RDONLY)

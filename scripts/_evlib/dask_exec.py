@@ -31,6 +31,7 @@ import uuid
 import zipfile
 from pathlib import Path
 
+from .atomic import pid_alive
 from .errors import FAILED, REFUSED, USAGE, EVError
 
 DEFAULT_THRESHOLD = 16 * 1024 * 1024  # bytes; a bigger result travels through the DVC remote
@@ -229,15 +230,8 @@ def _remove_dead_stages(root: Path) -> list[str]:
     with contextlib.suppress(OSError), os.scandir(root) as it:
         for e in it:
             pid, _, rest = e.name.partition("-")
-            if not (pid.isdigit() and rest) or int(pid) == os.getpid():
-                continue
-            try:
-                os.kill(int(pid), 0)
-                continue
-            except ProcessLookupError:
-                pass
-            except OSError:
-                continue  # alive, another user's
+            if not (pid.isdigit() and rest) or pid_alive(int(pid)):
+                continue  # not a stage, or its driver (maybe this one) still runs
             shutil.rmtree(e.path, ignore_errors=True)
             removed.append(e.name)
     return removed

@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .atomic import write_text
+from .atomic import pid_alive, write_text
 from .dvcmeta import cache_dir, load_yaml, object_path
 
 if TYPE_CHECKING:
@@ -152,13 +152,9 @@ def remove_temps(repo: Path, dest: Path) -> list[str]:
                     and parts[1].isdigit()):
                 continue
             with contextlib.suppress(OSError):
-                if now - e.stat(follow_symlinks=False).st_mtime < STALE_S:
-                    continue
-                try:
-                    os.kill(int(parts[1]), 0)
-                    continue  # its writer (or a process with its pid) is alive
-                except ProcessLookupError:
-                    pass
+                if now - e.stat(follow_symlinks=False).st_mtime < STALE_S or \
+                        pid_alive(int(parts[1])):
+                    continue  # recent, or its writer (or a process with its pid) is alive
                 os.unlink(e.path)
                 removed.append(e.name)
     return removed

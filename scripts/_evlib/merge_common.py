@@ -14,22 +14,12 @@ import os
 import re
 from pathlib import Path
 
-from .atomic import atomic_path, held_lock
+from .atomic import atomic_path, held_lock, pid_alive
 from .errors import REFUSED, USAGE, EVError
 
 TMP_TAG = ".evmerge"
 LOCK_WAIT_S = 600
 BACKUP_SUFFIX = ".bak"  # one backup per output: <output>.bak, replaced by the next one
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def sweep_stale_temps(output: Path) -> list[str]:
@@ -46,7 +36,7 @@ def sweep_stale_temps(output: Path) -> list[str]:
             continue
         m = pat.match(name)
         p = output.parent / name
-        if m and not _pid_alive(int(m.group(1))):
+        if m and not pid_alive(int(m.group(1))):
             with contextlib.suppress(FileNotFoundError):
                 if p.is_dir() and not p.is_symlink():
                     import shutil  # stale temp dirs are rare: not imported on every start
