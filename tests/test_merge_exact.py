@@ -793,6 +793,31 @@ def test_a_zero_differing_only_in_sign_in_a_xetrack_blob_column_is_a_conflict(tm
     assert _signs(base) == _signs(copy)
 
 
+def test_a_sqlite_without_math_functions_gets_pythons_atan2(monkeypatch):
+    """The sign of a zero is read with atan2; a SQLite built without its math functions
+    (its atan2 unknown) gets Python's, which tells -0.0 from 0.0 alike."""
+    from _evlib import merge_table
+
+    calls = []
+    monkeypatch.setattr(merge_table.math, "atan2", lambda y, x: calls.append(y) or
+                        (-1.0 if str(y).startswith("-") else 1.0))
+    con = sqlite3.connect(":memory:")
+
+    class NoMath:  # what a build without SQLITE_ENABLE_MATH_FUNCTIONS answers
+        def execute(self, sql):
+            raise sqlite3.OperationalError("no such function: atan2")
+
+        create_function = con.create_function
+
+    merge_table.exact_functions(NoMath())
+    con.execute("CREATE TABLE t (a, b)")
+    con.executemany("INSERT INTO t VALUES (?, ?)", [(-0.0, 0.0), (0.5, 0.5), (0.0, 0.0)])
+    same = merge_table._zero_sign("a", "b")
+    # as the merge asks it: in a WHERE clause, where OR stops at its first true operand
+    assert con.execute(f"SELECT rowid FROM t WHERE NOT {same}").fetchall() == [(1,)]
+    assert calls == [-0.0, 0.0, 0.0, 0.0]  # asked of zeros only
+
+
 def test_a_reordered_input_and_a_row_deleted_from_the_base_remerge_exactly(tmp_path):
     base, exp = tmp_path / "base.db", tmp_path / "exp.db"
     _rows_db(base, 500)

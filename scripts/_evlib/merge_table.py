@@ -16,25 +16,25 @@ MAX_NAMED_KEYS = 5  # conflicting keys named in an error line
 _SAFE_TYPE = re.compile(r"^[A-Za-z0-9_ ]*(\([0-9, ]*\))?$")
 
 
-def _signbit(x) -> int:
-    return 1 if isinstance(x, float) and math.copysign(1.0, x) < 0 else 0
-
-
 def exact_functions(con) -> None:
-    """What the exactness checks call on con: _ev_signbit(x), 1 for a negative real (-0.0
-    included). SQLite's SQL cannot tell -0.0 from 0.0 (they compare equal; every conversion
-    to text prints 0.0), yet a column without affinity keeps both, bit for bit."""
-    con.create_function("_ev_signbit", 1, _signbit, deterministic=True)
+    """What the exactness checks call on con: atan2 (SQLite's math functions), which tells
+    -0.0 from 0.0 (atan2(-0.0, -1) is -pi, atan2(0.0, -1) is pi); SQL itself cannot (they
+    compare equal and print as 0.0), yet a column without affinity keeps both, bit for bit.
+    A SQLite built without the math functions gets Python's."""
+    try:
+        con.execute("SELECT atan2(0.0, -1.0)")
+    except sqlite3.OperationalError:
+        con.create_function("atan2", 2, math.atan2, deterministic=True)
 
 
 def _zero_sign(col: str, other: str | None = None) -> str:
     """SQL: without other, the sign of a zero real in col (NULL for any other value); with
-    it, whether col and other (equal by IS) also agree in that sign. Evaluated only for a
-    zero real, so the Python call is never made for the other values."""
+    it, whether col and other (equal by IS) also agree in that sign. The sign is asked only
+    of a zero real."""
     if other is None:
-        return f"CASE WHEN typeof({col}) = 'real' AND {col} = 0 THEN _ev_signbit({col}) END"
-    return (f"(typeof({col}) <> 'real' OR {col} <> 0 OR "
-            f"_ev_signbit({col}) = _ev_signbit({other}))")
+        return f"CASE WHEN typeof({col}) = 'real' AND {col} = 0 THEN atan2({col}, -1.0) END"
+    return (f"({col} <> 0 OR typeof({col}) <> 'real' OR "
+            f"atan2({col}, -1.0) = atan2({other}, -1.0))")
 
 
 def _storage_class(decl: str) -> str:

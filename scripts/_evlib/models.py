@@ -379,7 +379,9 @@ def prune(repo: Path, *, results: Results, keep: int, metric: str, mode: str,
                       f"{names}{more}; nothing deleted", code=REFUSED,
                       hint=_push_hint(remote))
     if yes:
-        for item in delete:  # each is in the cache (or --include-untracked): a way back
+        # each is in the cache and on the remote (unless --include-untracked or --force
+        # said otherwise): a way back
+        for item in delete:
             (repo / item["path"]).unlink(missing_ok=True)
         if (repo / CANDIDATES).is_dir():
             _dvc_add(repo, CANDIDATES)
