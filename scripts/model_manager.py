@@ -71,7 +71,7 @@ EXAMPLES = {
 
 # the flag that overrides each subcommand's safety check (its exit 4 line names only it)
 OVERRIDE = {"add-candidate": "--force", "promote": "--force", "rollback": "--force",
-            "get": "--force", "prune": "--yes"}
+            "get": "--force", "prune": "--force"}
 
 
 def _add_parser(sub, name: str, help: str):
@@ -149,6 +149,9 @@ def build() -> argparse.ArgumentParser:
     sp.add_argument("--include-untracked", action="store_true",
                     help="also delete candidates whose bytes are not in the DVC cache "
                          "(never dvc-added: they are nowhere else)")
+    sp.add_argument("--force", action="store_true",
+                    help="also delete candidates the default DVC remote lacks (refused "
+                         "without it: they would be only in this machine's DVC cache)")
 
     sp = _add_parser(sub, "status", "an alias's model: run, hashes, DVC sync, the change that "
                      "put it there, what a rollback would restore")
@@ -303,7 +306,8 @@ def cmd_prune(args, repo) -> None:
     results = m.load_results(_db_path(args, repo))
     yes = args.yes and not args.dry_run
     res = m.prune(repo, results=results, keep=args.keep, metric=args.metric, mode=args.mode,
-                  version=args.version, yes=yes, include_untracked=args.include_untracked)
+                  version=args.version, yes=yes, include_untracked=args.include_untracked,
+                  force=args.force)
     gone = res.get("deleted", res.get("would_delete"))
 
     def text() -> str:
@@ -312,6 +316,9 @@ def cmd_prune(args, repo) -> None:
                     or "-")]
         verb = "deleted" if yes else "would delete"
         lines += [f"{verb} {g['path']} ({args.metric} {_fmt(g[args.metric])})" for g in gone]
+        if res["not_pushed"]:
+            lines.append(f"not on {res['remote']}: {', '.join(res['not_pushed'])}"
+                         + ("" if yes else " (--yes refuses them: dvc push first, or --force)"))
         if not yes:
             lines.append(f"dry run: {len(gone)} file(s) would be deleted; pass --yes to delete")
         elif res["tracked"]:

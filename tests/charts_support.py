@@ -1,8 +1,9 @@
 """A small tagged history with known values, for the chart and report tests (built once).
 
 Real git, real dvc (local remote), real xetrack rows (one row per epoch, so curves have
-data), tags made by tag_suggest.py --create, and a production ledger with reasons, an
-alias, a rollback and a field this version does not know:
+data), tags made by tag_suggest.py --create, and a production ledger (uncommitted, as a
+promote without --commit leaves it) with reasons, an alias, a rollback and a field this
+version does not know; model.bin.dvc names the model the rollback restored:
 
   e0.1.0         1 run   C=1.0  solver=lbfgs      f1 0.80                 promoted (baseline)
   e0.2.0         4 runs  C=0.01..10, lbfgs/liblinear, f1 0.70 0.84 0.88 0.86
@@ -29,6 +30,7 @@ SWEEP = [(0.01, "lbfgs", 0.70), (0.1, "liblinear", 0.84), (1.0, "lbfgs", 0.88),
          (10.0, "liblinear", 0.86)]
 F1 = {"e0.1.0": 0.80, "e0.2.0": 0.88, "exp-forest-v1": 0.83, "e1.0.0": 0.91}
 COMMAND = "python train.py --version e1.0.0 --C 1.0"
+PROD_DVC = "outs:\n- md5: {md5}\n  size: 10\n  hash: md5\n  path: model.bin\n"
 
 
 def md5(b: bytes) -> str:
@@ -97,6 +99,8 @@ def build_history(root: Path) -> dict:
     led = repo / "models" / "production" / "ledger.jsonl"
     led.parent.mkdir(parents=True)
     led.write_text("".join(json.dumps(e) + "\n" for e in ledger))
+    # production holds the rolled-back-to model, as `model_manager.py status` reads it
+    (led.parent / "model.bin.dvc").write_text(PROD_DVC.format(md5="b" * 32))
     commits = {t: sh(["git", "rev-parse", f"{t}^{{commit}}"], cwd=repo).stdout.strip()
                for t in F1}
     return {"repo": repo, "runs": runs, "best_sweep": best_sweep, "ledger": ledger,

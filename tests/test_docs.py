@@ -172,7 +172,8 @@ def test_a_refusal_names_the_override_flags_of_its_own_subcommand():
     lines = {s: [ln for ln in run_script("model_manager.py", s, "--help").stdout.splitlines()
                  if ln.startswith("  4  ")] for s in ("prune", "promote", "list")}
     assert lines == {
-        "prune": ["  4  refused by a safety check; nothing changed (see the message, or --yes)"],
+        "prune": ["  4  refused by a safety check; nothing changed (see the message, or "
+                  "--force)"],
         "promote": ["  4  refused by a safety check; nothing changed (see the message, or "
                     "--force)"],
         "list": ["  4  refused by a safety check; nothing changed (the message says what to "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import struct
 import subprocess
 import sys
 import textwrap
@@ -51,6 +52,7 @@ def typed(path: Path) -> list[tuple]:
     ("INTEGER", "REAL", 3.0, "integer"),         # 3.0 -> 3: the type changes
     ("NUMERIC", "TEXT", "1e3", "integer"),       # '1e3' -> 1000
     ("REAL", "TEXT", "2.50", "real"),            # '2.50' -> 2.5
+    ("REAL", "", -0.0, "real"),                  # -0.0 -> 0.0: the sign is lost
 ])
 def test_a_value_the_base_affinity_would_convert_is_refused(tmp_path, base_decl, exp_decl,
                                                               value, stored):
@@ -721,6 +723,8 @@ def _decl_db(path: Path, decl: str, n: int, odd, order: str = "rowid") -> Path:
     ("", None, ""),
     ("TEXT COLLATE NOCASE", "A", "a"),  # the column's collation says equal: the bytes differ
     ("INTEGER", -2**63, -2.0**63),      # an INTEGER column keeps this real as a real
+    ("", 0.0, -0.0),                    # no affinity keeps the sign of a zero: -0.0 = 0.0
+    ("BLOB", -0.0, 0.0),
 ])
 def test_a_value_differing_only_in_type_or_case_is_a_conflict(tmp_path, decl, in_base, in_exp,
                                                               n, order):
@@ -738,6 +742,80 @@ def test_a_value_differing_only_in_type_or_case_is_a_conflict(tmp_path, decl, in
     same = _decl_db(tmp_path / "same.db", decl, n, in_base, order)
     assert merge_dbs(base, [same], base)["rows_added"]["default"] == 0
     assert base.read_bytes() == before
+
+
+def _signs(db: Path) -> list[tuple]:
+    con = sqlite3.connect(db)
+    try:
+        return [(tid, ts, struct.pack(">d", m).hex() if isinstance(m, float) else m)
+                for tid, ts, m in con.execute('SELECT track_id, timestamp, m FROM "default" '
+                                              "ORDER BY rowid")]
+    finally:
+        con.close()
+
+
+def test_a_zero_differing_only_in_sign_in_a_xetrack_blob_column_is_a_conflict(tmp_path):
+    """xetrack declares a column BLOB when its first value is a bytearray: later floats are
+    kept bit for bit, -0.0 beside 0.0. A copy whose -0.0 became 0.0 is a conflict (exit 3,
+    nothing written, in place or into a new file); keep-exp takes the exp's sign; merged
+    rows and re-merges keep every sign."""
+    base = tmp_path / "base.db"
+    make_xetrack_db(base, [{"m": bytearray(b"\x00")}, {"m": -0.0}, {"m": 0.0}])
+    exp = tmp_path / "exp.db"
+    exp.write_bytes(base.read_bytes())
+    con = sqlite3.connect(exp)
+    con.execute("UPDATE \"default\" SET m = 0.0 WHERE typeof(m) = 'real'")  # -0.0 -> 0.0
+    con.commit()
+    con.close()
+    (tid, ts1, _), (_, ts2, neg), (_, ts3, pos) = _signs(base)
+    assert (neg, pos) == ("8000000000000000", "0000000000000000")
+    before = base.read_bytes()
+    for out in (base, tmp_path / "out.db"):
+        with pytest.raises(EVError) as ei:
+            merge_dbs(base, [exp], out)
+        assert ei.value.code == 3 and ei.value.message == (
+            f"1 row(s) have the same key but different values (default: ['{tid}', '{ts2}'] "
+            f"in {exp})")
+    assert base.read_bytes() == before and not (tmp_path / "out.db").exists()
+    copy = tmp_path / "copy.db"
+    copy.write_bytes(before)
+    rep = merge_dbs(base, [copy], base)  # the same rows again: nothing to do
+    assert rep["rows_added"]["default"] == 0 and rep["conflicts"] == 0
+    assert base.read_bytes() == before
+    out = tmp_path / "out.db"
+    rep = merge_dbs(tmp_path / "none.db", [copy], out)  # into a new file: signs kept
+    assert _signs(out) == _signs(base)
+    rep = merge_dbs(base, [exp], base, on_conflict="keep-exp")
+    assert rep["conflicts"] == 1 and rep["inputs"][0]["tables"]["default"]["replaced"] == 1
+    assert _signs(base) == [(tid, ts1, b"\x00"), (tid, ts2, "0000000000000000"),
+                            (tid, ts3, "0000000000000000")]
+    rep = merge_dbs(base, [copy], base, strategy="rebase")
+    assert _signs(base) == _signs(copy)
+
+
+def test_a_sqlite_without_math_functions_gets_pythons_atan2(monkeypatch):
+    """The sign of a zero is read with atan2; a SQLite built without its math functions
+    (its atan2 unknown) gets Python's, which tells -0.0 from 0.0 alike."""
+    from _evlib import merge_table
+
+    calls = []
+    monkeypatch.setattr(merge_table.math, "atan2", lambda y, x: calls.append(y) or
+                        (-1.0 if str(y).startswith("-") else 1.0))
+    con = sqlite3.connect(":memory:")
+
+    class NoMath:  # what a build without SQLITE_ENABLE_MATH_FUNCTIONS answers
+        def execute(self, sql):
+            raise sqlite3.OperationalError("no such function: atan2")
+
+        create_function = con.create_function
+
+    merge_table.exact_functions(NoMath())
+    con.execute("CREATE TABLE t (a, b)")
+    con.executemany("INSERT INTO t VALUES (?, ?)", [(-0.0, 0.0), (0.5, 0.5), (0.0, 0.0)])
+    same = merge_table._zero_sign("a", "b")
+    # as the merge asks it: in a WHERE clause, where OR stops at its first true operand
+    assert con.execute(f"SELECT rowid FROM t WHERE NOT {same}").fetchall() == [(1,)]
+    assert calls == [-0.0, 0.0, 0.0, 0.0]  # asked of zeros only
 
 
 def test_a_reordered_input_and_a_row_deleted_from_the_base_remerge_exactly(tmp_path):
@@ -793,7 +871,8 @@ def typed_rows(db: Path) -> list[tuple]:
         con.close()
 
 
-@pytest.mark.parametrize("decl, one, other", [("", 1, 1.0), ("TEXT COLLATE NOCASE", "A", "a")])
+@pytest.mark.parametrize("decl, one, other", [("", 1, 1.0), ("TEXT COLLATE NOCASE", "A", "a"),
+                                              ("", -0.0, 0.0)])
 def test_keyless_copies_differing_in_type_or_case_are_a_conflict(tmp_path, decl, one, other):
     """Two rows of one key in a keyless input are copies (added once) only if identical in
     storage class and bytes: 1 vs 1.0, or 'A' vs 'a' in a NOCASE column, is refused."""

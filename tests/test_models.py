@@ -416,7 +416,21 @@ def test_prune_sweep_of_8_keeps_production_and_3_best(dvc_repo):
     assert cp.stdout.splitlines()[-1] == (
         "dry run: 4 file(s) would be deleted; pass --yes to delete")
 
+    # Nothing is on the DVC remote yet: --yes would leave those bytes only in this
+    # machine's cache, so it refuses, naming the first three and the push to run.
+    assert out["not_pushed"] == [d["path"] for d in out["would_delete"]]
+    assert out["remote"] == "DVC remote 'storage'"
+    md5s = {d["run_id"]: d["md5"][:12] for d in out["would_delete"]}
+    paths = [(d["path"], md5s[d["run_id"]]) for d in out["would_delete"]]
+    assert err(repo, "prune", "--keep", "3", "--metric", "f1_score", "--yes", rc=4) == (
+        ERR + "4 candidate(s) to delete are not on DVC remote 'storage': "
+        + ", ".join(f"{p} (md5 {h})" for p, h in paths[:3]) + " and 1 more; nothing "
+        "deleted; run dvc push models/candidates.dvc and re-run, or pass --force to delete "
+        "them anyway (then they are only in this machine's DVC cache, until a dvc gc)")
+    assert sorted(p.name for p in (repo / "models/candidates").iterdir()) == before
+    sh(["dvc", "push", "-q", "models/candidates.dvc"], cwd=repo)
     out, _ = mm(repo, "prune", "--keep", "3", "--metric", "f1_score", "--yes")
+    assert out["not_pushed"] == []
     left = {p.name.split("--")[1].split(".")[0] for p in (repo / "models/candidates").iterdir()
             if not p.name.startswith(".")}
     assert left == best3 | {prod}
@@ -444,6 +458,42 @@ def test_prune_refuses_when_no_candidate_has_the_metric(dvc_repo):
     assert len(list((repo / "models/candidates").iterdir())) == 2
     assert err(repo, "prune", "--keep", "-1", "--metric", "f1_score", rc=2) == (
         ERR + "--keep must be 0 or more; pass --keep K")
+
+
+def test_prune_never_leaves_a_candidate_only_in_the_local_cache_unless_forced(dvc_repo):
+    """A deleted candidate whose bytes the default DVC remote lacks would survive only in
+    this machine's cache (which dvc gc empties): --yes refuses (exit 4, nothing deleted, the
+    pushed one neither), and so it does with no default remote; --force deletes, the bytes
+    staying in the cache."""
+    repo = dvc_repo
+    ids = make_runs(repo, [("e0.2.0", {"f1_score": s}) for s in (0.9, 0.5)])
+    sh(["dvc", "add", "-q", "models/candidates"], cwd=repo)
+    sh(["dvc", "push", "-q", "models/candidates.dvc"], cwd=repo)
+    new = make_runs(repo, [("e0.2.0", {"f1_score": 0.1})])
+    sh(["dvc", "add", "-q", "models/candidates"], cwd=repo)  # in the cache, not pushed
+    mid, low = (f"models/candidates/e0.2.0--{i}.bin" for i in (ids[1], new[0]))
+    md5 = {p: hashlib.md5((repo / p).read_bytes()).hexdigest() for p in (mid, low)}  # noqa: S324
+    before = sorted(p.name for p in (repo / "models/candidates").iterdir())
+    prune = ("prune", "--keep", "1", "--metric", "f1_score")
+    tail = ("run dvc push models/candidates.dvc and re-run, or pass --force to delete them "
+            "anyway (then they are only in this machine's DVC cache, until a dvc gc)")
+    assert err(repo, *prune, "--yes", rc=4) == (
+        ERR + f"1 candidate(s) to delete are not on DVC remote 'storage': {low} (md5 "
+        f"{md5[low][:12]}); nothing deleted; " + tail)
+    _, cp = mm(repo, *prune, json_out=False)
+    assert cp.stdout.splitlines()[-2] == (
+        f"not on DVC remote 'storage': {low} (--yes refuses them: dvc push first, or --force)")
+    sh(["dvc", "remote", "default", "--unset"], cwd=repo)
+    assert err(repo, *prune, "--yes", rc=4) == (
+        ERR + f"2 candidate(s) to delete are not on any DVC remote (no default remote is "
+        f"set): {mid} (md5 {md5[mid][:12]}), {low} (md5 {md5[low][:12]}); nothing deleted; "
+        "add one (dvc remote add -d NAME URL), then " + tail)
+    assert sorted(p.name for p in (repo / "models/candidates").iterdir()) == before
+    sh(["dvc", "remote", "default", "storage"], cwd=repo)
+    out, _ = mm(repo, *prune, "--yes", "--force")
+    assert [d["path"] for d in out["deleted"]] == [mid, low] and out["not_pushed"] == [low]
+    assert not (repo / mid).exists() and not (repo / low).exists()
+    assert (repo / ".dvc/cache/files/md5" / md5[low][:2] / md5[low][2:]).is_file()
 
 
 # --- with the real training template ------------------------------------------------------

@@ -37,7 +37,8 @@ def test_versions_figure_has_one_point_per_version(charts_hist):
     repo = charts_hist["repo"]
     recs = plots.history_records(repo, DB, "f1_score", "max")
     assert [r["tag"] for r in recs] == ["e0.1.0", "e0.2.0", "e1.0.0", "exp-forest-v1"]
-    pts = plots.version_points(recs, charts_hist["ledger"])
+    pts = plots.version_points(recs, charts_hist["ledger"],
+                               plots.production_now(repo, charts_hist["ledger"]))
     fig = plots.fig_versions(pts, "f1_score", "max")
     ax_e, ax_x = fig.axes
     (line,) = ax_e.get_lines()

@@ -244,6 +244,7 @@ def test_prune_keeps_never_recorded_candidates_unless_include_untracked(dvc_repo
     repo = dvc_repo
     ids = make_runs(repo, 3)
     sh(["dvc", "add", "-q", "models/candidates"], cwd=repo)
+    sh(["dvc", "push", "-q", "models/candidates.dvc"], cwd=repo)
     from xetrack import Tracker
 
     t = Tracker(str(repo / "results/experiments.db"), params={"version": "e0.9.0"})
@@ -256,8 +257,9 @@ def test_prune_keeps_never_recorded_candidates_unless_include_untracked(dvc_repo
         (ids[2], "top"),
         (t.track_id, "not in the DVC cache (pass --include-untracked to delete it)")]
     assert fresh.read_bytes() == b"trained, never dvc-added"
+    # prune's own `dvc add models/candidates` put it in the cache (not on the remote)
     out = mm(repo, "prune", "--keep", "1", "--metric", "f1_score", "--yes",
-             "--include-untracked")
+             "--include-untracked", "--force")
     assert [d["run_id"] for d in out["deleted"]] == [t.track_id] and not fresh.exists()
 
 

@@ -15,10 +15,11 @@ import html.parser
 import io
 import json
 import re
+import shutil
 
 import pytest
 from browser_support import blank_fraction, dump_dom, screenshot
-from charts_support import COMMAND, DATA1, DATA2, F1, md5
+from charts_support import COMMAND, DATA1, DATA2, F1, PROD_DVC, md5
 from conftest import init_git, run_script, sh
 from PIL import Image
 
@@ -215,6 +216,56 @@ def test_report_of_a_short_history_and_a_damaged_ledger(tmp_path):
     assert "<img src=x" not in text
     assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in text
     assert [t for t, _a in parse(text).tags].count("img") == 0
+
+
+def test_production_and_the_ledger_are_what_status_reads(charts_hist, tmp_path):
+    """The report and the versions chart mark as production what `model_manager.py status`
+    says production holds: the ledger's last state (read from the working tree, where the
+    fixture's ledger is not committed yet: the report says so) only while model.bin.dvc
+    names its model. A model put there by hand (e0.1.0's md5) marks no version, with one
+    warning line, and status agrees (no run, not in the ledger)."""
+    repo = shutil.copytree(charts_hist["repo"], tmp_path / "proj", symlinks=True)
+
+    def status() -> tuple:
+        cp = run_script("model_manager.py", "status", "--json", cwd=repo)
+        assert cp.returncode == 0, cp.stderr
+        st = json.loads(cp.stdout)["production"]
+        return st["run_id"], st["in_ledger"]
+
+    def report(n: int) -> tuple:
+        out = tmp_path / f"r{n}.html"
+        cp = run_script("experiments.py", "report", "--json", "-o", str(out), cwd=repo)
+        assert cp.returncode == 0, cp.stderr
+        text = out.read_text("utf-8")
+        head, *rows = parse(text).rows["versions"]
+        marks = {r[0]: r[head.index("production")] for r in rows}
+        return marks, json.loads(cp.stdout), cp.stderr, text
+
+    assert status() == (charts_hist["best_sweep"], True)
+    marks, res, err, text = report(1)
+    assert marks == {"e0.1.0": "promoted", "e0.2.0": "production", "e1.0.0": "promoted",
+                     "exp-forest-v1": "-"}
+    assert err == "" and res["ledger_uncommitted"] is True
+    assert ('<p class="note" id="ledger-state">models/production/ledger.jsonl as in the '
+            "working tree, with changes not committed yet (what model_manager.py status and "
+            "history show; git diff shows them)</p>") in text
+    (repo / "models/production/model.bin.dvc").write_text(PROD_DVC.format(md5="a" * 32))
+    assert status() == (None, False)
+    marks, res, err, _ = report(2)
+    assert marks == {"e0.1.0": "promoted", "e0.2.0": "promoted", "e1.0.0": "promoted",
+                     "exp-forest-v1": "-"}
+    cp = run_script("experiments.py", "plot", "--json", "-o", str(tmp_path / "v.png"),
+                    cwd=repo)
+    assert cp.returncode == 0, cp.stderr
+    assert [t for t, x in json.loads(cp.stdout)["series"].items() if x["production"]] == []
+    line = ("warning: models/production/model.bin (md5 " + "a" * 32 + ") is not the "
+            "production model of models/production/ledger.jsonl (changed outside "
+            "model_manager.py; see model_manager.py status): no version is charted as "
+            "production")
+    assert err.splitlines() == [f"experiments.py: {line}"] and cp.stderr == err
+    sh("git add -A models && git commit -q -m ledger", cwd=repo)
+    _, res, _, text = report(3)
+    assert res["ledger_uncommitted"] is False and 'id="ledger-state"' not in text
 
 
 # --- in a real browser --------------------------------------------------------------------

@@ -197,3 +197,33 @@ def test_teardown_gate_checks_the_s3_remote(s3_project):
     cp = run_script("worktree.py", "teardown", "s3exp", "--json", cwd=repo)
     assert cp.returncode == 0, cp.stderr
     assert not wt.exists()
+
+
+def test_prune_asks_the_s3_remote_before_deleting(s3_project):
+    """prune --yes refuses (exit 4) to delete a candidate the S3 remote lacks (`dvc status
+    -c`), and deletes it once pushed."""
+    from conftest import run_script
+    from xetrack import Tracker
+
+    repo, _ = s3_project
+    paths = []
+    for f1 in (0.9, 0.1):
+        t = Tracker(str(repo / "results/experiments.db"), params={"version": "e0.1.0"})
+        t.log({"f1_score": f1})
+        paths.append(f"models/candidates/e0.1.0--{t.track_id}.bin")
+        (repo / paths[-1]).parent.mkdir(parents=True, exist_ok=True)
+        (repo / paths[-1]).write_bytes(f"model of {t.track_id}\n".encode())
+    sh(["dvc", "add", "-q", "models/candidates"], cwd=repo)
+    prune = ["model_manager.py", "prune", "--keep", "1", "--metric", "f1_score", "--yes"]
+    cp = run_script(*prune, cwd=repo)
+    assert cp.returncode == 4, cp.stderr
+    assert cp.stderr.splitlines() == [
+        f"model_manager.py: error: 1 candidate(s) to delete are not on DVC remote 's3store': "
+        f"{paths[1]} (md5 {md5(repo / paths[1])[:12]}); nothing deleted; run dvc push "
+        "models/candidates.dvc and re-run, or pass --force to delete them anyway (then they "
+        "are only in this machine's DVC cache, until a dvc gc)"]
+    assert (repo / paths[1]).is_file()
+    sh(["dvc", "push", "-q", "models/candidates.dvc"], cwd=repo)
+    cp = run_script(*prune, cwd=repo)
+    assert cp.returncode == 0, cp.stderr
+    assert not (repo / paths[1]).exists() and (repo / paths[0]).is_file()

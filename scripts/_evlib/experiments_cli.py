@@ -360,7 +360,7 @@ def cmd_plot(repo, args):
     if args.kind == "versions":
         recs = plots.history_records(repo, db_rel, metric, mode, warn)
         metric = recs[0]["metric"] if recs else (metric or "f1_score")
-        pts = plots.version_points(recs, ledger)
+        pts = plots.version_points(recs, ledger, plots.production_now(repo, ledger, warn))
         fig = plots.fig_versions(pts, metric, mode)
         scored = [p for p in pts if p.value is not None]
         info["points"] = len(scored)

@@ -38,7 +38,14 @@ from .merge_common import (
     same_file,
     sweep_stale_temps,
 )
-from .merge_table import MAX_NAMED_KEYS, Memo, check_input, count_rows, merge_table
+from .merge_table import (
+    MAX_NAMED_KEYS,
+    Memo,
+    check_input,
+    count_rows,
+    exact_functions,
+    merge_table,
+)
 from .sql import is_sqlite_file, quote_ident, sqlite_columns, sqlite_connect
 
 XETRACK_TABLES = (EVENTS_TABLE, *ASSET_TABLES)
@@ -479,6 +486,7 @@ def _sqlite_error(exc: Exception) -> EVError:
 def _merge_all(con, job: _Job, counts: bool) -> None:
     """Every input into main, inside the caller's transaction (nothing committed here)."""
     report = job.report
+    exact_functions(con)
     existing = {r[0] for r in con.execute("SELECT name FROM main.sqlite_master")}
     before = ({t: count_rows(con, "main", t) if t in existing else 0 for t in job.tables}
               if counts else None)

@@ -4,6 +4,7 @@ INSERT/REPLACE statements; merge_sqlite runs it for every table of every input."
 
 from __future__ import annotations
 
+import math
 import re
 import sqlite3
 from pathlib import Path
@@ -13,6 +14,27 @@ from .sql import affinity, quote_ident, sqlite_columns
 
 MAX_NAMED_KEYS = 5  # conflicting keys named in an error line
 _SAFE_TYPE = re.compile(r"^[A-Za-z0-9_ ]*(\([0-9, ]*\))?$")
+
+
+def exact_functions(con) -> None:
+    """What the exactness checks call on con: atan2 (SQLite's math functions), which tells
+    -0.0 from 0.0 (atan2(-0.0, -1) is -pi, atan2(0.0, -1) is pi); SQL itself cannot (they
+    compare equal and print as 0.0), yet a column without affinity keeps both, bit for bit.
+    A SQLite built without the math functions gets Python's."""
+    try:
+        con.execute("SELECT atan2(0.0, -1.0)")
+    except sqlite3.OperationalError:
+        con.create_function("atan2", 2, math.atan2, deterministic=True)
+
+
+def _zero_sign(col: str, other: str | None = None) -> str:
+    """SQL: without other, the sign of a zero real in col (NULL for any other value); with
+    it, whether col and other (equal by IS) also agree in that sign. The sign is asked only
+    of a zero real."""
+    if other is None:
+        return f"CASE WHEN typeof({col}) = 'real' AND {col} = 0 THEN atan2({col}, -1.0) END"
+    return (f"({col} <> 0 OR typeof({col}) <> 'real' OR "
+            f"atan2({col}, -1.0) = atan2({other}, -1.0))")
 
 
 def _storage_class(decl: str) -> str:
@@ -33,8 +55,11 @@ def check_input(con, alias: str, exp: Path, t: str, exp_cols, key: list[str],
         # Copies are identical only in storage class and bytes too (DISTINCT alone takes
         # 1 and 1.0, or 'A' and 'a' in a NOCASE column, for copies: one would be dropped).
         ks = ", ".join(f"_k{i}" for i in range(len(key)))
+        # A column without affinity also keeps -0.0 beside 0.0: the sign is compared too.
         exact = ", ".join([f"{quote_ident(k)} AS _k{i}" for i, k in enumerate(key)]
                           + [f"typeof({quote_ident(c[0])}), {quote_ident(c[0])} COLLATE BINARY"
+                             + (f", {_zero_sign(quote_ident(c[0]))}"
+                                if affinity(c[1]) == "BLOB" else "")
                              for c in exp_cols])
         dup = con.execute(f"SELECT {ks} FROM (SELECT DISTINCT {exact} FROM {qa}.{qt}) "
                           f"GROUP BY {ks} HAVING count(*) > 1 LIMIT 1").fetchone()
@@ -70,14 +95,15 @@ def _identical(lhs: str, rhs: str, base_decl: str | None, exp_decl: str) -> str:
     bytes (never NULL itself). `IS` alone says 1 IS 1.0 and, under a NOCASE column, 'A' IS
     'a'. Where both columns share an affinity the class follows from the value, except that
     an INTEGER/NUMERIC column keeps -2**63 both as an integer and as a real; a column without
-    affinity (or two that differ) keeps every class, so the classes are compared too.
-    (SQLite's SQL cannot tell -0.0 from 0.0: no function of it shows the sign.)"""
+    affinity (or two that differ) keeps every class, so the classes are compared too, and
+    keeps -0.0 beside 0.0 (equal by IS), so the sign of a zero is compared as well: the
+    other affinities store -0.0 as 0.0, 0 or '0.0'."""
     same = f"{lhs} IS {rhs} COLLATE BINARY"
     if base_decl is None:
         base_decl = exp_decl
     b = affinity(base_decl)
     if b == "BLOB" or _storage_class(base_decl) != _storage_class(exp_decl):
-        return f"({same} AND typeof({lhs}) = typeof({rhs}))"
+        return f"({same} AND typeof({lhs}) = typeof({rhs}) AND {_zero_sign(lhs, rhs)})"
     if b in ("INTEGER", "NUMERIC"):
         return f"({same} AND ({lhs} IS NOT -9223372036854775808 OR typeof({lhs}) = typeof({rhs})))"
     return same
@@ -93,7 +119,8 @@ def _probe(con, alias, exp, t, col, decl, bdecl) -> None:
                     f"{quote_ident(alias)}.{quote_ident(t)} WHERE {qc} IS NOT NULL "
                     f"AND typeof({qc}) <> 'blob'")
         row = con.execute("SELECT src, typeof(src), v, typeof(v) FROM temp._evprobe "
-                          "WHERE typeof(src) <> typeof(v) OR src <> v LIMIT 1").fetchone()
+                          "WHERE typeof(src) <> typeof(v) OR src <> v OR NOT "
+                          f"{_zero_sign('src', 'v')} LIMIT 1").fetchone()
     finally:
         con.execute("DROP TABLE temp._evprobe")
     if row:

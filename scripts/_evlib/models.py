@@ -279,11 +279,64 @@ def ranked_runs(repo: Path, results: Results, metric: str, mode: str,
             "runs": out, "missing_models": missing, "orphan_candidates": orphans}
 
 
+def _not_on_remote(repo: Path, items: list[dict]) -> tuple[str, list[dict]]:
+    """(the remote as an error line names it, the items whose bytes it lacks): the default
+    DVC remote; a local directory is looked into in-process, another is asked through `dvc
+    status -c` of the candidates' .dvc file (an item that file does not record is missing)."""
+    from .dvcmeta import default_remote, find_object
+
+    name, url = default_remote(repo)
+    if url is None:
+        return "any DVC remote (no default remote is set)", list(items)
+    where = f"DVC remote '{name}'"
+    if "://" not in url or url.startswith("file://"):
+        root = Path(url.removeprefix("file://"))
+        return where, [i for i in items if find_object(root, i["md5"]) is None]
+    import json
+
+    from .proc import dvc_run
+
+    meta = repo / f"{CANDIDATES}.dvc"
+    cp = dvc_run(repo, "status", "-c", "--json", str(meta)) if meta.is_file() else None
+    try:
+        st = json.loads(cp.stdout or "{}") if cp and cp.returncode == 0 else None
+    except ValueError:
+        st = None
+    if not isinstance(st, dict):
+        return f"{where} (dvc status -c could not tell)", list(items)
+    recorded = _recorded(repo)
+    return where, [i for i in items if i["path"] in st or recorded.get(i["path"]) != i["md5"]]
+
+
+def _recorded(repo: Path) -> dict[str, str]:
+    """path -> md5 of each file the candidates' .dvc file records (its .dir object)."""
+    import json
+
+    from .dvcmeta import cache_dir, find_object, first_md5
+
+    meta = repo / f"{CANDIDATES}.dvc"
+    md5 = first_md5(meta.read_text()) if meta.is_file() else None
+    obj = find_object(cache_dir(repo), md5) if md5 and md5.endswith(".dir") else None
+    if obj is None:
+        return {}
+    return {f"{CANDIDATES}/{e['relpath']}": e["md5"] for e in json.loads(obj.read_text())}
+
+
+def _push_hint(remote: str) -> str:
+    first = ("add one (dvc remote add -d NAME URL), then run dvc push "
+             if remote.startswith("any ") else "run dvc push ")
+    return (first + f"{CANDIDATES}.dvc and re-run, or pass --force to delete them anyway "
+            "(then they are only in this machine's DVC cache, until a dvc gc)")
+
+
 def prune(repo: Path, *, results: Results, keep: int, metric: str, mode: str,
-          version: str | None, yes: bool, include_untracked: bool = False) -> dict:
+          version: str | None, yes: bool, include_untracked: bool = False,
+          force: bool = False) -> dict:
     """Delete candidates ranked below the top `keep`. Never deleted: any alias's model, and
     (unless include_untracked) a file whose bytes are not in the DVC cache (never recorded:
-    deleting it would lose them)."""
+    deleting it would lose them). A file whose bytes the default DVC remote lacks would be
+    left only in this machine's cache (which `dvc gc` empties): refused (REFUSED, nothing
+    deleted) unless force; a dry run lists them under not_pushed."""
     from .dvcstore import cache_object
 
     results.require_column(metric)
@@ -308,14 +361,27 @@ def prune(repo: Path, *, results: Results, keep: int, metric: str, mode: str,
             holder = _holder(held, c, md5)
             if holder:
                 why = holder if holder == "production" else f"alias {holder}"
-            elif not cache_object(repo, md5).is_file() and not include_untracked:
-                why = "not in the DVC cache (pass --include-untracked to delete it)"
+            elif not cache_object(repo, md5).is_file():
+                if not include_untracked:
+                    why = "not in the DVC cache (pass --include-untracked to delete it)"
+                item["untracked"] = True  # deleted knowingly: not asked of the remote
         (kept if why else delete).append(item | ({"kept_because": why} if why else {}))
+    remote, unpushed = _not_on_remote(repo, [i for i in delete if not i.get("untracked")]) \
+        if delete else ("", [])
     res = {"ranked_by": {"column": metric, "mode": mode}, "keep": keep, "kept": kept,
            "deleted" if yes else "would_delete": delete, "dry_run": not yes,
-           "tracked": False}
+           "tracked": False, "not_pushed": [i["path"] for i in unpushed],
+           "remote": remote or None}
+    if unpushed and yes and not force:
+        names = ", ".join(f"{i['path']} (md5 {i['md5'][:12]})" for i in unpushed[:3])
+        more = f" and {len(unpushed) - 3} more" if len(unpushed) > 3 else ""
+        raise EVError(f"{len(unpushed)} candidate(s) to delete are not on {remote}: "
+                      f"{names}{more}; nothing deleted", code=REFUSED,
+                      hint=_push_hint(remote))
     if yes:
-        for item in delete:  # each is in the cache (or --include-untracked): a way back
+        # each is in the cache and on the remote (unless --include-untracked or --force
+        # said otherwise): a way back
+        for item in delete:
             (repo / item["path"]).unlink(missing_ok=True)
         if (repo / CANDIDATES).is_dir():
             _dvc_add(repo, CANDIDATES)

@@ -125,9 +125,9 @@ class VersionPoint:
 
 
 def production_marks(ledger: list[dict]) -> tuple[set, dict | None]:
-    """(promoted (version, run) pairs, the current production entry) from ledger entries.
-
-    Read defensively: entries written by other versions of the bundle may lack fields."""
+    """(promoted (version, run) pairs, the ledger's last production state) from ledger
+    entries. Read defensively: entries written by other versions of the bundle may lack
+    fields."""
     from .registry import replay
 
     promoted = {(e.get("version"), e.get("run_id")) for e in ledger
@@ -143,8 +143,38 @@ def production_marks(ledger: list[dict]) -> tuple[set, dict | None]:
     return promoted, (stack[-1] if stack else None)
 
 
-def version_points(records: list[dict], ledger: list[dict]) -> list[VersionPoint]:
-    promoted, prod = production_marks(ledger)
+def production_now(repo: Path, ledger: list[dict], warn=None) -> dict | None:
+    """The ledger state production holds now, as `model_manager.py status` says: the
+    ledger's last state if it is the model model.bin.dvc names (else, model.bin never
+    dvc-added, its bytes), None otherwise: no model there, or one changed outside
+    model_manager.py (then warned, when the ledger names another: no version is charted
+    as production)."""
+    from .dvcmeta import first_md5
+    from .dvcstore import disk_md5
+    from .registry import alias
+
+    _, top = production_marks(ledger)
+    a = alias(repo)
+    try:
+        p = repo / a.dvc
+        md5 = (first_md5(p.read_text()) if p.is_file() else None) or disk_md5(repo, a, None)[0]
+    except (EVError, OSError, UnicodeDecodeError) as exc:
+        if warn:
+            warn(f"{a.dvc} not read ({exc}); no version is charted as production")
+        return None
+    if top and top.get("md5") == md5:
+        return top
+    if top and warn:  # the ledger names a production model that is not the one there
+        warn(f"{a.model} (md5 {md5}) is not the {a.name} model of {a.ledger} (changed outside "
+             "model_manager.py; see model_manager.py status): no version is charted as "
+             f"{a.name}")
+    return None
+
+
+def version_points(records: list[dict], ledger: list[dict], prod: dict | None
+                   ) -> list[VersionPoint]:
+    """prod: production_now's answer (the state production holds now, or None)."""
+    promoted, _ = production_marks(ledger)
     pts = []
     for r in records:
         kind = "e" if r["tag"].startswith("e") and r["tag"][1:2].isdigit() else "exp"

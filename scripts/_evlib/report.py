@@ -88,6 +88,19 @@ def _versions_table(views: list[dict], metric_cols: list[str], marks: dict) -> s
     return "".join(out)
 
 
+def _ledger_state(repo: Path, entries: list[dict]) -> str | None:
+    """What the ledger section says of where its entries come from: the working tree (as
+    model_manager.py status and history read it), and whether that differs from HEAD."""
+    from .proc import git
+    from .registry import alias
+
+    led = alias(repo).ledger
+    if not entries or not git(repo, "status", "--porcelain", "--", led, check=False):
+        return None
+    return (f"{led} as in the working tree, with changes not committed yet (what "
+            "model_manager.py status and history show; git diff shows them)")
+
+
 def _ledger_table(entries: list[dict], metric: str) -> str:
     if not entries:
         return "<p>No production ledger (models/production/ledger.jsonl) yet: nothing was " \
@@ -146,7 +159,8 @@ def build(repo: Path, db_rel: str, metric: str | None, mode: str, settings, warn
     views = [version_view(r, tags[r["tag"]], settings.split) for r in recs]
     metric_cols = sorted({m for v in views for m in v["metrics"]},
                          key=lambda m: (m != metric, m))
-    pts = plots.version_points(recs, ledger)
+    pts = plots.version_points(recs, ledger, plots.production_now(repo, ledger, warn))
+    ledger_note = _ledger_state(repo, ledger)
     marks = {p.tag: "production" if p.production else "promoted" if p.promoted else ""
              for p in pts}
 
@@ -213,6 +227,7 @@ to sort.</p>
 <label>to <select id="cmp-b">{options}</select></label></p>
 <div id="compare-out"><p>Pick two versions.</p></div>
 <h2 id="s-ledger">Production ledger</h2>
+{f'<p class="note" id="ledger-state">{_e(ledger_note)}</p>' if ledger_note else ""}
 {_ledger_table(ledger, metric)}
 <h2 id="s-lineage">Lineage</h2>
 {_lineage(views)}
@@ -222,7 +237,8 @@ to sort.</p>
 </body></html>
 """
     return {"html": body, "versions": len(views), "charts": charts, "notes": notes,
-            "png_bytes": png_bytes, "ledger_entries": len(ledger), "metric": metric,
+            "png_bytes": png_bytes, "ledger_entries": len(ledger),
+            "ledger_uncommitted": ledger_note is not None, "metric": metric,
             "mode": mode, "default_pair": default_pair}
 
 
