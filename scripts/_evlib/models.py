@@ -292,17 +292,11 @@ def _not_on_remote(repo: Path, items: list[dict]) -> tuple[str, list[dict]]:
     if "://" not in url or url.startswith("file://"):
         root = Path(url.removeprefix("file://"))
         return where, [i for i in items if find_object(root, i["md5"]) is None]
-    import json
-
-    from .proc import dvc_run
+    from .proc import dvc_cloud_status
 
     meta = repo / f"{CANDIDATES}.dvc"
-    cp = dvc_run(repo, "status", "-c", "--json", str(meta)) if meta.is_file() else None
-    try:
-        st = json.loads(cp.stdout or "{}") if cp and cp.returncode == 0 else None
-    except ValueError:
-        st = None
-    if not isinstance(st, dict):
+    st = dvc_cloud_status(repo, str(meta))[0] if meta.is_file() else None
+    if st is None:
         return f"{where} (dvc status -c could not tell)", list(items)
     recorded = _recorded(repo)
     return where, [i for i in items if i["path"] in st or recorded.get(i["path"]) != i["md5"]]

@@ -182,6 +182,18 @@ def dvc_run(repo: str | os.PathLike, *args: str) -> subprocess.CompletedProcess:
     return run([*dvc_command(), *args], cwd=repo, check=False)
 
 
+def dvc_cloud_status(repo: str | os.PathLike, *targets: str
+                     ) -> tuple[dict | None, subprocess.CompletedProcess]:
+    """`dvc status -c --json [targets]`: (path -> state, or None when dvc failed or printed
+    no JSON object; the process, for its error line)."""
+    cp = dvc_run(repo, "status", "-c", "--json", *targets)
+    try:
+        st = json.loads(cp.stdout or "{}") if cp.returncode == 0 else None
+    except ValueError:
+        st = None
+    return (st if isinstance(st, dict) else None), cp
+
+
 def git_popen(repo: str | os.PathLike, *args: str) -> subprocess.Popen:
     """A long-lived git process with binary pipes (for `cat-file --batch`): many objects,
     one process."""

@@ -19,7 +19,7 @@ from pathlib import Path
 from . import dvcmeta
 from .dvcmeta import Out, find_object, is_meta_file, object_path, parse_outs
 from .errors import NOT_FOUND, REFUSED, EVError
-from .proc import dvc_run, git, git_ok, git_to_file
+from .proc import dvc_cloud_status, git, git_ok, git_to_file
 from .repo import dirty_paths, find_repo, main_worktree, peel_commits, resolve_commit
 from .sql import is_sqlite_file, quote_ident, sqlite_connect, sqlite_tables
 from .worktree import (
@@ -171,12 +171,8 @@ def _missing_on_local_remote(remote: Path, cache: Path, outs: list[Out]) -> list
 def missing_by_dvc_status(wt: Path, rname: str, label: str) -> list[str]:
     """For remotes that are not a local directory: `dvc status -c` of the checked-out tip
     (earlier tagged commits are not checked this way)."""
-    cp = dvc_run(wt, "status", "-c", "--json")
-    try:
-        st = json.loads(cp.stdout or "{}") if cp.returncode == 0 else None
-    except ValueError:
-        st = None
-    if not isinstance(st, dict):
+    st, cp = dvc_cloud_status(wt)
+    if st is None:
         err = (cp.stderr.strip().splitlines() or ["no output"])[-1]
         return [f"cannot check remote '{rname}': dvc status -c failed: {err}"]
     return [f"not on remote '{rname}': {p} ({state}) at {label}; run dvc push -T in {wt}"
