@@ -18,6 +18,9 @@ is built in a temp file beside it, checked, then moved into place. Parquet is wr
 pyarrow with the base's Arrow schema. An existing output that is not the base: exit 4 unless
 --force; its directory must exist. A rebase keeps ONE backup per output (<output>.bak)
 unless DVC can restore the old version.
+
+Every command takes --repo PATH, --dry-run and --json (one object with a "status" key on
+stdout; progress and warnings on stderr); the exit codes are listed at the end of --help.
 """
 
 from __future__ import annotations
