@@ -101,14 +101,14 @@ def grid(lrs, size=64, sleep=0.0, fail=-1.0):
     return {"lr": lrs, "size": size, "sleep": sleep, "fail": fail}
 
 
-def sweep(e, version, spec, *extra, threshold=None, scheduler=None):
+def sweep(e, version, spec, *extra, threshold=None, scheduler=None, env=None):
     g = write_grid(e["proj"], version, spec)
     args = ["--repo", e["proj"], "--json", "--version", version, "--grid", g,
             "--executor", "dask", "--scheduler", scheduler or e["cluster"].address,
             "--model-output", "models/production/model.bin", *extra]
     if threshold is not None:
         args += ["--transfer-threshold", str(threshold)]
-    return run_script("sweep.py", *args, *CMD, cwd=e["proj"])
+    return run_script("sweep.py", *args, *CMD, cwd=e["proj"], env=env)
 
 
 def report(cp) -> dict:
@@ -425,6 +425,17 @@ def test_refusals_and_unreachable_scheduler(env):
     assert cp.returncode == 4
     assert "DVC input(s) not on remote storage: data/extra.csv" in cp.stderr
     assert "dvc push data/extra.csv" in cp.stderr
+    # dvc status --cloud exits 0 but prints no JSON (a plugin's banner, a truncated pipe):
+    # that is no answer, not "nothing missing" (a wrapper stands in for dvc's status only)
+    wrapper = proj.parent / "dvc-garbled-status"
+    wrapper.write_text(f"#!/bin/sh\nif [ \"$1\" = status ]; then echo 'Updating...'; exit 0; "
+                       f"fi\nexec {sys.executable} -m dvc \"$@\"\n")
+    wrapper.chmod(0o755)
+    cp = sweep(e, "d7", g, env={**os.environ, "EV_DVC": str(wrapper)})
+    assert cp.returncode == 1, cp.stderr
+    assert cp.stderr.strip().splitlines()[-1] == (
+        "sweep.py: error: dvc status --cloud failed: Updating...; check that DVC remote "
+        "storage is reachable")
     # only the inputs a run needs: --dvc-input narrows the check and the pull
     cp = sweep(e, "d7", g, "--dvc-input", "data/train.csv")
     assert cp.returncode == 0, cp.stderr

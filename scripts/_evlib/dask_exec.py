@@ -174,20 +174,15 @@ def _inputs(repo: Path, lineage_outs: list, wanted: list[str] | None) -> list[st
 
 
 def _check_on_remote(repo: Path, inputs: list[str], remote: dict) -> None:
-    import json
+    from .proc import dvc_cloud_status
 
-    from .proc import dvc_run
-
-    cp = dvc_run(repo, "status", "--cloud", "--json", *inputs)
-    if cp.returncode != 0:
-        line = ((cp.stderr or cp.stdout).strip().splitlines() or ["?"])[-1]
+    status, cp = dvc_cloud_status(repo, *inputs)
+    if status is None:
+        # No answer we can read is not "nothing missing": the workers would fail to pull.
+        line = ((cp.stderr or cp.stdout).strip().splitlines() or ["no JSON output"])[-1]
         raise EVError(f"dvc status --cloud failed: {line}", code=FAILED,
                       hint=f"check that DVC remote {remote['name']} is reachable")
-    try:
-        status = json.loads(cp.stdout or "{}")
-    except ValueError:
-        status = {}
-    missing = sorted(p for p, what in (status or {}).items() if what in ("new", "missing"))
+    missing = sorted(p for p, what in status.items() if what in ("new", "missing"))
     if missing:
         raise EVError(f"DVC input(s) not on remote {remote['name']}: {', '.join(missing)}; "
                       f"Dask workers pull them from there", code=REFUSED,
