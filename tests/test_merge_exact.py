@@ -959,3 +959,55 @@ def test_the_quick_nobody_has_it_open_answer_is_the_scans(tmp_path):
     t.start()
     t.join()
     assert got == [False] and signal.getsignal(signal.SIGIO) == before
+
+
+def _key_db(path: Path, decl: str, n: int, odd, order: str = "rowid") -> Path:
+    """n rows keyed (track_id i, 't') in a track_id column declared `decl`, row n//2's
+    track_id = odd; v = i * 0.5."""
+    con = sqlite3.connect(path)
+    con.execute(f'CREATE TABLE "default" (track_id {decl}, timestamp TEXT, v REAL, '
+                'PRIMARY KEY (track_id, timestamp))')
+    rows = [(odd if i == n // 2 else i + 10, "t", i * 0.5) for i in range(n)]
+    if order == "reversed":
+        rows.reverse()
+    con.executemany('INSERT INTO "default" VALUES (?, ?, ?)', rows)
+    con.commit()
+    con.close()
+    return path
+
+
+@pytest.mark.parametrize("n", [3, 3000])  # 3: the key join; 3000: the rowid-aligned proof
+@pytest.mark.parametrize("order", ["rowid", "reversed"])
+@pytest.mark.parametrize("decl, in_base, in_exp", [
+    ("", 1, 1.0),                       # the key join's = matches them: another type
+    ("BLOB", 2, 2.0),
+    ("", 0.0, -0.0),                    # = matches the signs of a zero
+    ("TEXT COLLATE NOCASE", "A", "a"),  # the column's collation matches them
+])
+def test_a_key_equal_but_not_identical_is_a_conflict(tmp_path, decl, in_base, in_exp, n,
+                                                     order):
+    """A key the join calls equal (1 = 1.0, -0.0 = 0.0, 'A' = 'a' under NOCASE) is another
+    value: exit 3 and nothing written, not 'already present' (the input's key would be
+    lost); keep-exp stores the input's key exactly."""
+    base = _key_db(tmp_path / "base.db", decl, n, in_base)
+    exp = _key_db(tmp_path / "exp.db", decl, n, in_exp, order)
+    before = base.read_bytes()
+    with pytest.raises(EVError) as ei:
+        merge_dbs(base, [exp], base)
+    assert ei.value.code == 3
+    assert str(ei.value).startswith("1 row(s) have the same key but different values "
+                                    "(default: [")
+    assert base.read_bytes() == before
+    same = _key_db(tmp_path / "same.db", decl, n, in_base, order)
+    assert merge_dbs(base, [same], base)["rows_added"]["default"] == 0
+    assert base.read_bytes() == before
+    merge_dbs(base, [exp], base, on_conflict="keep-exp")
+    con = sqlite3.connect(base)
+    try:
+        got = con.execute('SELECT track_id, typeof(track_id), v FROM "default" WHERE v = ?',
+                          ((n // 2) * 0.5,)).fetchall()
+    finally:
+        con.close()
+    assert len(got) == 1
+    assert (repr(got[0][0]), got[0][1]) == (repr(in_exp), type(in_exp).__name__.replace(
+        "float", "real").replace("str", "text").replace("int", "integer"))

@@ -198,7 +198,10 @@ def merge_table(con, alias: str, exp: Path, t: str, exp_cols, key: list[str], st
             return _identical(f"{lhs}.{quote_ident(c)}", f"x.{quote_ident(c)}",
                               main_decl.get(c.lower()), decl[c])
 
-        diff = " OR ".join(f"NOT {same(c)}" for c in non_key) or "0"
+        # Keys too: the join's `=` matches 1 with 1.0, -0.0 with 0.0 and, under NOCASE,
+        # 'A' with 'a'; a key that is equal but not identical is a difference, not a repeat.
+        compared = non_key + [c for c in cols if c in key]
+        diff = " OR ".join(f"NOT {same(c)}" for c in compared)
         pre = None
         if has_unique and not added_cols and stats["read"] > 1000:
             if _aligned(con, qa, qt, key, on, diff, stats["read"]):
@@ -227,7 +230,7 @@ def merge_table(con, alias: str, exp: Path, t: str, exp_cols, key: list[str], st
                 memo).rowcount
         if stats["added"] < stats["read"]:
             # Some keys were already there: those rows must be identical, else conflict.
-            if non_key:
+            if compared:
                 kx = ", ".join(f"x.{quote_ident(k)}" for k in key)
                 q = (f"SELECT {kx} FROM {qa}.{qt} AS x JOIN main.{qt} AS b ON {on} "
                      f"WHERE {diff}")
@@ -240,16 +243,16 @@ def merge_table(con, alias: str, exp: Path, t: str, exp_cols, key: list[str], st
                                           "keys": first})
                     if on_conflict == "keep-exp":
                         sets = ", ".join(f"{quote_ident(c)} = x.{quote_ident(c)}"
-                                         for c in non_key)
+                                         for c in compared)
                         on_u = " AND ".join(f"main.{qt}.{quote_ident(k)} = x.{quote_ident(k)}"
                                             for k in key)
                         diff_u = " OR ".join(f"NOT {same(c, f'main.{qt}')}"
-                                             for c in non_key)
+                                             for c in compared)
                         cur = con.execute(f"UPDATE main.{qt} SET {sets} FROM {qa}.{qt} AS x "
                                           f"WHERE {on_u} AND ({diff_u})")
                         stats["replaced"] = cur.rowcount
             if added_cols:
-                same_m = " AND ".join(same(c, f"main.{qt}") for c in non_key) or "1"
+                same_m = " AND ".join(same(c, f"main.{qt}") for c in compared)
                 on_m = " AND ".join(f"main.{qt}.{quote_ident(k)} = x.{quote_ident(k)}"
                                     for k in key)
                 sets = ", ".join(f"{quote_ident(c)} = x.{quote_ident(c)}" for c in added_cols)
