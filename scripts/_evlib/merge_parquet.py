@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from . import merge_pqkeyed
 from .errors import CONFLICT, USAGE, EVError
 from .merge_common import (
     backup_path,
@@ -48,6 +49,8 @@ from .merge_pqrows import _select_arrow, _select_duckdb
 # Up to this much data (uncompressed, all files) rows are compared in memory; more goes to
 # DuckDB, which spills to disk.
 ARROW_MAX_BYTES = 1 << 30
+# A keyed merge/rebase of plain columns works on the key columns first (merge_pqkeyed).
+KEYED_FAST = True
 
 
 def precheck_data(base: Path, exps: list[Path]) -> None:
@@ -148,6 +151,12 @@ def _select(files, schemas, conforms, out_schema, key, strategy, work: Path,
     if strategy == "merge" and n_exp_rows == 0:
         return [np.arange(schemas[0][1], dtype=np.int64)] + [np.empty(0, np.int64)] * (
             len(files) - 1), None
+    if (KEYED_FAST and key and _data_bytes(files[:1]) >= merge_pqkeyed.MIN_BYTES
+            and merge_pqkeyed.eligible(files, schemas, conforms, out_schema, key)):
+        got = merge_pqkeyed.select_keyed(files, schemas, conforms, out_schema, key, strategy,
+                                         work, on_conflict, ARROW_MAX_BYTES)
+        if got is not None:
+            return got
     hashable = all(not pa.types.is_nested(_canon(pa.nulls(0, f.type)).type)
                    for f in out_schema)
     if hashable and _data_bytes(files) <= ARROW_MAX_BYTES:

@@ -8,16 +8,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import FAILED, USAGE, EVError
-from .merge_pqarrow import _batches, _canon, _int64_array, _numpy
+from .merge_pqarrow import BATCH_ROWS, _batches, _canon, _int64_array, _numpy
 
 
-def _select_arrow(files, conforms, out_schema, key, strategy, on_conflict=None
+def _select_arrow(files, conforms, out_schema, key, strategy, on_conflict=None, subset=None
                   ) -> tuple[list, dict | None]:
     """_select in memory. Each column's exact stand-in (_canon) is replaced by its dense
     rank over all files at once (equal values, and all NULLs, share one: as in DuckDB's
     PARTITION BY); the ranks are combined into one group id per row, and the same rules as
     the DuckDB query pick the rows. Ranks, not a hash table (dictionary_encode held ~120
-    bytes a row), and no pa.array() of a list or numpy (it imports pandas: ~40 MB)."""
+    bytes a row), and no pa.array() of a list or numpy (it imports pandas: ~40 MB).
+
+    subset (per file, sorted row numbers): only those rows are read and decided (a keyed
+    selection over every row of the keys it holds); the rows returned are among them."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -25,16 +28,19 @@ def _select_arrow(files, conforms, out_schema, key, strategy, on_conflict=None
     names = out_schema.names
     chunks: list[list] = [[] for _ in names]
     counts = []
-    for p, conform in zip(files, conforms, strict=True):
+    for fi, (p, conform) in enumerate(zip(files, conforms, strict=True)):
         counts.append(0)
-        for row0, b in _batches(p):
+        for row0, b in (_batches(p) if subset is None else _taken(p, subset[fi])):
             b = conform(b, row0)
             for i in range(len(names)):
                 chunks[i].append(_canon(b.column(i)))
             counts[-1] += b.num_rows
-    # Rows are in (file, row) order: file fi's rows are start[fi]..start[fi + 1] - 1.
+    # Rows are in (file, row) order: file fi's rows are start[fi]..start[fi + 1] - 1, its
+    # row numbers rnum[start[fi]:start[fi + 1]].
     start = np.r_[0, np.cumsum(counts)]
     f = np.repeat(np.arange(len(files), dtype=np.int32), counts)
+    rnum = (np.arange(len(f)) - start[f] if subset is None
+            else np.concatenate([np.asarray(s, np.int64) for s in subset]))
     kidx = [names.index(k) for k in key]
     null = np.zeros(len(f), bool)
     row_id = key_id = None  # group ids, combined column by column (one rank held at a time)
@@ -57,18 +63,18 @@ def _select_arrow(files, conforms, out_schema, key, strategy, on_conflict=None
         if len(bad):
             j = bad[0]
             raise EVError(f"{files[f[j]]}: a key column ({', '.join(key)}) is NULL in row "
-                          f"{j - start[f[j]]}", code=USAGE,
+                          f"{rnum[j]}", code=USAGE,
                           hint="nothing written; a NULL key would be added again on every "
                                "merge: fill it in or drop the row")
         k, n_keys = _dense(key_id[0])
-        _refuse_differing_duplicates(files, f, np.arange(len(f)) - start[f], k, row_id[0], key)
+        _refuse_differing_duplicates(files, f, rnum, k, row_id[0], key)
         if strategy == "merge":
             first = np.full(n_keys, len(files), np.int32)
             np.minimum.at(first, k, f)
             keep = (f == 0) | (f == first[k])
             rows, hit, ck = _key_conflicts(f, k, row_id[0], n_keys, first, len(files))
             conf = {"rows": rows, "replaced": np.zeros(len(files), np.int64),
-                    "first": None if hit is None else (int(f[hit]), int(hit - start[f[hit]]))}
+                    "first": None if hit is None else (int(f[hit]), int(rnum[hit]))}
             if on_conflict == "keep-exp" and hit is not None:
                 last = np.full(n_keys, -1, np.int32)
                 np.maximum.at(last, k, f)
@@ -80,8 +86,33 @@ def _select_arrow(files, conforms, out_schema, key, strategy, on_conflict=None
             last = np.full(n_keys, -1, np.int32)
             np.maximum.at(last, k, f)
             keep = f == last[k]
-    sel = [np.flatnonzero(keep[start[i]:start[i + 1]]) for i in range(len(files))]
+    sel = [rnum[start[i]:start[i + 1]][keep[start[i]:start[i + 1]]] for i in range(len(files))]
     return sel, (conf if key and strategy == "merge" else None)
+
+
+def _taken(path: Path, rows):
+    """(first row number, batch of those rows) of the sorted row numbers `rows` of a file,
+    reading only the row groups that hold one."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    rows = np.asarray(rows, np.int64)
+    if not len(rows):
+        return
+    pf = pq.ParquetFile(path)
+    md = pf.metadata
+    ends = np.cumsum([md.row_group(i).num_rows for i in range(md.num_row_groups)])
+    starts = ends - np.array([md.row_group(i).num_rows for i in range(md.num_row_groups)])
+    for g in range(md.num_row_groups):
+        lo, hi = np.searchsorted(rows, [starts[g], ends[g]])
+        if lo == hi:
+            continue
+        row0 = int(starts[g])
+        for b in pf.iter_batches(batch_size=BATCH_ROWS, row_groups=[g], use_threads=True):
+            a, z = np.searchsorted(rows, [row0, row0 + b.num_rows])
+            if a < z:
+                yield int(rows[a]), b.take(_int64_array(rows[a:z] - row0))
+            row0 += b.num_rows
 
 
 def _key_conflicts(f, k, g, n_keys, first, n_files):
