@@ -68,7 +68,8 @@ def select_keyed(files, schemas, conforms, out_schema, key, strategy, work: Path
     from .sql import quote_ident, quote_literal
 
     kn = [f"k{i}" for i in range(len(key))]
-    con = duckdb.connect(str(work / "keys.duckdb"))
+    # In memory (tables written to a database file cost ~2x), spilling beside the output.
+    con = duckdb.connect(":memory:")
     try:
         con.execute(f"SET temp_directory = {quote_literal(str(work / 'spill'))}")
         con.execute("SET preserve_insertion_order = false")
@@ -92,31 +93,113 @@ def select_keyed(files, schemas, conforms, out_schema, key, strategy, work: Path
                     f"read_parquet({quote_literal(str(files[0]))}, file_row_number = true) b "
                     f"SEMI JOIN ek ON {on}")
         kl = ", ".join(kn)
-        on_m = " AND ".join(f"ek.{c} = m.{c}" for c in kn)
-        es = con.execute(f"SELECT f, r FROM ek SEMI JOIN (SELECT {kl} FROM ek GROUP BY {kl} "
-                         f"HAVING count(*) > 1 UNION ALL SELECT {kl} FROM bk) m ON {on_m} "
-                         f"ORDER BY f, r").fetchnumpy()
-        bs = con.execute("SELECT r FROM bk ORDER BY r").fetchnumpy()
+        con.execute(f"CREATE TABLE ec AS SELECT {kl}, count(*) AS n FROM ek GROUP BY {kl}")
+        con.execute(f"CREATE TABLE bc AS SELECT {kl}, count(*) AS n, min(r) AS br FROM bk "
+                    f"GROUP BY {kl}")
+        # A key with one base row and one input row (the common case) is compared as a pair;
+        # the other keys with several rows by the exact ranks over all their rows.
+        pr = con.execute(f"SELECT ek.f, ek.r, bc.br FROM ek JOIN ec USING ({kl}) JOIN bc "
+                         f"USING ({kl}) WHERE ec.n = 1 AND bc.n = 1 ORDER BY ek.f, ek.r"
+                         ).fetchnumpy()
+        es = con.execute(f"SELECT ek.f, ek.r FROM ek JOIN ec USING ({kl}) LEFT JOIN bc USING "
+                         f"({kl}) WHERE ec.n > 1 OR coalesce(bc.n, 0) > 1 ORDER BY ek.f, ek.r"
+                         ).fetchnumpy()
+        bs = con.execute(f"SELECT bk.r FROM bk JOIN ec USING ({kl}) JOIN bc USING ({kl}) "
+                         f"WHERE ec.n > 1 OR bc.n > 1 ORDER BY bk.r").fetchnumpy()
     finally:
         con.close()
+    n_files = len(files)
     f = np.asarray(es["f"], np.int32)
     r = np.asarray(es["r"], np.int64)
-    bounds = np.searchsorted(f, np.arange(len(files) + 1))
+    bounds = np.searchsorted(f, np.arange(n_files + 1))
     subset = [np.asarray(bs["r"], np.int64)] + [r[bounds[i]:bounds[i + 1]]
-                                                for i in range(1, len(files))]
+                                                for i in range(1, n_files)]
+    pf, pr, pb = (np.asarray(pr["f"], np.int32), np.asarray(pr["r"], np.int64),
+                  np.asarray(pr["br"], np.int64))
+    pbounds = np.searchsorted(pf, np.arange(n_files + 1))
     est = 0
-    for p, s, (_sc, n) in zip(files, subset, schemas, strict=True):
-        if n and len(s):
+    for i, (p, (_sc, n)) in enumerate(zip(files, schemas, strict=True)):
+        rows = len(subset[i]) + (len(pb) if i == 0 else pbounds[i + 1] - pbounds[i])
+        if n and rows:
             md = pq.ParquetFile(p).metadata
-            size = sum(md.row_group(i).total_byte_size for i in range(md.num_row_groups))
-            est += size * len(s) // n
+            size = sum(md.row_group(g).total_byte_size for g in range(md.num_row_groups))
+            est += size * rows // n
     if est > max_subset_bytes:
         return None
-    kept, conf = _select_arrow(files, conforms, out_schema, key, strategy, on_conflict,
-                               subset=subset)
+    if any(len(s) for s in subset):
+        kept, conf = _select_arrow(files, conforms, out_schema, key, strategy, on_conflict,
+                                   subset=subset)
+        dropped = [np.setdiff1d(s, k, assume_unique=True) for s, k in zip(subset, kept,
+                                                                          strict=True)]
+    else:
+        conf = None if strategy == "rebase" else {
+            "rows": np.zeros(n_files, np.int64), "replaced": np.zeros(n_files, np.int64),
+            "first": None}
+        dropped = [np.empty(0, np.int64) for _ in files]
+    if len(pf):
+        if strategy == "rebase":  # the input's row replaces the base's, whatever the values
+            dropped[0] = np.r_[dropped[0], pb]
+        else:
+            eq = _pairs_equal(files, conforms, out_schema, pf, pr, pb, pbounds)
+            diff = ~eq
+            conf["rows"] = np.asarray(conf["rows"]) + np.bincount(pf[diff], minlength=n_files)
+            hit = np.flatnonzero(diff)
+            if len(hit) and (conf["first"] is None
+                             or (int(pf[hit[0]]), int(pr[hit[0]])) < tuple(conf["first"])):
+                conf["first"] = (int(pf[hit[0]]), int(pr[hit[0]]))
+            if on_conflict == "keep-exp":  # the input's row replaces a differing base row
+                dropped[0] = np.r_[dropped[0], pb[diff]]
+                conf["replaced"] = (np.asarray(conf["replaced"])
+                                    + np.bincount(pf[diff], minlength=n_files))
+                gone = eq
+            else:
+                gone = np.ones(len(pf), bool)
+            for i in range(1, n_files):
+                lo, hi = pbounds[i], pbounds[i + 1]
+                dropped[i] = np.r_[dropped[i], pr[lo:hi][gone[lo:hi]]]
     sel = []
-    for s, k, (_sc, n) in zip(subset, kept, schemas, strict=True):
-        dropped = np.setdiff1d(s, k, assume_unique=True)
-        sel.append(range(n) if not len(dropped)
-                   else np.setdiff1d(np.arange(n, dtype=np.int64), dropped, assume_unique=True))
+    for d, (_sc, n) in zip(dropped, schemas, strict=True):
+        sel.append(range(n) if not len(d) else np.setdiff1d(np.arange(n, dtype=np.int64),
+                                                            np.unique(d), assume_unique=True))
     return sel, conf
+
+
+def _pairs_equal(files, conforms, out_schema, pf, pr, pb, pbounds):
+    """Per pair (input file pf, row pr; base row pb): the two rows are identical, compared
+    on the exact stand-ins (float bits; NULL equals NULL only)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from .merge_pqarrow import _canon, _int64_array, _numpy
+    from .merge_pqrows import _taken
+
+    def gather(fi, rows):
+        cols = [[] for _ in out_schema]
+        for row0, b in _taken(files[fi], rows):
+            b = conforms[fi](b, row0)
+            for i in range(len(cols)):
+                cols[i].append(_canon(b.column(i)))
+        return cols
+
+    order = np.argsort(pb, kind="stable")
+    base_rows = pb[order]
+    pos = np.empty(len(pb), np.int64)
+    pos[order] = np.arange(len(pb))  # pair j's base row is base_rows[pos[j]]
+    eq = np.ones(len(pb), bool)
+    base_cols = gather(0, base_rows)
+    for fi in range(1, len(files)):
+        lo, hi = pbounds[fi], pbounds[fi + 1]
+        if lo == hi:
+            continue
+        exp_cols = gather(fi, pr[lo:hi])
+        take = _int64_array(pos[lo:hi])
+        for i, f in enumerate(out_schema):
+            typ = _canon(pa.nulls(0, f.type)).type
+            a = pa.chunked_array(exp_cols[i], type=typ)
+            b = pa.chunked_array(base_cols[i], type=typ).take(take)
+            eqv = pc.equal(a, b)  # NULL where either side is: equal iff both are
+            same = pc.if_else(eqv.is_valid(), eqv, pc.and_(a.is_null(), b.is_null()))
+            eq[lo:hi] &= _numpy(pc.cast(same, pa.uint8()), np.uint8).astype(bool)
+            exp_cols[i] = None
+    return eq
