@@ -22,6 +22,9 @@ from .errors import USAGE, EVError
 # Below this much base data (uncompressed) the row-by-row path in memory is as fast, and
 # does not import DuckDB.
 MIN_BYTES = 16 << 20
+# DuckDB's key work holds its tables under this, spilling beyond (its default, 80% of the
+# machine, let 4M input keys take ~600 MB; 256 MB: ~460 MB and no faster).
+DUCKDB_MEMORY = "128MB"
 
 
 def _plain(t) -> bool:
@@ -73,6 +76,7 @@ def select_keyed(files, schemas, conforms, out_schema, key, strategy, work: Path
     try:
         con.execute(f"SET temp_directory = {quote_literal(str(work / 'spill'))}")
         con.execute("SET preserve_insertion_order = false")
+        con.execute(f"SET memory_limit = '{DUCKDB_MEMORY}'")
         # DuckDB reads the key columns itself (registering an Arrow stream imports pandas);
         # a key column widened exactly (int32 -> int64) compares by value.
         kc = ", ".join(f"{quote_ident(k)} AS {c}" for k, c in zip(key, kn, strict=True))
@@ -166,7 +170,8 @@ def select_keyed(files, schemas, conforms, out_schema, key, strategy, work: Path
 
 def _pairs_equal(files, conforms, out_schema, pf, pr, pb, pbounds):
     """Per pair (input file pf, row pr; base row pb): the two rows are identical, compared
-    on the exact stand-ins (float bits; NULL equals NULL only)."""
+    on the exact stand-ins (float bits; NULL equals NULL only). The inputs' rows of the
+    pairs are held; the base's are streamed past them in base order."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -174,32 +179,29 @@ def _pairs_equal(files, conforms, out_schema, pf, pr, pb, pbounds):
     from .merge_pqarrow import _canon, _int64_array, _numpy
     from .merge_pqrows import _taken
 
-    def gather(fi, rows):
-        cols = [[] for _ in out_schema]
-        for row0, b in _taken(files[fi], rows):
-            b = conforms[fi](b, row0)
-            for i in range(len(cols)):
-                cols[i].append(_canon(b.column(i)))
-        return cols
-
-    order = np.argsort(pb, kind="stable")
-    base_rows = pb[order]
-    pos = np.empty(len(pb), np.int64)
-    pos[order] = np.arange(len(pb))  # pair j's base row is base_rows[pos[j]]
-    eq = np.ones(len(pb), bool)
-    base_cols = gather(0, base_rows)
+    types = [_canon(pa.nulls(0, f.type)).type for f in out_schema]
+    held = [[] for _ in out_schema]  # the inputs' pair rows, in pair order
     for fi in range(1, len(files)):
-        lo, hi = pbounds[fi], pbounds[fi + 1]
-        if lo == hi:
-            continue
-        exp_cols = gather(fi, pr[lo:hi])
-        take = _int64_array(pos[lo:hi])
-        for i, f in enumerate(out_schema):
-            typ = _canon(pa.nulls(0, f.type)).type
-            a = pa.chunked_array(exp_cols[i], type=typ)
-            b = pa.chunked_array(base_cols[i], type=typ).take(take)
-            eqv = pc.equal(a, b)  # NULL where either side is: equal iff both are
-            same = pc.if_else(eqv.is_valid(), eqv, pc.and_(a.is_null(), b.is_null()))
-            eq[lo:hi] &= _numpy(pc.cast(same, pa.uint8()), np.uint8).astype(bool)
-            exp_cols[i] = None
+        for row0, b in _taken(files[fi], pr[pbounds[fi]:pbounds[fi + 1]]):
+            b = conforms[fi](b, row0)
+            for i in range(len(held)):
+                held[i].append(_canon(b.column(i)))
+    exp_cols = [pa.chunked_array(c, type=t) for c, t in zip(held, types, strict=True)]
+    del held
+    order = np.argsort(pb, kind="stable")  # pairs by base row
+    eq = np.ones(len(pb), bool)
+    done = 0
+    for row0, b in _taken(files[0], pb[order]):
+        b = conforms[0](b, row0)
+        idx = order[done:done + b.num_rows]
+        done += b.num_rows
+        take = _int64_array(idx)
+        ok = np.ones(len(idx), bool)
+        for i in range(len(exp_cols)):
+            x = exp_cols[i].take(take)
+            y = _canon(b.column(i))
+            eqv = pc.equal(x, y)  # NULL where either side is: equal iff both are
+            same = pc.if_else(eqv.is_valid(), eqv, pc.and_(x.is_null(), y.is_null()))
+            ok &= _numpy(pc.cast(same, pa.uint8()), np.uint8).astype(bool)
+        eq[idx] = ok
     return eq
