@@ -62,7 +62,8 @@ def eligible(files, schemas, conforms, out_schema, key) -> bool:
 def select_keyed(files, schemas, conforms, out_schema, key, strategy, work: Path,
                  on_conflict, max_subset_bytes: int):
     """(sel, conf) as merge_pqrows' selections give them, or None when the rows to compare
-    would be more than max_subset_bytes in memory (the caller's DuckDB path spills)."""
+    would be more than max_subset_bytes in memory (the caller's DuckDB path spills), or
+    DuckDB could not read a file's keys (the caller's path reads it with pyarrow)."""
     import duckdb
     import numpy as np
     import pyarrow.parquet as pq
@@ -110,6 +111,8 @@ def select_keyed(files, schemas, conforms, out_schema, key, strategy, work: Path
                          ).fetchnumpy()
         bs = con.execute(f"SELECT bk.r FROM bk JOIN ec USING ({kl}) JOIN bc USING ({kl}) "
                          f"WHERE ec.n > 1 OR bc.n > 1 ORDER BY bk.r").fetchnumpy()
+    except duckdb.Error:
+        return None  # a file DuckDB cannot read as pyarrow does: the exact path decides
     finally:
         con.close()
     n_files = len(files)
