@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Benchmark merge_artifacts.py against plain baselines run in the same process.
 
-    python3 dev.py bench merge [--reps N] [--keep DIR] [--only db|small|parquet] [--big-mb MB]
+    python3 dev.py bench merge [--reps N] [--keep DIR] [--only db|small|parquet|keyed]
+                               [--big-mb MB] [--keyed-base ROWS] [--keyed-exp ROWS]
 
 1. DB merge, 10 experiment DBs x 50,000 and x 500,000 rows (20 columns) into a base of the
    same size, in place, vs plain sqlite3 ATTACH + INSERT OR IGNORE ... SELECT in one
@@ -12,10 +13,15 @@
 4. Parquet keyless merge of 1, 10 and 100 experiment files (5,000 rows each, half new) into a
    100,000-row base vs a plain pyarrow read + concat_tables + write of the same files.
    Reported per size: N files should cost O(total rows).
+5. Parquet keyed merge (--key-columns id) of one file (--keyed-exp rows, default 250,000: half
+   already in the base with the same values, half new) into a --keyed-base row base (default
+   1,000,000) vs DuckDB COPY of the base UNION ALL the experiment's rows anti-joined on id.
 Peak RSS of every side is reported; target < 1.5x the baseline's.
 
-Each side runs as its own subprocess (CLI start-up included on both sides); the time is the
-median of --reps runs, peak memory is that child's ru_maxrss (os.wait4).
+Each side runs as its own subprocess (CLI start-up included on both sides), in interleaved
+pairs (baseline, tool, baseline, tool, ...); the time is the median (and min) of --reps runs,
+CPU is the child's user + sys (os.wait4, less sensitive to other load), peak memory its
+ru_maxrss.
 """
 
 from __future__ import annotations
@@ -41,8 +47,8 @@ N_EXP, N_COLS = 10, 20
 PQ_BASE, PQ_FILE = 100_000, 5_000
 
 
-def run_child(cmd: list[str], cwd: Path) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of one child process."""
+def run_child(cmd: list[str], cwd: Path) -> tuple[float, float, float]:
+    """Wall seconds, peak RSS (MB) and CPU seconds (user + sys) of one child process."""
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _pid, status, ru = os.wait4(p.pid, 0)
@@ -51,7 +57,7 @@ def run_child(cmd: list[str], cwd: Path) -> tuple[float, float]:
     p.returncode = os.waitstatus_to_exitcode(status)
     if p.returncode != 0:
         raise SystemExit(f"bench: {cmd[:3]} failed ({p.returncode}): {err.strip()}")
-    return dt, ru.ru_maxrss / 1024  # Linux: KiB
+    return dt, ru.ru_maxrss / 1024, ru.ru_utime + ru.ru_stime  # Linux: KiB
 
 
 def make_db(path: Path, n: int, offset: int) -> None:
@@ -206,10 +212,65 @@ def bench_parquet(work: Path, reps: int) -> list[dict]:
     return out
 
 
+BASELINE_KEYED = textwrap.dedent("""
+    import sys
+    import duckdb
+    out, base, exp = sys.argv[1:4]
+    con = duckdb.connect()
+    con.execute(f"COPY (SELECT * FROM read_parquet('{base}') UNION ALL SELECT e.* FROM "
+                f"read_parquet('{exp}') e ANTI JOIN read_parquet('{base}') b USING (id)) "
+                f"TO '{out}' (FORMAT parquet)")
+""")
+
+
+def bench_keyed(work: Path, reps: int, n_base: int, n_exp: int) -> dict:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    def table(lo, n):
+        ids = pa.array(range(lo, lo + n), pa.int64())
+        return pa.table({"id": ids, "x": pc.multiply(ids.cast(pa.float64()), 0.5),
+                         "s": pc.binary_join_element_wise(
+                             "text-", pc.cast(pc.bit_wise_and(ids, 1023), pa.string()), ""),
+                         "label": pc.bit_wise_and(ids, 7)})
+
+    base, exp = work / "keyed-base.parquet", work / "keyed-exp.parquet"
+    with pq.ParquetWriter(base, table(0, 1).schema) as w:
+        for lo in range(0, n_base, 1_000_000):
+            w.write_table(table(lo, min(1_000_000, n_base - lo)))
+    # half of the experiment's rows are base rows (same values, every 2nd id), half new
+    half = n_exp // 2
+    assert 2 * half <= n_base, "--keyed-exp must be at most twice --keyed-base"
+    old = pc.take(table(0, 2 * half), pa.array(range(0, 2 * half, 2)))
+    pq.write_table(pa.concat_tables([old, table(n_base, n_exp - half)]), exp)
+    py = sys.executable
+
+    def prep(side):
+        o = work / f"keyed-out-{side}.parquet"
+        o.unlink(missing_ok=True)
+        return o
+
+    res = _pair(work, reps, prep,
+                lambda o: [py, "-c", BASELINE_KEYED, str(o), str(base), str(exp)],
+                lambda o: [py, str(SCRIPT), "--repo", str(ROOT), "--base-data", str(base),
+                           "--exp-data", str(exp), "--key-columns", "id", "--output-data",
+                           str(o)])
+    for side in ("plain", "tool"):
+        n = pq.read_metadata(work / f"keyed-out-{side}.parquet").num_rows
+        assert n == n_base + n_exp - half, (side, n)
+    mb = base.stat().st_size / 1e6
+    return _summary(f"parquet keyed merge, {n_exp:,} rows (half new) into {n_base:,} "
+                    f"({mb:.0f} MB)", *res, None)
+
+
 def _summary(name: str, tool: list, plain: list, target) -> dict:
     t = statistics.median(x[0] for x in tool)
     b = statistics.median(x[0] for x in plain)
     return {"name": name, "tool_s": t, "baseline_s": b, "ratio": t / b, "target": target,
+            "min_ratio": min(x[0] for x in tool) / min(x[0] for x in plain),
+            "cpu_ratio": statistics.median(x[2] for x in tool)
+            / statistics.median(x[2] for x in plain), "n": len(tool),
             "tool_peak_mb": max(x[1] for x in tool), "baseline_peak_mb": max(x[1] for x in plain)}
 
 
@@ -218,8 +279,10 @@ def main() -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--keep", metavar="DIR", help="work in DIR and leave the files there")
-    ap.add_argument("--only", choices=("db", "db-large", "small", "parquet"))
+    ap.add_argument("--only", choices=("db", "db-large", "small", "parquet", "keyed"))
     ap.add_argument("--big-mb", type=int, default=300, help="size of the large base (MB)")
+    ap.add_argument("--keyed-base", type=int, default=1_000_000, help="keyed merge base rows")
+    ap.add_argument("--keyed-exp", type=int, default=250_000, help="keyed merge input rows")
     args = ap.parse_args()
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-merge-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -233,6 +296,8 @@ def main() -> int:
             results.append(bench_small_into_big(work, args.reps, args.big_mb))
         if args.only in (None, "parquet"):
             results += bench_parquet(work, args.reps)
+        if args.only in (None, "keyed"):
+            results.append(bench_keyed(work, args.reps, args.keyed_base, args.keyed_exp))
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -243,9 +308,11 @@ def main() -> int:
                    ": ok" if r["ratio"] <= target and mem_ok else ": OVER TARGET")
         print(f"{r['name']}: tool {r['tool_s']:.2f} s vs baseline {r['baseline_s']:.2f} s = "
               f"{r['ratio']:.2f}x" + (f" (target <= {target}x)" if target else "")
+              + f" [min {r['min_ratio']:.2f}x, CPU {r['cpu_ratio']:.2f}x, {r['n']} pairs]"
               + f"; peak RSS tool {r['tool_peak_mb']:.0f} MB, baseline "
               f"{r['baseline_peak_mb']:.0f} MB ({r['tool_peak_mb'] / r['baseline_peak_mb']:.2f}x, "
               f"target < 1.5x){verdict}")
+    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 
 

@@ -22,7 +22,8 @@ Modules:
   registry - model aliases, their ledgers, promote/rollback (write-ahead intent)
   gto     - GTO-compatible registry tags and artifacts.yaml (ev.yaml gto: true)
   merge, sweep, worktree, teardown, models - the logic behind each script (merge is the API over
-          merge_sqlite, merge_parquet and their shared merge_common)
+          merge_sqlite, merge_parquet (+ merge_pqarrow, merge_pqrows) and their
+          shared merge_common)
   plots   - charts (matplotlib, optional): versions, sweep, curves; figures returned
   report  - experiments.py report: the history as one self-contained HTML file
   dask_exec, dask_task - sweep.py --executor dask: the driver side, the worker side
