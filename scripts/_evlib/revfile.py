@@ -35,13 +35,11 @@ import json
 import os
 from pathlib import Path
 
-from .dvcmeta import Out, cache_dir, find_object, is_meta_file, object_path, parse_outs
+from .dvcmeta import Out, cache_dir, find_object, object_path
 from .errors import FAILED, NOT_FOUND, USAGE, EVError
+from .gittree import inside_repo, meta_files, outs_of
 from .plain import plain
 from .proc import git_popen
-
-# Never descend into these top-level folders looking for .dvc files: DVC's own and git's.
-_SKIP_TOP = {".dvc", ".git"}
 
 
 @plain
@@ -98,18 +96,6 @@ class _CatFile:
             self.proc = None
 
 
-def _tree_entries(data: bytes, width: int):
-    """(mode, name, object id hex) of each entry of a raw git tree object; width is the
-    object id's size in bytes (20 for sha1, 32 for sha256 repositories)."""
-    i, n = 0, len(data)
-    while i < n:
-        sp = data.index(b" ", i)
-        nul = data.index(b"\0", sp)
-        oid = data[nul + 1:nul + 1 + width].hex()
-        yield data[i:sp].decode(), data[sp + 1:nul].decode("utf-8", "surrogateescape"), oid
-        i = nul + 1 + width
-
-
 class RevFiles:
     """Files as of revisions, read with one git process and (if needed) one DVC repo."""
 
@@ -117,7 +103,7 @@ class RevFiles:
         self.repo = Path(repo)
         self.remote = remote
         self.git = _CatFile(self.repo)
-        self._metas: dict[str, list[tuple[str, str]]] = {}  # tree id -> [(path, blob id)]
+        self._metas: dict[str, list[tuple[str, str]]] = {}  # tree+prefix -> [(path, blob)]
         self._outs_by_blob: dict[tuple[str, str], list[Out]] = {}
         self._outs: dict[str, dict[str, Out]] = {}  # rev -> outs
         self._cache: Path | None = None
@@ -153,21 +139,7 @@ class RevFiles:
 
     def _meta_files(self, tree: str, prefix: str, got=None) -> list[tuple[str, str]]:
         """(repo path, blob id) of every .dvc file and dvc.lock under tree (memoised)."""
-        key = tree + "\0" + prefix  # the same tree under another prefix names other paths
-        if key in self._metas:
-            return self._metas[key]
-        got = got or self.git.get(tree)
-        found: list[tuple[str, str]] = []
-        if got and got[1] == "tree":
-            for mode, name, oid in _tree_entries(got[2], len(tree) // 2):
-                path = prefix + name
-                if mode == "40000":
-                    if not (prefix == "" and name in _SKIP_TOP):
-                        found += self._meta_files(oid, path + "/")
-                elif mode in ("100644", "100755") and is_meta_file(path):
-                    found.append((path, oid))
-        self._metas[key] = found
-        return found
+        return meta_files(tree, prefix, self.git.get, self._metas, got)
 
     def outs_at(self, rev: str) -> dict[str, Out]:
         """DVC outputs recorded at rev (a tag, branch or commit): {} if it tracks none.
@@ -179,18 +151,13 @@ class RevFiles:
         if got is None:
             raise EVError(f"{rev!r} names no commit in this repository", code=NOT_FOUND,
                           hint="list versions with experiments.py list (or git tag -l 'e*')")
-        outs: dict[str, Out] = {}
-        for path, blob_id in self._meta_files(got[0], "", got):
-            key = (blob_id, path)
-            if key not in self._outs_by_blob:
-                data = self.git.get(blob_id)
-                text = data[2].decode("utf-8", "replace") if data else ""
-                self._outs_by_blob[key] = parse_outs(text, path)
-            for o in self._outs_by_blob[key]:
-                if _inside_repo(o.path):
-                    outs[o.path] = o
+        outs = outs_of(self._meta_files(got[0], "", got), self._text, self._outs_by_blob)
         self._outs[rev] = outs
         return outs
+
+    def _text(self, blob_id: str) -> str:
+        data = self.git.get(blob_id)
+        return data[2].decode("utf-8", "replace") if data else ""
 
     def locate(self, rev: str, path: str) -> Located:
         """The DVC output covering path at rev, and the file's md5 (through a directory
@@ -432,7 +399,7 @@ class RevFiles:
 
         {"md5", "source": cache|remote|git}. NOT_FOUND when rev tracks no such file or its
         object is neither in the cache nor on the remote."""
-        if not _inside_repo(path):
+        if not inside_repo(path):
             raise EVError(f"{path} is outside the repository", code=USAGE,
                           hint="give a repo-relative path inside the repository")
         loc = self.locate(rev, path)
@@ -477,12 +444,6 @@ def atomic_path(dest, **kw):
     from .atomic import atomic_path as _atomic_path
 
     return _atomic_path(dest, **kw)
-
-
-def _inside_repo(path: str) -> bool:
-    """A repo-relative path that stays inside the repository (never trust a .dvc's path)."""
-    return bool(path) and not path.startswith("/") and ".." not in path.split("/") \
-        and path != "."
 
 
 def file_at(repo: Path, rev: str, path: str, dest: Path) -> dict:
