@@ -10,8 +10,6 @@ repository raises EVError with exit code 2, so nothing outside is ever read, cop
 
 from __future__ import annotations
 
-import configparser
-import json
 import os
 from pathlib import Path
 
@@ -180,6 +178,8 @@ def _unquote(v: str) -> str:
 def read_config_file(path: Path) -> dict[str, dict[str, str]]:
     """One DVC config file as {section: {key: value}}; sections as DVC names them
     ('cache', 'core', 'remote "storage"'). A missing or unreadable file is empty."""
+    import configparser  # ~3 ms: imported by what reads a config
+
     cp = configparser.ConfigParser(interpolation=None, strict=False)
     try:
         cp.read_string(path.read_text())
@@ -226,6 +226,43 @@ def default_remote(repo: Path) -> tuple[str | None, str | None]:
     if "://" not in url:
         url = str(_local_path(url, origin))
     return name, url
+
+
+def local_remote(repo: Path, remote: str | None = None) -> Path | None:
+    """The directory of the remote (default: the default remote) when it is a plain local
+    directory configured in the repository's own config files (.dvc/config, config.local)
+    with no option besides its url; else None (DVC's API resolves it: S3, global config,
+    options). What revfile reads a local remote's objects through, without DVC."""
+    import configparser
+
+    name, urls, extra = remote, {}, set()
+    for fname in ("config", "config.local"):
+        cfg = Path(repo) / ".dvc" / fname
+        if not cfg.is_file():
+            continue
+        cp = configparser.ConfigParser(interpolation=None, strict=False)
+        try:
+            cp.read_string(cfg.read_text())
+        except (configparser.Error, OSError):
+            return None
+        if remote is None and cp.has_option("core", "remote"):
+            name = cp.get("core", "remote").strip().strip("'\"")
+        for raw in cp.sections():
+            sec = raw.strip("'")  # DVC writes ['remote "name"'] (configobj quoting)
+            if sec.startswith('remote "') and sec.endswith('"'):
+                rname = sec[len('remote "'):-1]
+                for k, v in cp.items(raw):
+                    if k == "url":
+                        v = v.strip().strip("'\"")
+                        urls[rname] = (v, cfg.parent)
+                    else:
+                        extra.add((rname, k))  # e.g. worktree/version_aware: DVC's API
+    if name and name in urls and not any(r == name for r, _k in extra):
+        url, base = urls[name]
+        if "://" not in url and not url.startswith(("remote:", "s3:", "gs:", "azure:")):
+            p = Path(os.path.expanduser(url))
+            return (p if p.is_absolute() else base / p).resolve()
+    return None
 
 
 def write_worktree_config(src_local: Path, dest_local: Path, cache: Path, cache_type: str,
@@ -283,6 +320,8 @@ def output_changes(root: Path, cache: Path, outs: list[Out],
     directory whose manifest is not in the cache, or more than hash_limit bytes to hash; the
     caller then asks `dvc status`. A missing output is not a change (its bytes are cached).
     """
+    import json
+
     from .atomic import md5_file
 
     cache_s = str(cache)
@@ -331,3 +370,28 @@ def output_changes(root: Path, cache: Path, outs: list[Out],
         to_hash.append((f, md5, label))
     changed += [f"{label} (modified)" for f, md5, label in to_hash if md5_file(f) != md5]
     return sorted(changed)
+
+
+try:  # md5 without hashlib's OpenSSL import (~3 ms of a first list); the same digests
+    from _md5 import md5 as md5_new
+except ImportError:  # pragma: no cover - a Python built without it
+    from hashlib import md5 as md5_new
+
+
+# Outputs under these folders are what an experiment produced, not the data it used.
+PRODUCT_DIRS = ("results/", "models/")
+
+
+def data_outs(outs: dict[str, Out]) -> dict[str, Out]:
+    return {p: o for p, o in outs.items() if not p.startswith(PRODUCT_DIRS)}
+
+
+def data_short(outs: dict[str, Out]) -> str:
+    """6 characters naming the data: the out's own md5 if one, else a digest of all."""
+    d = data_outs(outs)
+    if not d:
+        return "none"
+    if len(d) == 1:
+        return next(iter(d.values())).short
+    joined = "\n".join(f"{p} {o.md5}" for p, o in sorted(d.items()))
+    return md5_new(joined.encode()).hexdigest()[:6]  # noqa: S324 - a name, not security

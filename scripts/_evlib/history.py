@@ -13,7 +13,7 @@ import os
 import re
 from pathlib import Path
 
-from .dvcmeta import Out, is_meta_file, parse_outs
+from .dvcmeta import PRODUCT_DIRS, Out, data_outs, data_short, is_meta_file, parse_outs  # noqa: F401
 from .errors import NOT_FOUND, USAGE, EVError
 from .evtags import E_TAG, FOR_EACH_REF, MAYBE_E_TAG, TagInfo, e_tags, parse_e, parse_refs  # noqa: F401
 from .histcache import SummaryCache
@@ -40,8 +40,6 @@ if TYPE_CHECKING:
 # the summary cache never needs them, and its start-up is most of its cost.
 
 DEFAULT_DB = "results/experiments.db"
-# Outputs under these folders are what an experiment produced, not the data it used.
-PRODUCT_DIRS = ("results/", "models/")
 
 
 # --- tags ---------------------------------------------------------------------------------
@@ -105,23 +103,6 @@ def outs_at(repo: Path, rev: str | None) -> dict[str, Out]:
             for o in parse_outs(p.read_text(), f):
                 result[o.path] = o
     return result
-
-
-def data_outs(outs: dict[str, Out]) -> dict[str, Out]:
-    return {p: o for p, o in outs.items() if not p.startswith(PRODUCT_DIRS)}
-
-
-def data_short(outs: dict[str, Out]) -> str:
-    """6 characters naming the data: the out's own md5 if one, else a digest of all."""
-    d = data_outs(outs)
-    if not d:
-        return "none"
-    if len(d) == 1:
-        return next(iter(d.values())).short
-    joined = "\n".join(f"{p} {o.md5}" for p, o in sorted(d.items()))
-    import hashlib
-
-    return hashlib.md5(joined.encode()).hexdigest()[:6]  # noqa: S324 - a name, not security
 
 
 # --- a tracked file as of a revision (the one primitive: revfile) ------------------------

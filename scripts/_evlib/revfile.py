@@ -32,10 +32,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from pathlib import Path
 
-from .dvcmeta import Out, cache_dir, find_object, object_path
+from .dvcmeta import Out, cache_dir, find_object, local_remote, object_path
 from .errors import FAILED, NOT_FOUND, USAGE, EVError
 from .gittree import inside_repo, meta_files, outs_of
 from .plain import plain
@@ -238,42 +237,10 @@ class RevFiles:
         return self._dvc
 
     def _local_remote(self) -> Path | None:
-        """The default remote's directory when it is a plain local directory configured in
-        the repository's own config files (.dvc/config, config.local); else None (DVC's
-        API then resolves it: S3, global config, options)."""
-        if self._local is not False:
-            return self._local
-        import configparser
-
-        name, urls, extra = self.remote, {}, set()
-        for fname in ("config", "config.local"):
-            cfg = self.repo / ".dvc" / fname
-            if not cfg.is_file():
-                continue
-            cp = configparser.ConfigParser(interpolation=None, strict=False)
-            try:
-                cp.read_string(cfg.read_text())
-            except (configparser.Error, OSError):
-                self._local = None
-                return None
-            if self.remote is None and cp.has_option("core", "remote"):
-                name = cp.get("core", "remote").strip().strip("'\"")
-            for raw in cp.sections():
-                sec = raw.strip("'")  # DVC writes ['remote "name"'] (configobj quoting)
-                if sec.startswith('remote "') and sec.endswith('"'):
-                    rname = sec[len('remote "'):-1]
-                    for k, v in cp.items(raw):
-                        if k == "url":
-                            v = v.strip().strip("'\"")
-                            urls[rname] = (v, cfg.parent)
-                        else:
-                            extra.add((rname, k))  # e.g. worktree/version_aware: DVC's API
-        self._local = None
-        if name and name in urls and not any(r == name for r, _k in extra):
-            url, base = urls[name]
-            if "://" not in url and not url.startswith(("remote:", "s3:", "gs:", "azure:")):
-                p = Path(os.path.expanduser(url))
-                self._local = (p if p.is_absolute() else base / p).resolve()
+        """The default remote's directory when it is a plain local directory (dvcmeta's
+        local_remote); else None (DVC's API then resolves it: S3, global config, options)."""
+        if self._local is False:
+            self._local = local_remote(self.repo, self.remote)
         return self._local
 
     def _pull_local(self, remote: Path, want: dict[str, bool]) -> None:

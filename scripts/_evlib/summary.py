@@ -107,3 +107,19 @@ def summarize(runs: list[Run], version: str, metric: str | None, mode: str) -> V
     if runs and any(_num(r.values.get(m)) is not None for r in runs):
         best = best_run(runs, m, mode, version)
     return VersionSummary(version, runs, m, mode, best, cols)
+
+
+def list_text(rows: list[dict], kind: str = "e") -> str:
+    """`experiments.py list`'s text: one line per version record (listcold's too)."""
+    if not rows:
+        what = {"e": "experiment tags (e<major>.<minor>.<patch>)",
+                "exp": "worktree tags (exp-NAME-vN)", "all": "experiment tags"}[kind]
+        return f"no {what} yet"
+    lines = []
+    width = max(10, *(len(r["tag"]) for r in rows))
+    for r in rows:
+        metric = f"{r['metric']}={fmt(r['value'])}" if r["value"] is not None \
+            else f"{r['metric']}=-"
+        lines.append(f"{r['tag']:<{width}} {r['date'][:10]}  {r['model'] or '-':<10} {metric:<18}"
+                     f" runs={r['runs']:<3} data={r['data']}  {r['description']}")
+    return "\n".join(lines)
