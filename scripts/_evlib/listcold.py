@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 from . import dvcmeta, evtags, gittree, listfast, summary
 from .settings import Settings
@@ -61,9 +60,15 @@ class _Git:
             acts.append((os.POSIX_SPAWN_DUP2, in_r, 0))
         else:
             acts.append((os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0))
+        cwd = os.open(".", os.O_RDONLY)  # posix_spawn has no cwd: git starts in top
         try:
-            self.pid = os.posix_spawnp(git, [git, "-C", top, *args], _env(), file_actions=acts)
+            os.chdir(top)
+            try:
+                self.pid = os.posix_spawnp(git, [git, *args], _env(), file_actions=acts)
+            finally:
+                os.fchdir(cwd)
         finally:
+            os.close(cwd)
             os.close(out_w)
             if stdin:
                 os.close(in_r)
@@ -141,17 +146,17 @@ def _db_object(top: str, out, where: dict) -> str:
     if out.is_dir:
         raise _Doubt("the DB path is a directory output")
     if "cache" not in where:
-        where["cache"] = dvcmeta.cache_dir(Path(top))
-    found = dvcmeta.find_object(where["cache"], out.md5)
+        where["cache"] = dvcmeta.cache_dir_str(top)
+    found = dvcmeta.find_object_file(where["cache"], out.md5)
     if found is None:
         if "remote" not in where:
-            where["remote"] = dvcmeta.local_remote(Path(top))
+            where["remote"] = dvcmeta.local_remote_str(top)
         if where["remote"] is None:
             raise _Doubt("no local-directory remote")
-        found = dvcmeta.object_path(where["remote"], out.md5, out.legacy)
+        found = dvcmeta.object_file(where["remote"], out.md5, out.legacy)
         if not os.path.isfile(found):
             raise _Doubt("missing everywhere")  # the full list warns and reads the tree's
-    path = os.fspath(found)
+    path = found
     if not _md5_ok(path, out.md5):
         raise _Doubt("damaged object")  # the full list refuses it, in one line
     with open(path, "rb") as fh:
@@ -281,6 +286,9 @@ def serve(argv: list[str]) -> bool:
         loc = listfast.locate(argv)
         if loc is None or os.path.lexists(os.path.join(loc.top, "ev.yaml")):
             return False
+        if not os.path.isdir(os.path.join(loc.top, ".dvc", "cache")) and \
+                dvcmeta.local_remote_str(loc.top) is None:
+            return False  # no object could be read here: the full list, before any git
         rec = listfast.Recorder(argv, loc.top)  # the state, before anything is read
         out, own_only = _answer(loc.top, "--json" in argv)
         out.encode(sys.stdout.encoding or "utf-8", sys.stdout.errors or "strict")

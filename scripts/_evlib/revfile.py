@@ -18,7 +18,8 @@ The remote is read through DVC's own Python API (one Repo, one remote ODB, one t
 unless it is a plain local directory configured in the repository's own config files
 with no options: then the objects are copied from its files/md5 layout directly (what
 DVC's local filesystem does, without its ~0.3 s import). Objects written into the cache
-are not fsynced, as DVC's own are not: they are copies of the remote, md5-checked on use.
+are fsynced before they are renamed into place: DVC itself never hashes a cache object it
+finds, so one torn by a power cut would be checked out as is.
 
 Git is read in a handful of processes whatever the number of revisions: one long-lived
 `git cat-file --batch` serves every tree and every .dvc / dvc.lock blob at every revision
@@ -255,7 +256,7 @@ class RevFiles:
             dest = object_path(self.cache, md5, legacy)
             h = hashlib.md5()  # noqa: S324 - DVC names objects by md5
             # read-only, as DVC protects its cache objects
-            with atomic_path(dest, durable=False, mode=0o444) as tmp:
+            with atomic_path(dest, mode=0o444) as tmp:  # fsynced: DVC never re-hashes it
                 with open(src, "rb") as fi, open(tmp, "wb") as fo:
                     while chunk := fi.read(1 << 20):
                         h.update(chunk)
@@ -310,7 +311,7 @@ class RevFiles:
 
         if hashlib.md5(data).hexdigest() != md5.replace(".dir", ""):  # noqa: S324
             return
-        with atomic_path(dest, durable=False, mode=0o444) as tmp:
+        with atomic_path(dest, mode=0o444) as tmp:  # fsynced: DVC never re-hashes it
             tmp.write_bytes(data)
         self.fetched.append(md5)
 
