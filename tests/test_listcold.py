@@ -106,7 +106,7 @@ def test_first_list_is_the_full_lists_bytes_in_two_git_processes(origin, tmp_pat
     assert cp.returncode == 0 and cp.stderr == ""
     # listcold's: for-each-ref and one cat-file, no rev-parse, no dvc; nothing copied into
     # the cache; e0.0.1 read the working tree's rows, so no answer stored for listfast
-    assert gits(counter) == ["for-each-ref", "cat-file"]
+    assert sorted(gits(counter)) == ["cat-file", "for-each-ref"]  # started at once
     assert objects(repo) == []
     assert not (repo / ".dvc" / "tmp" / "ev-list.txt").exists()
     assert outcome(cp) == outcome(reference(repo, *args))
@@ -140,7 +140,7 @@ def test_objects_in_the_cache_are_read_there(origin, tmp_path):
     env, counter = wrappers(tmp_path / "w")
     cp = run_script("experiments.py", "--json", "list", cwd=repo, env=env)
     assert outcome(cp) == outcome(reference(repo, "--json", "list"))
-    assert gits(counter) == ["for-each-ref", "cat-file"]
+    assert sorted(gits(counter)) == ["cat-file", "for-each-ref"]  # started at once
     assert {p: p.stat().st_mtime_ns for p in objects(repo)} == before
 
 
