@@ -121,8 +121,11 @@ def test_answer_stored_for_listfast_when_every_version_read_its_own_db(origin, t
     repo = clone(origin, tmp_path)
     sh(["git", "tag", "-d", "e0.0.1"], cwd=repo)
     for args in ARGS:
-        cp = run_script("experiments.py", *args, cwd=repo)
+        env, counter = wrappers(tmp_path / f"w{len(args)}{args[0]}")
+        cp = run_script("experiments.py", *args, cwd=repo, env=env)
+        assert sorted(gits(counter)) == ["cat-file", "for-each-ref"]  # listcold's
         assert outcome(cp) == outcome(reference(repo, *args))
+        shutil.rmtree(repo / ".dvc" / "cache", ignore_errors=True)  # (the reference's)
     assert (repo / ".dvc" / "tmp" / "ev-list.txt").is_file()
     env, counter = wrappers(tmp_path / "w")
     for args in ARGS:  # now listfast's: no git at all, the same bytes
