@@ -36,6 +36,11 @@ if __name__ == "__main__":
     # a repeated list on an unchanged history: answered before anything else is imported
     if listfast.serve(sys.argv[1:]):
         sys.exit(0)
+    from _evlib import listcold
+
+    # a first plain list: two git processes, the DB objects read in place (listcold.py)
+    if listcold.serve(sys.argv[1:]):
+        sys.exit(0)
     from _evlib import experiments_cli
 
     sys.exit(experiments_cli.main(__doc__))

@@ -89,7 +89,8 @@ def test_fresh_clone_lists_from_remote_then_from_the_summary_cache(origin, tmp_p
     repo = clone(origin, tmp_path)
     assert not (repo / ".dvc" / "cache").exists()
     env, counter = wrappers(tmp_path / "w", kill_at=0)
-    cp = xp(repo, "list", env=env)
+    # the full list (a plain first list is listcold's: test_listcold.py)
+    cp = xp(repo, "list", env={**env, "EV_LIST_COLD": "0"})
     assert cp.returncode == 0, cp.stderr
     assert cp.stderr == ""
     first = json.loads(cp.stdout)
@@ -116,7 +117,7 @@ def test_fresh_clone_lists_from_remote_then_from_the_summary_cache(origin, tmp_p
     assert Path(f"{counter2}.log").read_text() == ""
     # without that file: the summary cache, no cat-file
     (repo / ".dvc" / "tmp" / "ev-list.txt").unlink()
-    cp2 = xp(repo, "list", env=env2)
+    cp2 = xp(repo, "list", env={**env2, "EV_LIST_COLD": "0"})
     assert cp2.returncode == 0 and cp2.stdout == cp.stdout and cp2.stderr == ""
     log2 = Path(f"{counter2}.log").read_text().splitlines()
     assert [ln.split()[1:3] for ln in log2] == [["git", "rev-parse"], ["git", "for-each-ref"]]
@@ -126,7 +127,8 @@ def test_fresh_clone_lists_from_remote_then_from_the_summary_cache(origin, tmp_p
     assert text1 == text2 and text1.split()[0] == "e0.2.0"
 
 
-def test_summary_cache_follows_content(origin, tmp_path):
+def test_summary_cache_follows_content(origin, tmp_path, monkeypatch):
+    monkeypatch.setenv("EV_LIST_COLD", "0")  # the full list's summary cache
     repo = clone(origin, tmp_path)
     before = json.loads(xp(repo, "list").stdout)["versions"]
     # a different --metric is a different summary, not the cached one
@@ -184,7 +186,7 @@ def test_remote_through_dvc_python_api(origin, tmp_path):
 
 def test_damaged_cache_object_is_refused_not_used(origin, tmp_path):
     repo = clone(origin, tmp_path)
-    assert xp(repo, "list").returncode == 0
+    assert xp(repo, "list", env={"EV_LIST_COLD": "0"}).returncode == 0  # fills the cache
     shutil.rmtree(repo / ".dvc" / "tmp")
     victim = next(p for n, p in cache_files(repo).items())
     victim.chmod(0o644)
@@ -218,16 +220,17 @@ def test_object_missing_everywhere_warns_and_uses_working_tree(origin, tmp_path)
     assert "is in neither the local DVC cache nor the remote" in cp2.stderr
 
 
-def test_killed_at_any_git_call_the_next_list_completes_identically(origin, tmp_path):
+@pytest.mark.parametrize("cold", ["1", "0"])  # listcold's 2 git processes, the full list's 3
+def test_killed_at_any_git_call_the_next_list_completes_identically(origin, tmp_path, cold):
     probe = clone(origin, tmp_path, "probe")
     env, counter = wrappers(tmp_path / "w0", kill_at=0)
-    clean = xp(probe, "list", env=env)
+    clean = xp(probe, "list", env={**env, "EV_LIST_COLD": cold})
     total = calls(counter)
-    assert total == 3
+    assert total == (2 if cold == "1" else 3)
     for n in range(1, total + 1):
         repo = clone(origin, tmp_path, f"k{n}")
         envk, _ = wrappers(tmp_path / f"w{n}", kill_at=n)
-        assert killed(xp(repo, "list", env=envk))
+        assert killed(xp(repo, "list", env={**envk, "EV_LIST_COLD": cold}))
         again = xp(repo, "list")
         assert again.returncode == 0 and again.stdout == clean.stdout, n
         assert not [p for p in (repo / ".dvc").rglob("*.tmp*")], n
@@ -553,7 +556,7 @@ def test_fresh_clone_list_from_a_local_remote_imports_no_dvc_yaml_or_dataclasses
     repo = clone(origin, tmp_path)
     cmd = [sys.executable, "-X", "importtime", str(SCRIPTS / "experiments.py"), "--json",
            "list"]
-    cp = sh(cmd, cwd=repo, check=False)
+    cp = sh(cmd, cwd=repo, check=False, env={"EV_LIST_COLD": "0"})  # the full list
     assert cp.returncode == 0, cp.stderr
     assert json.loads(cp.stdout) == origin[3]
     imported = {ln.split("|")[-1].strip() for ln in cp.stderr.splitlines()
@@ -569,7 +572,7 @@ def test_fresh_clone_list_from_a_local_remote_imports_no_dvc_yaml_or_dataclasses
     assert cp.stdout == reference(repo, "--json", "list").stdout
     shutil.rmtree(repo / ".dvc")  # the text form too, from the remote again
     sh(["git", "checkout", "-q", "--", ".dvc"], cwd=repo)
-    text = run_script("experiments.py", "list", cwd=repo)
+    text = run_script("experiments.py", "list", cwd=repo, env={"EV_LIST_COLD": "0"})
     assert text.returncode == 0 and text.stdout == reference(repo, "list").stdout
 
 
@@ -681,3 +684,30 @@ def test_scratch_dir_and_temp_names_as_tempfile_makes_them(tmp_path, monkeypatch
     atomic.write_bytes(dest, b"two")
     assert dest.read_bytes() == b"two" and sorted(p.name for p in tmp_path.iterdir()) == \
         ["out.txt"]
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_objects_fetched_into_the_cache_are_fsynced_before_their_rename(origin, tmp_path):
+    """DVC never hashes a cache object it finds: one renamed into place before its bytes
+    reached the disk is, after a power cut, an empty or torn object DVC checks out as is.
+    Each object copied from the remote (and each directory listing) is fsynced first."""
+    repo = clone(origin, tmp_path)
+    trace = tmp_path / "strace.log"
+    cmd = ["strace", "-f", "-y", "-e", "trace=fsync,fdatasync,rename,renameat,renameat2",
+           "-o", str(trace), sys.executable, str(SCRIPTS / "experiments.py"), "get",
+           "e0.2.0", "models/candidates/e0.2.0--m.pkl", "-o", str(tmp_path / "m.pkl")]
+    cp = sh(cmd, cwd=repo, check=False)
+    assert cp.returncode == 0, cp.stderr
+    lines = trace.read_text().splitlines()
+    synced: set[str] = set()
+    renamed = []
+    cache = str((repo / ".dvc" / "cache").resolve())
+    for ln in lines:
+        if "fsync(" in ln and "<" in ln:
+            synced.add(ln.split("<", 1)[1].split(">", 1)[0])
+        elif "rename" in ln and f'"{cache}/' in ln:
+            src = ln.split('"')[1] if "rename(" in ln else ln.split('"')[1]
+            renamed.append((src, set(synced)))
+    assert len(renamed) == 2  # the directory's listing, then the one file asked for
+    for src, before in renamed:
+        assert src in before, f"{src} renamed into the cache without an fsync"

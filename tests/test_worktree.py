@@ -296,3 +296,20 @@ def test_dry_run_creates_nothing(dvc_repo):
     assert (out["dry_run"], out["path"], out["branch"], out["cache_dir"]) == (
         True, str(repo.parent / "exp-dry"), "exp/dry", str(repo / ".dvc" / "cache"))
     assert worktree_list(repo) == [str(repo)] and not (repo.parent / "exp-dry").exists()
+
+
+def test_a_wrong_db_object_in_the_cache_is_refused_not_copied(dvc_repo):
+    """DVC trusts the objects it finds in its cache; the private copy of the results DB is
+    hashed while it is made: a zeroed object is one line and a failed create (no empty
+    DB to run experiments against, exit 0)."""
+    repo = tracked_project(dvc_repo)
+    h = md5(repo / "results" / "experiments.db")
+    obj = repo / ".dvc" / "cache" / "files" / "md5" / h[:2] / h[2:]
+    size = obj.stat().st_size
+    obj.unlink()  # a new inode: main's own DB (a hardlink of the old one) stays as it was
+    obj.write_bytes(b"\0" * size)  # as a torn write leaves it: the size right, no bytes
+    cp = run_script("worktree.py", "create", "bad-db", "--json", cwd=repo)
+    assert cp.returncode == 1, cp.stdout
+    err = [ln for ln in cp.stderr.splitlines() if ln]
+    assert len(err) == 1 and f"DVC cache object {obj} is damaged" in err[0], cp.stderr
+    assert not (repo.parent / "exp-bad-db" / "results" / "experiments.db").exists()

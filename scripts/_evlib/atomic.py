@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
-from pathlib import Path
+
+TYPE_CHECKING = False  # pathlib (~5 ms) is imported where a Path is handed out
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
 
 # tempfile and shutil cost ~8 ms of start-up (random, bz2, lzma, ...): a fresh
 # `experiments.py list` needs only a new file's name, made here as mkstemp makes it.
@@ -110,6 +113,28 @@ def fsync_file(path: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
+def _atomic_file(dest: str, suffix: str = "", *, durable: bool = True,
+                 mode: int | None = None) -> Iterator[str]:
+    """atomic_path on strings: the temp file's path as a str."""
+    parent = os.path.dirname(dest) or "."
+    os.makedirs(parent, exist_ok=True)
+    fd, tmp = _mkstemp(parent, f".{os.path.basename(dest)}.", f".tmp{suffix}")
+    os.close(fd)
+    try:
+        yield tmp
+        os.chmod(tmp, file_mode_for(dest) if mode is None else mode)
+        if durable:
+            fsync_file(tmp)
+        os.replace(tmp, dest)
+        if durable:
+            _fsync_dir(parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike, suffix: str = "", *, durable: bool = True,
                 mode: int | None = None) -> Iterator[Path]:
     """Yield a temp path next to dest; on success fsync it and move it over dest.
@@ -118,31 +143,19 @@ def atomic_path(dest: str | os.PathLike, suffix: str = "", *, durable: bool = Tr
     complete file to the yielded path (and may validate it) inside the with block. The new
     file's mode is `mode`, else file_mode_for(dest) (mkstemp's 0600 never survives).
     durable=False skips the fsyncs (still all-or-nothing against a kill): for copies of
-    content that lives elsewhere and is md5-checked on every use, e.g. a DVC cache object
-    fetched from the remote (DVC itself never fsyncs its cache).
+    content that lives elsewhere and is md5-checked on every use (DVC itself never fsyncs
+    its cache), or a cache of this bundle's own that is rebuilt when unreadable.
     """
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _mkstemp(dest.parent, f".{dest.name}.", f".tmp{suffix}")
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.chmod(tmp_path, file_mode_for(dest) if mode is None else mode)
-        if durable:
-            fsync_file(tmp_path)
-        os.replace(tmp_path, dest)
-        if durable:
-            _fsync_dir(dest.parent)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
-        raise
+    from pathlib import Path
+
+    with _atomic_file(os.fspath(dest), suffix, durable=durable, mode=mode) as tmp:
+        yield Path(tmp)
 
 
 def write_bytes(dest: str | os.PathLike, data: bytes, *, durable: bool = True) -> None:
-    with atomic_path(dest, durable=durable) as tmp:
-        tmp.write_bytes(data)
+    with _atomic_file(os.fspath(dest), durable=durable) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
 
 
 def write_text(dest: str | os.PathLike, text: str, *, durable: bool = True) -> None:
@@ -187,6 +200,8 @@ def copy_file(src: str | os.PathLike, dest: str | os.PathLike) -> None:
 
 def append_line(dest: str | os.PathLike, line: str) -> None:
     """Append one line to a small text file (a ledger) by rewriting it atomically."""
+    from pathlib import Path
+
     dest = Path(dest)
     old = dest.read_bytes() if dest.exists() else b""
     if old and not old.endswith(b"\n"):
@@ -225,6 +240,7 @@ def held_lock(path: str | os.PathLike, *, wait_s: float, message: str, hint: str
     """
     import fcntl
     import time
+    from pathlib import Path
 
     from .errors import REFUSED, EVError
 

@@ -10,13 +10,14 @@ repository raises EVError with exit code 2, so nothing outside is ever read, cop
 
 from __future__ import annotations
 
-import configparser
-import json
 import os
-from pathlib import Path
 
 from .errors import USAGE, EVError
 from .plain import plain
+
+TYPE_CHECKING = False  # pathlib (~5 ms) is imported where a Path is handed out (_path)
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 @plain
@@ -128,7 +129,7 @@ def safe_out_path(raw: str, base: str, source: str, root: Path | None = None) ->
     if p == ".." or p.startswith("../") or p in (".", ""):
         raise _outside(raw, source)
     if root is not None:
-        top = Path(root).resolve()
+        top = _path(os.path.realpath(root))
         parent = (top / p).parent.resolve()
         if parent != top and top not in parent.parents:
             raise _outside(raw, source)
@@ -162,14 +163,15 @@ def first_md5(text: str | None) -> str | None:
     return outs[0].get("md5") if outs and isinstance(outs[0], dict) else None
 
 
-def config_files(repo: Path) -> list[Path]:
+def config_files(repo: str | os.PathLike) -> list[str]:
     """DVC's config files in the order DVC applies them (later wins): system, global, repo,
     local. The first two honour DVC_SYSTEM_CONFIG_DIR / DVC_GLOBAL_CONFIG_DIR like DVC."""
     system = os.environ.get("DVC_SYSTEM_CONFIG_DIR") or "/etc/xdg/dvc"
     xdg = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
     glob = os.environ.get("DVC_GLOBAL_CONFIG_DIR") or os.path.join(xdg, "dvc")
-    return [Path(system) / "config", Path(glob) / "config", repo / ".dvc" / "config",
-            repo / ".dvc" / "config.local"]
+    dvc = os.path.join(os.fspath(repo), ".dvc")
+    return [os.path.join(system, "config"), os.path.join(glob, "config"),
+            os.path.join(dvc, "config"), os.path.join(dvc, "config.local")]
 
 
 def _unquote(v: str) -> str:
@@ -177,20 +179,36 @@ def _unquote(v: str) -> str:
     return v[1:-1] if len(v) >= 2 and v[0] == v[-1] and v[0] in "'\"" else v
 
 
-def read_config_file(path: Path) -> dict[str, dict[str, str]]:
-    """One DVC config file as {section: {key: value}}; sections as DVC names them
-    ('cache', 'core', 'remote "storage"'). A missing or unreadable file is empty."""
+def _parser(path: str | os.PathLike):
+    """configparser's reading of one config file; None if missing or unreadable (configparser
+    itself, ~3 ms, is imported only when a file exists)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except (OSError, UnicodeDecodeError):
+        return None
+    import configparser
+
     cp = configparser.ConfigParser(interpolation=None, strict=False)
     try:
-        cp.read_string(path.read_text())
-    except (configparser.Error, OSError, UnicodeDecodeError):
+        cp.read_string(text)
+    except configparser.Error:
+        return None
+    return cp
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, dict[str, str]]:
+    """One DVC config file as {section: {key: value}}; sections as DVC names them
+    ('cache', 'core', 'remote "storage"'). A missing or unreadable file is empty."""
+    cp = _parser(path)
+    if cp is None:
         return {}
     return {_unquote(sec): {k: _unquote(v) for k, v in cp.items(sec)} for sec in cp.sections()}
 
 
-def read_config(repo: Path) -> dict[str, dict[str, tuple[str, Path]]]:
+def read_config(repo: str | os.PathLike) -> dict[str, dict[str, tuple[str, str]]]:
     """DVC's merged config: {section: {key: (value, the config file that set it)}}."""
-    merged: dict[str, dict[str, tuple[str, Path]]] = {}
+    merged: dict[str, dict[str, tuple[str, str]]] = {}
     for f in config_files(repo):
         for sec, kv in read_config_file(f).items():
             for k, v in kv.items():
@@ -198,22 +216,32 @@ def read_config(repo: Path) -> dict[str, dict[str, tuple[str, Path]]]:
     return merged
 
 
-def _local_path(value: str, origin: Path) -> Path:
+def _local_path(value: str, origin: str) -> str:
     """A path in a config file: relative ones are relative to that file's directory."""
-    p = Path(os.path.expanduser(value))
-    return (p if p.is_absolute() else origin.parent / p).resolve()
+    p = os.path.expanduser(value)
+    return os.path.realpath(os.path.join(os.path.dirname(origin), p))
 
 
-def cache_dir(repo: Path) -> Path:
+def _path(p: str):
+    from pathlib import Path  # ~5 ms: listcold uses the str forms (cache_dir_str, ...)
+
+    return Path(p)
+
+
+def cache_dir_str(repo: str | os.PathLike) -> str:
     """The cache directory DVC uses in repo (`dvc cache dir`): `[cache] dir` from the config
     levels (later wins), relative to the file that sets it; default .dvc/cache."""
     cfg = read_config(repo).get("cache", {})
     if "dir" in cfg:
         return _local_path(*cfg["dir"])
-    return (repo / ".dvc" / "cache").resolve()
+    return os.path.realpath(os.path.join(os.fspath(repo), ".dvc", "cache"))
 
 
-def default_remote(repo: Path) -> tuple[str | None, str | None]:
+def cache_dir(repo: str | os.PathLike) -> Path:
+    return _path(cache_dir_str(repo))
+
+
+def default_remote(repo: str | os.PathLike) -> tuple[str | None, str | None]:
     """(default remote's name, its URL: a local path made absolute); (None, None) if unset."""
     cfg = read_config(repo)
     name = cfg.get("core", {}).get("remote", (None, None))[0]
@@ -224,8 +252,45 @@ def default_remote(repo: Path) -> tuple[str | None, str | None]:
         return name, None
     url, origin = found
     if "://" not in url:
-        url = str(_local_path(url, origin))
+        url = _local_path(url, origin)
     return name, url
+
+
+def local_remote_str(repo: str | os.PathLike, remote: str | None = None) -> str | None:
+    """The directory of the remote (default: the default remote) when it is a plain local
+    directory configured in the repository's own config files (.dvc/config, config.local)
+    with no option besides its url; else None (DVC's API resolves it: S3, global config,
+    options). What revfile reads a local remote's objects through, without DVC."""
+    name, urls, extra = remote, {}, set()
+    for fname in ("config", "config.local"):
+        cfg = os.path.join(os.fspath(repo), ".dvc", fname)
+        if not os.path.isfile(cfg):
+            continue
+        cp = _parser(cfg)
+        if cp is None:
+            return None
+        if remote is None and cp.has_option("core", "remote"):
+            name = cp.get("core", "remote").strip().strip("'\"")
+        for raw in cp.sections():
+            sec = raw.strip("'")  # DVC writes ['remote "name"'] (configobj quoting)
+            if sec.startswith('remote "') and sec.endswith('"'):
+                rname = sec[len('remote "'):-1]
+                for k, v in cp.items(raw):
+                    if k == "url":
+                        v = v.strip().strip("'\"")
+                        urls[rname] = (v, os.path.dirname(cfg))
+                    else:
+                        extra.add((rname, k))  # e.g. worktree/version_aware: DVC's API
+    if name and name in urls and not any(r == name for r, _k in extra):
+        url, base = urls[name]
+        if "://" not in url and not url.startswith(("remote:", "s3:", "gs:", "azure:")):
+            return os.path.realpath(os.path.join(base, os.path.expanduser(url)))
+    return None
+
+
+def local_remote(repo: str | os.PathLike, remote: str | None = None) -> Path | None:
+    got = local_remote_str(repo, remote)
+    return None if got is None else _path(got)
 
 
 def write_worktree_config(src_local: Path, dest_local: Path, cache: Path, cache_type: str,
@@ -253,11 +318,23 @@ def object_path(root: Path, md5: str, legacy: bool = False) -> Path:
     return base / md5[:2] / md5[2:]
 
 
+def object_file(root: str, md5: str, legacy: bool = False) -> str:
+    """object_path as a str."""
+    base = root if legacy else os.path.join(root, "files", "md5")
+    return os.path.join(base, md5[:2], md5[2:])
+
+
 def find_object(cache: Path, md5: str) -> Path | None:
     """The object's file in the cache, in either layout, if present."""
+    found = find_object_file(os.fspath(cache), md5)
+    return None if found is None else _path(found)
+
+
+def find_object_file(cache: str, md5: str) -> str | None:
+    """find_object as a str."""
     for legacy in (False, True):
-        p = object_path(cache, md5, legacy)
-        if p.is_file():
+        p = object_file(cache, md5, legacy)
+        if os.path.isfile(p):
             return p
     return None
 
@@ -283,6 +360,8 @@ def output_changes(root: Path, cache: Path, outs: list[Out],
     directory whose manifest is not in the cache, or more than hash_limit bytes to hash; the
     caller then asks `dvc status`. A missing output is not a change (its bytes are cached).
     """
+    import json
+
     from .atomic import md5_file
 
     cache_s = str(cache)
@@ -331,3 +410,28 @@ def output_changes(root: Path, cache: Path, outs: list[Out],
         to_hash.append((f, md5, label))
     changed += [f"{label} (modified)" for f, md5, label in to_hash if md5_file(f) != md5]
     return sorted(changed)
+
+
+try:  # md5 without hashlib's OpenSSL import (~3 ms of a first list); the same digests
+    from _md5 import md5 as md5_new
+except ImportError:  # pragma: no cover - a Python built without it
+    from hashlib import md5 as md5_new
+
+
+# Outputs under these folders are what an experiment produced, not the data it used.
+PRODUCT_DIRS = ("results/", "models/")
+
+
+def data_outs(outs: dict[str, Out]) -> dict[str, Out]:
+    return {p: o for p, o in outs.items() if not p.startswith(PRODUCT_DIRS)}
+
+
+def data_short(outs: dict[str, Out]) -> str:
+    """6 characters naming the data: the out's own md5 if one, else a digest of all."""
+    d = data_outs(outs)
+    if not d:
+        return "none"
+    if len(d) == 1:
+        return next(iter(d.values())).short
+    joined = "\n".join(f"{p} {o.md5}" for p, o in sorted(d.items()))
+    return md5_new(joined.encode()).hexdigest()[:6]  # noqa: S324 - a name, not security

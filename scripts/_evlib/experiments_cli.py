@@ -124,18 +124,9 @@ def cmd_list(repo, args):
         r.pop("params"), r.pop("metrics")
 
     def text():
-        if not rows:
-            what = {"e": "experiment tags (e<major>.<minor>.<patch>)",
-                    "exp": "worktree tags (exp-NAME-vN)", "all": "experiment tags"}[args.kind]
-            return f"no {what} yet"
-        lines = []
-        width = max(10, *(len(r["tag"]) for r in rows))
-        for r in rows:
-            metric = f"{r['metric']}={history.fmt(r['value'])}" if r["value"] is not None \
-                else f"{r['metric']}=-"
-            lines.append(f"{r['tag']:<{width}} {r['date'][:10]}  {r['model'] or '-':<10} {metric:<18}"
-                         f" runs={r['runs']:<3} data={r['data']}  {r['description']}")
-        return "\n".join(lines)
+        from .summary import list_text
+
+        return list_text(rows, args.kind)
 
     import contextlib
     import io

@@ -9,18 +9,28 @@ working tree, so history stays right after the current DB or data change.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from pathlib import Path
 
-from .dvcmeta import Out, is_meta_file, parse_outs
+from .dvcmeta import PRODUCT_DIRS, Out, data_outs, data_short, is_meta_file, parse_outs  # noqa: F401
 from .errors import NOT_FOUND, USAGE, EVError
+from .evtags import E_TAG, FOR_EACH_REF, MAYBE_E_TAG, TagInfo, e_tags, parse_e, parse_refs  # noqa: F401
 from .histcache import SummaryCache
-from .plain import plain
 from .proc import git, git_ok
 from .revfile import RevFiles, file_at
-from .settings import META_COLS, METRIC_RE, is_step
+from .summary import (  # noqa: F401 - history's API (moved there, not copied)
+    VersionSummary,
+    _num,
+    best_run,
+    choose_metric,
+    fmt,
+    is_metric,
+    metric_columns,
+    run_metrics,
+    run_params,
+    summarize,
+)
 
 TYPE_CHECKING = False  # typing's own import costs a few ms of a fresh list
 if TYPE_CHECKING:
@@ -30,61 +40,13 @@ if TYPE_CHECKING:
 # the summary cache never needs them, and its start-up is most of its cost.
 
 DEFAULT_DB = "results/experiments.db"
-E_TAG = re.compile(r"^e(\d+)\.(\d+)\.(\d+)$")
-MAYBE_E_TAG = re.compile(r"^e\d")  # looks like an e-tag: e2, e1.2, e1.2.3-rc are malformed
-# Outputs under these folders are what an experiment produced, not the data it used.
-PRODUCT_DIRS = ("results/", "models/")
 
 
 # --- tags ---------------------------------------------------------------------------------
 
-def parse_e(tag: str) -> tuple[int, int, int] | None:
-    m = E_TAG.match(tag)
-    return (int(m[1]), int(m[2]), int(m[3])) if m else None
-
-
-@plain
-class TagInfo:
-    name: str
-    date: str
-    commit: str
-    message: str
-
-    @property
-    def subject(self) -> str:
-        return self.message.split("\n", 1)[0].strip()
-
-    @property
-    def description(self) -> str:
-        return self.subject.rsplit("|", 1)[-1].strip()
-
-    @property
-    def lineage(self) -> dict:
-        """The JSON block tag_suggest writes under the first line ({} if absent)."""
-        body = self.message.split("\n", 1)[1] if "\n" in self.message else ""
-        start = body.find("{")
-        if start < 0:
-            return {}
-        try:
-            return json.loads(body[start:body.rfind("}") + 1])
-        except ValueError:
-            return {}
-
-
 def all_tags(repo: Path) -> dict[str, TagInfo]:
-    fmt = "%(refname:short)%1f%(creatordate:iso-strict)%1f%(*objecttype)%1f" \
-          "%(*objectname)%(objectname)%1f%(contents)%1e"
-    out = git(repo, "for-each-ref", "refs/tags", f"--format={fmt}")
-    tags, nested = {}, []
-    for rec in out.split("\x1e"):
-        rec = rec.strip("\n")
-        if not rec:
-            continue
-        name, date, kind, obj, msg = (rec.split("\x1f") + ["", "", "", "", ""])[:5]
-        # %(*objectname) is what an annotated tag points at; it precedes %(objectname)
-        tags[name] = TagInfo(name, date, obj[:40], msg.strip())
-        if kind == "tag":  # a tag of a tag: peeled one level only, to a tag object
-            nested.append(name)
+    out = git(repo, "for-each-ref", "refs/tags", f"--format={FOR_EACH_REF}")
+    tags, nested = parse_refs(out)
     if nested:
         from .repo import peel_commits
 
@@ -92,17 +54,6 @@ def all_tags(repo: Path) -> dict[str, TagInfo]:
         for n in nested:
             tags[n].commit = peeled.get(tags[n].commit, tags[n].commit)
     return tags
-
-
-def e_tags(tags, warn=None) -> list[str]:
-    """Well-formed e-tags in version order; malformed e-looking tags are reported via warn."""
-    good = []
-    for name in sorted(tags):
-        if parse_e(name):
-            good.append(name)
-        elif MAYBE_E_TAG.match(name) and warn:
-            warn(f"ignoring malformed experiment tag {name!r} (expected e<major>.<minor>.<patch>)")
-    return sorted(good, key=parse_e)
 
 
 def bump_version(last: str | None, level: str) -> str:
@@ -154,23 +105,6 @@ def outs_at(repo: Path, rev: str | None) -> dict[str, Out]:
     return result
 
 
-def data_outs(outs: dict[str, Out]) -> dict[str, Out]:
-    return {p: o for p, o in outs.items() if not p.startswith(PRODUCT_DIRS)}
-
-
-def data_short(outs: dict[str, Out]) -> str:
-    """6 characters naming the data: the out's own md5 if one, else a digest of all."""
-    d = data_outs(outs)
-    if not d:
-        return "none"
-    if len(d) == 1:
-        return next(iter(d.values())).short
-    joined = "\n".join(f"{p} {o.md5}" for p, o in sorted(d.items()))
-    import hashlib
-
-    return hashlib.md5(joined.encode()).hexdigest()[:6]  # noqa: S324 - a name, not security
-
-
 # --- a tracked file as of a revision (the one primitive: revfile) ------------------------
 
 def find_out(outs: dict[str, Out], path: str) -> tuple[Out, str] | None:
@@ -206,67 +140,6 @@ def fetch(repo: Path, rev: str, path: str, dest: Path) -> dict:
 
 
 # --- results DB: runs ---------------------------------------------------------------------
-
-def run_params(r: Run, metric_cols: set[str]) -> dict:
-    """Metrics here are recognised by name (metric_columns): step and count columns are
-    then no params either (settings.is_step), as in Settings.split."""
-    return {k: v for k, v in r.values.items() if k not in META_COLS and k not in metric_cols
-            and not is_step(k, v)}
-
-
-def run_metrics(r: Run, metric_cols: set[str]) -> dict:
-    return {k: v for k, v in r.values.items() if k in metric_cols}
-
-
-def is_metric(col: str, extra: str | None = None) -> bool:
-    return col == extra or bool(METRIC_RE.search(col.lower()))
-
-
-def metric_columns(runs: list[Run], metric: str | None) -> set[str]:
-    cols = {k for r in runs for k, v in r.values.items()
-            if k not in META_COLS and is_metric(k, metric) and _num(v) is not None}
-    if metric:
-        cols.add(metric)
-    return cols
-
-
-def _num(v) -> float | None:
-    if isinstance(v, bool) or v is None:
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(f) else f
-
-
-def choose_metric(runs: list[Run], metric: str | None) -> str:
-    if metric:
-        return metric
-    cols = sorted({k for r in runs for k in r.values if k not in META_COLS and is_metric(k)})
-    if "f1_score" in cols or not cols:
-        return "f1_score"
-    return cols[0]
-
-
-def best_run(runs: list[Run], metric: str, mode: str, version: str) -> Run:
-    scored = [r for r in runs if _num(r.values.get(metric)) is not None]
-    if not scored:
-        present = sorted({k for r in runs for k in r.values if k not in META_COLS})
-        raise EVError(f"no run of {version} has a numeric {metric!r}", code=USAGE,
-                      hint=f"pass --metric one of: {', '.join(present) or '(no columns)'}")
-    from .runs import rank
-
-    return rank(scored, metric, mode, value_of=lambda r: _num(r.values[metric]))[0]
-
-
-def fmt(v) -> str:
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, float):
-        return f"{v:.4g}" if v == v else "nan"
-    return str(v)
-
 
 # --- the results DB as of a tag -----------------------------------------------------------
 
@@ -324,36 +197,6 @@ class DBAt:
             from .atomic import remove_tree
 
             remove_tree(self.tmp)
-
-
-@plain
-class VersionSummary:
-    version: str
-    runs: list[Run]
-    metric: str
-    mode: str
-    best: Run | None
-    metric_cols: set[str]
-
-    def payload(self) -> dict:
-        b = self.best
-        return {
-            "version": self.version, "runs": len(self.runs), "metric": self.metric,
-            "mode": self.mode, "best_run": b.track_id if b else None,
-            "model": b.model if b else None,
-            "value": b.values.get(self.metric) if b else None,
-            "params": run_params(b, self.metric_cols) if b else {},
-            "metrics": run_metrics(b, self.metric_cols) if b else {},
-        }
-
-
-def summarize(runs: list[Run], version: str, metric: str | None, mode: str) -> VersionSummary:
-    m = choose_metric(runs, metric)
-    cols = metric_columns(runs, m)
-    best = None
-    if runs and any(_num(r.values.get(m)) is not None for r in runs):
-        best = best_run(runs, m, mode, version)
-    return VersionSummary(version, runs, m, mode, best, cols)
 
 
 def version_runs(repo: Path, db_rel: str, version: str, rev: str | None, warn=None

@@ -41,8 +41,9 @@ MAX_ENTRIES = 8  # answers kept per state (cwd x argv variants: --json, --sort, 
 REFUSE_ENV = ("GIT_DIR", "GIT_WORK_TREE", "GIT_COMMON_DIR", "GIT_CEILING_DIRECTORIES",
               "GIT_DISCOVERY_ACROSS_FILESYSTEM", "GIT_NAMESPACE", "GIT_REPLACE_REF_BASE",
               "GIT_OBJECT_DIRECTORY", "GIT_ALTERNATE_OBJECT_DIRECTORIES")
-# Which git and dvc programs run, and tracebacks on errors: not the answer.
-IGNORED_ENV = ("EV_GIT", "EV_DVC", "EV_TRACEBACK")
+# Which git and dvc programs run, tracebacks on errors, whether listcold may answer: not
+# the answer.
+IGNORED_ENV = ("EV_GIT", "EV_DVC", "EV_TRACEBACK", "EV_LIST_COLD")
 EVLIB = os.path.dirname(os.path.abspath(__file__))
 SCRIPT = os.path.join(os.path.dirname(EVLIB), "experiments.py")
 

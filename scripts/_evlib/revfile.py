@@ -18,7 +18,8 @@ The remote is read through DVC's own Python API (one Repo, one remote ODB, one t
 unless it is a plain local directory configured in the repository's own config files
 with no options: then the objects are copied from its files/md5 layout directly (what
 DVC's local filesystem does, without its ~0.3 s import). Objects written into the cache
-are not fsynced, as DVC's own are not: they are copies of the remote, md5-checked on use.
+are fsynced before they are renamed into place: DVC itself never hashes a cache object it
+finds, so one torn by a power cut would be checked out as is.
 
 Git is read in a handful of processes whatever the number of revisions: one long-lived
 `git cat-file --batch` serves every tree and every .dvc / dvc.lock blob at every revision
@@ -32,16 +33,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from pathlib import Path
 
-from .dvcmeta import Out, cache_dir, find_object, is_meta_file, object_path, parse_outs
+from .dvcmeta import Out, cache_dir, find_object, local_remote, object_path
 from .errors import FAILED, NOT_FOUND, USAGE, EVError
+from .gittree import inside_repo, meta_files, outs_of
 from .plain import plain
 from .proc import git_popen
-
-# Never descend into these top-level folders looking for .dvc files: DVC's own and git's.
-_SKIP_TOP = {".dvc", ".git"}
 
 
 @plain
@@ -98,18 +96,6 @@ class _CatFile:
             self.proc = None
 
 
-def _tree_entries(data: bytes, width: int):
-    """(mode, name, object id hex) of each entry of a raw git tree object; width is the
-    object id's size in bytes (20 for sha1, 32 for sha256 repositories)."""
-    i, n = 0, len(data)
-    while i < n:
-        sp = data.index(b" ", i)
-        nul = data.index(b"\0", sp)
-        oid = data[nul + 1:nul + 1 + width].hex()
-        yield data[i:sp].decode(), data[sp + 1:nul].decode("utf-8", "surrogateescape"), oid
-        i = nul + 1 + width
-
-
 class RevFiles:
     """Files as of revisions, read with one git process and (if needed) one DVC repo."""
 
@@ -117,7 +103,7 @@ class RevFiles:
         self.repo = Path(repo)
         self.remote = remote
         self.git = _CatFile(self.repo)
-        self._metas: dict[str, list[tuple[str, str]]] = {}  # tree id -> [(path, blob id)]
+        self._metas: dict[str, list[tuple[str, str]]] = {}  # tree+prefix -> [(path, blob)]
         self._outs_by_blob: dict[tuple[str, str], list[Out]] = {}
         self._outs: dict[str, dict[str, Out]] = {}  # rev -> outs
         self._cache: Path | None = None
@@ -153,21 +139,7 @@ class RevFiles:
 
     def _meta_files(self, tree: str, prefix: str, got=None) -> list[tuple[str, str]]:
         """(repo path, blob id) of every .dvc file and dvc.lock under tree (memoised)."""
-        key = tree + "\0" + prefix  # the same tree under another prefix names other paths
-        if key in self._metas:
-            return self._metas[key]
-        got = got or self.git.get(tree)
-        found: list[tuple[str, str]] = []
-        if got and got[1] == "tree":
-            for mode, name, oid in _tree_entries(got[2], len(tree) // 2):
-                path = prefix + name
-                if mode == "40000":
-                    if not (prefix == "" and name in _SKIP_TOP):
-                        found += self._meta_files(oid, path + "/")
-                elif mode in ("100644", "100755") and is_meta_file(path):
-                    found.append((path, oid))
-        self._metas[key] = found
-        return found
+        return meta_files(tree, prefix, self.git.get, self._metas, got)
 
     def outs_at(self, rev: str) -> dict[str, Out]:
         """DVC outputs recorded at rev (a tag, branch or commit): {} if it tracks none.
@@ -179,18 +151,13 @@ class RevFiles:
         if got is None:
             raise EVError(f"{rev!r} names no commit in this repository", code=NOT_FOUND,
                           hint="list versions with experiments.py list (or git tag -l 'e*')")
-        outs: dict[str, Out] = {}
-        for path, blob_id in self._meta_files(got[0], "", got):
-            key = (blob_id, path)
-            if key not in self._outs_by_blob:
-                data = self.git.get(blob_id)
-                text = data[2].decode("utf-8", "replace") if data else ""
-                self._outs_by_blob[key] = parse_outs(text, path)
-            for o in self._outs_by_blob[key]:
-                if _inside_repo(o.path):
-                    outs[o.path] = o
+        outs = outs_of(self._meta_files(got[0], "", got), self._text, self._outs_by_blob)
         self._outs[rev] = outs
         return outs
+
+    def _text(self, blob_id: str) -> str:
+        data = self.git.get(blob_id)
+        return data[2].decode("utf-8", "replace") if data else ""
 
     def locate(self, rev: str, path: str) -> Located:
         """The DVC output covering path at rev, and the file's md5 (through a directory
@@ -271,42 +238,10 @@ class RevFiles:
         return self._dvc
 
     def _local_remote(self) -> Path | None:
-        """The default remote's directory when it is a plain local directory configured in
-        the repository's own config files (.dvc/config, config.local); else None (DVC's
-        API then resolves it: S3, global config, options)."""
-        if self._local is not False:
-            return self._local
-        import configparser
-
-        name, urls, extra = self.remote, {}, set()
-        for fname in ("config", "config.local"):
-            cfg = self.repo / ".dvc" / fname
-            if not cfg.is_file():
-                continue
-            cp = configparser.ConfigParser(interpolation=None, strict=False)
-            try:
-                cp.read_string(cfg.read_text())
-            except (configparser.Error, OSError):
-                self._local = None
-                return None
-            if self.remote is None and cp.has_option("core", "remote"):
-                name = cp.get("core", "remote").strip().strip("'\"")
-            for raw in cp.sections():
-                sec = raw.strip("'")  # DVC writes ['remote "name"'] (configobj quoting)
-                if sec.startswith('remote "') and sec.endswith('"'):
-                    rname = sec[len('remote "'):-1]
-                    for k, v in cp.items(raw):
-                        if k == "url":
-                            v = v.strip().strip("'\"")
-                            urls[rname] = (v, cfg.parent)
-                        else:
-                            extra.add((rname, k))  # e.g. worktree/version_aware: DVC's API
-        self._local = None
-        if name and name in urls and not any(r == name for r, _k in extra):
-            url, base = urls[name]
-            if "://" not in url and not url.startswith(("remote:", "s3:", "gs:", "azure:")):
-                p = Path(os.path.expanduser(url))
-                self._local = (p if p.is_absolute() else base / p).resolve()
+        """The default remote's directory when it is a plain local directory (dvcmeta's
+        local_remote); else None (DVC's API then resolves it: S3, global config, options)."""
+        if self._local is False:
+            self._local = local_remote(self.repo, self.remote)
         return self._local
 
     def _pull_local(self, remote: Path, want: dict[str, bool]) -> None:
@@ -321,7 +256,7 @@ class RevFiles:
             dest = object_path(self.cache, md5, legacy)
             h = hashlib.md5()  # noqa: S324 - DVC names objects by md5
             # read-only, as DVC protects its cache objects
-            with atomic_path(dest, durable=False, mode=0o444) as tmp:
+            with atomic_path(dest, mode=0o444) as tmp:  # fsynced: DVC never re-hashes it
                 with open(src, "rb") as fi, open(tmp, "wb") as fo:
                     while chunk := fi.read(1 << 20):
                         h.update(chunk)
@@ -376,7 +311,7 @@ class RevFiles:
 
         if hashlib.md5(data).hexdigest() != md5.replace(".dir", ""):  # noqa: S324
             return
-        with atomic_path(dest, durable=False, mode=0o444) as tmp:
+        with atomic_path(dest, mode=0o444) as tmp:  # fsynced: DVC never re-hashes it
             tmp.write_bytes(data)
         self.fetched.append(md5)
 
@@ -432,7 +367,7 @@ class RevFiles:
 
         {"md5", "source": cache|remote|git}. NOT_FOUND when rev tracks no such file or its
         object is neither in the cache nor on the remote."""
-        if not _inside_repo(path):
+        if not inside_repo(path):
             raise EVError(f"{path} is outside the repository", code=USAGE,
                           hint="give a repo-relative path inside the repository")
         loc = self.locate(rev, path)
@@ -477,12 +412,6 @@ def atomic_path(dest, **kw):
     from .atomic import atomic_path as _atomic_path
 
     return _atomic_path(dest, **kw)
-
-
-def _inside_repo(path: str) -> bool:
-    """A repo-relative path that stays inside the repository (never trust a .dvc's path)."""
-    return bool(path) and not path.startswith("/") and ".." not in path.split("/") \
-        and path != "."
 
 
 def file_at(repo: Path, rev: str, path: str, dest: Path) -> dict:

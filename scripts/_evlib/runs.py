@@ -11,7 +11,6 @@ The DB is only read (read-only connection); identifiers are quoted.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from . import EVENTS_TABLE
 from .errors import USAGE, EVError
@@ -54,14 +53,14 @@ class RunTable:
 
 
 def read_runs(db: str | os.PathLike, *, version: str | None = None,
-              track_id: str | None = None) -> RunTable:
+              track_id: str | None = None, immutable: bool = False) -> RunTable:
     """The runs of db's events table, aggregated per track_id (first-seen order).
 
     version: only rows logged under it (WHERE version = ?; no runs if there is no version
     column). track_id: only that run's rows. Rows without a track_id are skipped.
-    sqlite3.Error propagates.
+    sqlite3.Error propagates. immutable: db is a DVC object, read in place (sql.py).
     """
-    con = sqlite_connect(db, readonly=True)
+    con = sqlite_connect(db, readonly=True, immutable=immutable)
     try:
         if EVENTS_TABLE not in sqlite_tables(con):
             return RunTable(None, {})
@@ -95,9 +94,10 @@ def read_runs(db: str | os.PathLike, *, version: str | None = None,
         con.close()
 
 
-def load_runs(db: str | os.PathLike, version: str | None = None) -> list[Run]:
+def load_runs(db: str | os.PathLike, version: str | None = None, *, immutable: bool = False
+              ) -> list[Run]:
     """The runs (of version, if given) in first-seen order; [] if db has no events table."""
-    return list(read_runs(db, version=version).runs.values())
+    return list(read_runs(db, version=version, immutable=immutable).runs.values())
 
 
 def db_versions(db: str | os.PathLike) -> list[str]:
@@ -145,7 +145,7 @@ def rank_runs(db: str | os.PathLike, metric: str, mode: str = "max",
         raise EVError(f"--mode must be max or min, not {mode!r}", code=USAGE)
     ranked_by = {"column": metric, "aggregate": RULE,
                  "order": "descending" if mode == "max" else "ascending"}
-    if not Path(db).exists():
+    if not os.path.exists(db):
         return {"ranked_by": None, "ranking": [], "rank_error": f"{db} does not exist"}
     con = sqlite_connect(db, readonly=True)
     try:

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 
 from .errors import USAGE, EVError
 from .plain import factory, fields, plain
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from pathlib import Path
 
 FILENAME = "ev.yaml"
 
@@ -89,11 +92,15 @@ _KNOWN = set(fields(Settings)) - {"extra"}
 
 
 def path(repo: str | os.PathLike) -> Path:
+    from pathlib import Path  # ~5 ms of a first list, which never needs it
+
     return Path(repo) / FILENAME
 
 
 def load(repo: str | os.PathLike) -> Settings:
     """The project's settings (defaults when there is no file). Bad content: exit 2."""
+    from pathlib import Path
+
     import yaml
 
     p = path(repo)

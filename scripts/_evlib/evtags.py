@@ -1,0 +1,80 @@
+"""Experiment tags: e<major>.<minor>.<patch> names, and what `git for-each-ref refs/tags`
+says of each tag (date, commit, message, the lineage block tag_suggest writes).
+
+Parsing only (no git process): history.all_tags runs git and reads its answer here, and so
+does listcold (a first `list`, without the rest of history).
+"""
+
+from __future__ import annotations
+
+import re
+
+from . import fastjson
+from .plain import plain
+
+E_TAG = re.compile(r"^e(\d+)\.(\d+)\.(\d+)$")
+MAYBE_E_TAG = re.compile(r"^e\d")  # looks like an e-tag: e2, e1.2, e1.2.3-rc are malformed
+# refname, date, what an annotated tag points at (its type, its id: empty for a lightweight
+# tag, whose id is then %(objectname)'s), the message
+FOR_EACH_REF = "%(refname:short)%1f%(creatordate:iso-strict)%1f%(*objecttype)%1f" \
+               "%(*objectname)%(objectname)%1f%(contents)%1e"
+
+
+def parse_e(tag: str) -> tuple[int, int, int] | None:
+    m = E_TAG.match(tag)
+    return (int(m[1]), int(m[2]), int(m[3])) if m else None
+
+
+@plain
+class TagInfo:
+    name: str
+    date: str
+    commit: str
+    message: str
+
+    @property
+    def subject(self) -> str:
+        return self.message.split("\n", 1)[0].strip()
+
+    @property
+    def description(self) -> str:
+        return self.subject.rsplit("|", 1)[-1].strip()
+
+    @property
+    def lineage(self) -> dict:
+        """The JSON block tag_suggest writes under the first line ({} if absent)."""
+        body = self.message.split("\n", 1)[1] if "\n" in self.message else ""
+        start = body.find("{")
+        if start < 0:
+            return {}
+        try:
+            return fastjson.loads(body[start:body.rfind("}") + 1])
+        except ValueError:
+            return {}
+
+
+def parse_refs(out: str) -> tuple[dict[str, TagInfo], list[str]]:
+    """for-each-ref's answer (FOR_EACH_REF, trailing newline stripped) as {name: TagInfo},
+    and the names of tags of tags (their commit is a tag object's id: peel it)."""
+    tags, nested = {}, []
+    for rec in out.split("\x1e"):
+        rec = rec.strip("\n")
+        if not rec:
+            continue
+        name, date, kind, obj, msg = (rec.split("\x1f") + ["", "", "", "", ""])[:5]
+        # %(*objectname) is what an annotated tag points at; it precedes %(objectname)
+        tags[name] = TagInfo(name, date, obj[:40], msg.strip())
+        if kind == "tag":  # a tag of a tag: peeled one level only, to a tag object
+            nested.append(name)
+    return tags, nested
+
+
+def e_tags(tags, warn=None) -> list[str]:
+    """Well-formed e-tags in version order; malformed e-looking tags are reported via warn."""
+    good = []
+    for name in sorted(tags):
+        if parse_e(name):
+            good.append(name)
+        elif MAYBE_E_TAG.match(name) and warn:
+            warn(f"ignoring malformed experiment tag {name!r} (expected e<major>.<minor>.<patch>)")
+    return sorted(good, key=parse_e)

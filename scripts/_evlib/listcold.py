@@ -1,0 +1,311 @@
+"""A first `experiments.py list` (no answer of listfast's yet), in one short process: what a
+teammate's fresh clone does, where the DB objects are only on the DVC remote.
+
+Taken only when the command is plain (`list`, with or without --json), there is no ev.yaml
+(the settings are the defaults) and every answer it needs is one it can read exactly as the
+full `list` reads it; in any doubt it returns False before writing anything and the full
+list runs (and reports what this path stepped around: a damaged object, a missing one, a
+bad .dvc file). What it does:
+
+- 2 git processes, started at once with os.posix_spawnp: `for-each-ref refs/tags` (the
+  format history.all_tags reads) and one `cat-file --batch` that reads every tag's trees
+  and every .dvc blob, in waves (all root trees, then their subtrees, ..., then the blobs);
+- each tag's outputs by gittree's rules (revfile's), its DB object found in the DVC cache
+  or a plain local-directory remote (dvcmeta.local_remote, as revfile reads it), its md5
+  checked, then opened read-only in place (`immutable`: a content-addressed object);
+  nothing is copied into the cache;
+- the summary, row and text of the full list (summary.summarize, summary.list_text), the
+  JSON through fastjson (json.dumps's own C encoder);
+- the answer stored for listfast (Recorder: the state before anything was read, and after)
+  when every version came from its tag's own DB object, as the full list does.
+
+Imports only the bundle's small modules (no history, revfile, proc, argparse, subprocess,
+json, pathlib).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from . import dvcmeta, evtags, gittree, listfast, summary
+from .settings import Settings
+
+PLAIN = (["list"], ["--json", "list"], ["list", "--json"])
+PROG = "experiments.py"
+
+
+class _Doubt(Exception):
+    """Something this path does not read exactly as the full list: run that instead."""
+
+
+def _env() -> dict:
+    env = dict(os.environ)  # proc._env's: never prompt, no DVC analytics
+    env.setdefault("DVC_NO_ANALYTICS", "1")
+    env["GIT_TERMINAL_PROMPT"] = "0"
+    return env
+
+
+class _Git:
+    """One git process with its stdout (and, for cat-file, its stdin) on pipes."""
+
+    def __init__(self, top: str, args: list[str], stdin: bool):
+        git = os.environ.get("EV_GIT") or "git"
+        out_r, out_w = os.pipe()
+        acts = [(os.POSIX_SPAWN_DUP2, out_w, 1),
+                (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0)]
+        self.stdin = None
+        if stdin:
+            in_r, in_w = os.pipe()
+            acts.append((os.POSIX_SPAWN_DUP2, in_r, 0))
+        else:
+            acts.append((os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0))
+        cwd = os.open(".", os.O_RDONLY)  # posix_spawn has no cwd: git starts in top
+        try:
+            os.chdir(top)
+            try:
+                self.pid = os.posix_spawnp(git, [git, *args], _env(), file_actions=acts)
+            finally:
+                os.fchdir(cwd)
+        finally:
+            os.close(cwd)
+            os.close(out_w)
+            if stdin:
+                os.close(in_r)
+        self.stdout = out_r
+        if stdin:
+            self.stdin = in_w
+        self.buf = bytearray()
+
+    def read_all(self) -> bytes:
+        chunks = [bytes(self.buf)]
+        while chunk := os.read(self.stdout, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def close(self) -> int:
+        for fd in (self.stdin, self.stdout):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.stdin = self.stdout = None
+        _pid, status = os.waitpid(self.pid, 0)
+        return os.waitstatus_to_exitcode(status)
+
+
+def _batch(cat: _Git, names: list[str]) -> list[tuple[str, str, bytes] | None]:
+    """cat-file --batch's answer for each name, writing and reading at once (select), so
+    that neither side's pipe fills up while the other waits."""
+    import select
+
+    req = b"".join(n.encode("utf-8", "surrogateescape") + b"\n" for n in names)
+    got: list = []
+    buf, sent = cat.buf, 0
+    while len(got) < len(names):
+        wfd = [cat.stdin] if sent < len(req) else []
+        readable, writable, _ = select.select([cat.stdout], wfd, [])
+        if writable:
+            sent += os.write(cat.stdin, req[sent:sent + (1 << 16)])
+        if readable:
+            chunk = os.read(cat.stdout, 1 << 20)
+            if not chunk:
+                raise _Doubt("git cat-file stopped")
+            buf += chunk
+        while len(got) < len(names):  # every complete answer in buf
+            nl = buf.find(b"\n")
+            if nl < 0:
+                break
+            head = buf[:nl].decode("utf-8", "replace")
+            if head.endswith((" missing", " ambiguous")):
+                got.append(None)
+                del buf[:nl + 1]
+                continue
+            parts = head.split()
+            if len(parts) != 3 or not parts[2].isdigit():
+                raise _Doubt(f"cat-file said {head!r}")
+            size = int(parts[2])
+            if len(buf) < nl + 2 + size:
+                break
+            got.append((parts[0], parts[1], bytes(buf[nl + 1:nl + 1 + size])))
+            del buf[:nl + 2 + size]
+    return got
+
+
+def _md5_ok(path: str, md5: str) -> bool:
+    h = dvcmeta.md5_new()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest() == md5
+
+
+def _db_object(top: str, out, where: dict) -> str:
+    """The verified file of the DB output's object: the cache's, else the local remote's."""
+    if out.is_dir:
+        raise _Doubt("the DB path is a directory output")
+    if "cache" not in where:
+        where["cache"] = dvcmeta.cache_dir_str(top)
+    found = dvcmeta.find_object_file(where["cache"], out.md5)
+    if found is None:
+        if "remote" not in where:
+            where["remote"] = dvcmeta.local_remote_str(top)
+        if where["remote"] is None:
+            raise _Doubt("no local-directory remote")
+        found = dvcmeta.object_file(where["remote"], out.md5, out.legacy)
+        if not os.path.isfile(found):
+            raise _Doubt("missing everywhere")  # the full list warns and reads the tree's
+    path = found
+    if not _md5_ok(path, out.md5):
+        raise _Doubt("damaged object")  # the full list refuses it, in one line
+    with open(path, "rb") as fh:
+        head = fh.read(100)
+    # a rollback-journal SQLite file (a WAL one needs its -wal/-shm: the full list's copy)
+    if len(head) < 100 or not head.startswith(b"SQLite format 3\0") or head[18:20] != b"\1\1":
+        raise _Doubt("not a plain SQLite file")
+    return path
+
+
+def _git_blob_at(root: tuple, objs: dict, rel: str) -> bool:
+    """Whether `<tree>:rel` names anything (the full list would read a git-tracked DB)."""
+    tree = root
+    parts = rel.split("/")
+    for i, name in enumerate(parts):
+        if tree is None or tree[1] != "tree":
+            return False
+        hit = next((e for e in gittree.tree_entries(tree[2], len(tree[0]) // 2)
+                    if e[1] == name), None)
+        if hit is None:
+            return False
+        if i == len(parts) - 1:
+            return True
+        if hit[2] not in objs:
+            raise _Doubt("tree not read")
+        tree = objs[hit[2]]
+    return False
+
+
+def _answer(top: str, want_json: bool) -> tuple[str, bool]:
+    """(the full list's stdout, whether every version came from its tag's own DB)."""
+    from .runs import load_runs
+
+    st = Settings()
+    db_rel, metric, mode = st.results_db, st.metric, st.mode
+    refs = _Git(top, ["for-each-ref", "refs/tags", f"--format={evtags.FOR_EACH_REF}"], False)
+    cat = _Git(top, ["cat-file", "--batch"], True)
+    try:
+        raw = refs.read_all()
+        if refs.close() != 0:
+            raise _Doubt("for-each-ref failed")
+        if b"\r" in raw:  # the full list reads git's output with universal newlines
+            raise _Doubt("CR in a tag")
+        tags, nested = evtags.parse_refs(raw.decode("utf-8").rstrip("\n"))
+        if nested:
+            raise _Doubt("a tag of a tag")
+
+        def warn(_msg):
+            raise _Doubt("a malformed e-tag (the full list warns)")
+
+        infos = [tags[n] for n in evtags.e_tags(tags, warn)]
+        objs: dict[str, tuple | None] = {}
+        commits = list(dict.fromkeys(t.commit for t in infos))
+        roots = dict(zip(commits, _batch(cat, [f"{c}^{{tree}}" for c in commits]),
+                         strict=True))
+        if any(r is None or r[1] != "tree" for r in roots.values()):
+            raise _Doubt("a tag names no commit")
+        wave = []
+        for r in roots.values():
+            objs[r[0]] = r
+            wave += gittree.subtrees(r[0], r[2], "")
+        while wave:  # the subtrees gittree.meta_files descends into, a level per batch
+            want = list(dict.fromkeys(oid for oid, _p in wave if oid not in objs))
+            for oid, got in zip(want, _batch(cat, want), strict=True):
+                objs[oid] = got
+            nxt = []
+            for oid, prefix in wave:
+                got = objs[oid]
+                if got is not None and got[1] == "tree":
+                    nxt += gittree.subtrees(oid, got[2], prefix)
+            wave = list(dict.fromkeys(nxt))
+        memo: dict = {}
+        metas = {c: gittree.meta_files(r[0], "", objs.__getitem__, memo, r)
+                 for c, r in roots.items()}
+        blobs = list(dict.fromkeys(b for m in metas.values() for _p, b in m if b not in objs))
+        for oid, got in zip(blobs, _batch(cat, blobs), strict=True):
+            objs[oid] = got
+    finally:
+        cat.close()
+
+    def text_of(oid):
+        got = objs[oid]
+        return got[2].decode("utf-8", "replace") if got else ""
+
+    parsed: dict = {}
+    where: dict = {}
+    own_only, rows = True, []
+    for t in infos:
+        outs = gittree.outs_of(metas[t.commit], text_of, parsed)
+        version = t.lineage.get("version") or t.name
+        out = None
+        for p, o in outs.items():
+            if db_rel == p:
+                out = o
+                break
+            if db_rel.startswith(p + "/"):
+                raise _Doubt("the DB inside a directory output")
+        runs = []
+        if out is not None:
+            runs = load_runs(_db_object(top, out, where), version, immutable=True)
+        elif _git_blob_at(roots[t.commit], objs, db_rel):
+            raise _Doubt("a git-tracked DB")
+        if not runs:  # history.Reader._runs: the working-tree DB stands in
+            own_only = False
+            cur = os.path.join(top, db_rel)
+            runs = load_runs(cur, version) if os.path.isfile(cur) else []
+        rec = summary.summarize(runs, version, metric, mode).payload()
+        rec.pop("params"), rec.pop("metrics")
+        rec.update({"tag": t.name, "date": t.date, "commit": t.commit,
+                    "data": dvcmeta.data_short(outs), "description": t.description})
+        rows.append(rec)
+    if want_json:
+        from .fastjson import dumps_compact
+
+        return dumps_compact({"status": "ok", "versions": rows}) + "\n", own_only
+    return summary.list_text(rows) + "\n", own_only
+
+
+def serve(argv: list[str]) -> bool:
+    """Print the full list's answer to this first list and store it for listfast; False
+    (nothing printed, nothing written): the full list runs."""
+    if argv not in PLAIN or os.environ.get("EV_LIST_COLD") == "0":
+        return False
+    try:
+        if not (sys.flags.utf8_mode or _locale_utf8()):
+            return False  # the full list decodes git's output in the locale's encoding
+        loc = listfast.locate(argv)
+        if loc is None or os.path.lexists(os.path.join(loc.top, "ev.yaml")):
+            return False
+        if not os.path.isdir(os.path.join(loc.top, ".dvc", "cache")) and \
+                dvcmeta.local_remote_str(loc.top) is None:
+            return False  # no object could be read here: the full list, before any git
+        rec = listfast.Recorder(argv, loc.top)  # the state, before anything is read
+        out, own_only = _answer(loc.top, "--json" in argv)
+        out.encode(sys.stdout.encoding or "utf-8", sys.stdout.errors or "strict")
+    except Exception:  # noqa: BLE001 - any doubt: the full list decides (and reports)
+        return False
+    from . import pipe
+
+    old = pipe.install()  # a reader that closed stdout: still exit 0 (pipe.py)
+    sys.stdout.write(out)
+    pipe.finish(old)
+    if own_only:
+        rec.store(out, "")
+    return True
+
+
+def _locale_utf8() -> bool:
+    import _locale
+
+    enc = _locale.getencoding() if hasattr(_locale, "getencoding") else ""
+    return enc.lower().replace("-", "").replace("_", "") == "utf8"
