@@ -31,16 +31,21 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 if __name__ == "__main__":
-    from _evlib import listfast
+    try:
+        from _evlib import listfast
 
-    # a repeated list on an unchanged history: answered before anything else is imported
-    if listfast.serve(sys.argv[1:]):
-        sys.exit(0)
-    from _evlib import listcold
+        # a repeated list on an unchanged history: answered before anything else is imported
+        if listfast.serve(sys.argv[1:]):
+            sys.exit(0)
+        from _evlib import listcold
 
-    # a first plain list: two git processes, the DB objects read in place (listcold.py)
-    if listcold.serve(sys.argv[1:]):
-        sys.exit(0)
+        # a first plain list: two git processes, the DB objects read in place (listcold.py)
+        if listcold.serve(sys.argv[1:]):
+            sys.exit(0)
+    except KeyboardInterrupt:  # outside cli.main's handler: the same one line
+        from _evlib import cli
+
+        sys.exit(cli.interrupted("experiments.py", "--json" in sys.argv[1:]))
     from _evlib import experiments_cli
 
     sys.exit(experiments_cli.main(__doc__))

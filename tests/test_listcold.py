@@ -205,3 +205,47 @@ def test_imports_no_history_revfile_subprocess_or_json(origin, tmp_path):
     assert sorted(imported & {"_evlib.history", "_evlib.revfile", "_evlib.proc", "argparse",
                               "subprocess", "json", "pathlib", "urllib.parse", "yaml",
                               "dvc", "typing", "dataclasses"}) == []
+
+
+@pytest.mark.parametrize("args", [("list",), ("--json", "list")])
+def test_ctrl_c_during_a_first_list_is_one_line_and_exit_130(origin, tmp_path, args):
+    """Ctrl-C while listcold waits on git: the full list's one line (and JSON object), exit
+    130, no traceback, nothing stored for listfast."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import SCRIPTS
+
+    repo = clone(origin, tmp_path)
+    started = tmp_path / "git-started"
+    slow = tmp_path / "slow-git"
+    # it never runs git; its stderr off the test's pipe; its pid, to stop it after
+    slow.write_text(f"#!/bin/sh\necho $$ >> {started}\nexec sleep 30 2>/dev/null\n")
+    slow.chmod(0o755)
+    p = subprocess.Popen([sys.executable, str(SCRIPTS / "experiments.py"), *args], cwd=repo,
+                         env={**os.environ, "EV_GIT": str(slow)}, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        for _ in range(300):  # bounded: 30 s
+            if started.exists():
+                break
+            time.sleep(0.1)
+        assert started.exists()
+        os.killpg(p.pid, signal.SIGINT)  # Ctrl-C: the whole foreground group, git too
+        out, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+        for pid in started.read_text().split() if started.exists() else []:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    line = "interrupted; nothing was left half-written, re-run to finish"
+    assert (p.returncode, err) == (130, f"experiments.py: error: {line}\n")
+    if "--json" in args:
+        assert json.loads(out) == {"status": "error", "code": 130, "error": line}
+    else:
+        assert out == ""
+    assert not (repo / ".dvc" / "tmp" / "ev-list.txt").exists()

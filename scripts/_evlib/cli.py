@@ -74,6 +74,15 @@ def _json_asked(argv: list[str]) -> bool:
     return "--json" in own
 
 
+def interrupted(prog: str, want_json: bool) -> int:
+    """Ctrl-C: one line (and its JSON object), exit 130, never a traceback."""
+    line = "interrupted; nothing was left half-written, re-run to finish"
+    print(f"{prog}: error: {line}", file=sys.stderr)
+    if want_json:
+        _print_json_error(130, line)
+    return 130
+
+
 def _print_json_error(code: int, error: str, **data) -> None:
     import json  # on the --json paths only: every start of a script pays for its imports
 
@@ -266,11 +275,7 @@ def _main(prog: str, build: Callable[[], argparse.ArgumentParser],
             _print_json_error(exc.code, exc.line(), **exc.data)
         return exc.code
     except KeyboardInterrupt:
-        line = "interrupted; nothing was left half-written, re-run to finish"
-        print(f"{prog}: error: {line}", file=sys.stderr)
-        if want_json:
-            _print_json_error(130, line)
-        return 130
+        return interrupted(prog, want_json)
     except Exception as exc:  # a bug or an unexpected failure: still one line, never exit 0
         where = os.environ.get("EV_TRACEBACK")
         if where:
