@@ -518,10 +518,19 @@ def test_cli_sweep_killed_alone_at_random_moments_never_doubles_a_run(git_repo, 
     outcomes = []
     db = git_repo / "results/experiments.db"
     for i in range(10):  # a fresh version each time, so every kill lands in real work
+        # The first kill waits until a run is going (its runs take 2 s): at least one kill
+        # leaves runs going, however slow the machine; the others land at random moments.
         args = ["--version", f"k{i}", "--grid", grid, "--workers", "3", "--",
-                sys.executable, tmp_path / "fast.py", "0.2"]
+                sys.executable, tmp_path / "fast.py", "2" if i == 0 else "0.2"]
         proc = _start_sweep(git_repo, args)
-        time.sleep(rng.uniform(0.2, 1.0))
+        if i == 0:
+            deadline = time.monotonic() + 60
+            while not [st for st in _sandbox_states(git_repo, "k0")
+                       if st.get("pid") and os.path.exists(f"/proc/{st['pid']}")]:
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.02)
+        else:
+            time.sleep(rng.uniform(0.2, 1.0))
         proc.kill()
         proc.wait()
         live = [st["pid"] for st in _sandbox_states(git_repo, f"k{i}")
@@ -564,11 +573,18 @@ def test_local_loop_a_failing_collection_stops_new_runs_and_collects_the_running
         git_repo, tmp_path):
     from _evlib.cmdsweep import _run_local
 
-    todo, spec_for = _loop_specs(tmp_path, 8)
+    todo, spec_for0 = _loop_specs(tmp_path, 8)
     base, logs = git_repo / ".ev" / "sweeps" / "L1", tmp_path / "logs"
     base.mkdir(parents=True)
     logs.mkdir()
     collected = []
+    starts = tmp_path / "started"
+
+    def spec_for(it, gpu=None):  # each command says it started (its key, one line)
+        spec = spec_for0(it, gpu)
+        spec.command = ["sh", "-c", f'echo "$EV_RUN_KEY" >> {starts}; exec "$@"', "sh",
+                        *spec.command]
+        return spec
 
     def after(it, res, wd, gpu):
         collected.append((it["key"], res.ok, res.rows))
@@ -578,7 +594,7 @@ def test_local_loop_a_failing_collection_stops_new_runs_and_collects_the_running
     with pytest.raises(EVError, match="the ledger is gone"):
         _run_local(git_repo, todo, spec_for, after, base=base, workers=2, boxes=4, gpus=None,
                    lineage={}, directory=logs)
-    started = sorted(p.stem[4:] for p in logs.glob("run-*.log"))
+    started = sorted(starts.read_text().split())
     # Runs already going when the first collection failed are finished and collected, never
     # abandoned; no run starts after it.
     assert sorted(k for k, _, _ in collected) == started

@@ -4,14 +4,12 @@ reuses it. Split out of runner.py (re-exported there)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 
 from . import guard
 from .errors import FAILED, EVError
 from .runspec import RunResult, RunSpec
-from .runstate import LOG_FILE
 
 SANDBOX_ROOT = ".ev"  # <repo>/.ev/: per-run sandboxes (git- and dvc-ignored)
 # Never mirrored into a sandbox: the repository's own metadata (the command's git and dvc
@@ -99,9 +97,9 @@ def prepare(repo: Path, spec: RunSpec, workdir: Path, *, reuse: bool = False,
     if reuse and tree.is_dir():
         clean(tree, private, spec.cwd, spec.real_dir, extra=not collected)
         # The rc file is left: it names its run (read_rc), and the next run's shell writes
-        # over it in place (ext4 pays for each file created, truncated or removed).
-        with contextlib.suppress(FileNotFoundError):
-            (workdir / LOG_FILE).unlink()
+        # over it in place (ext4 pays for each file created, truncated or removed). So is the
+        # log: its run's caller moved it out if it wanted it (a sweep keeps non-empty ones),
+        # and the next launch truncates it in place.
     hide = guard.MOVED.get(str(repo), set())
     db_dir = os.path.dirname(os.path.normpath(spec.results_db).replace(os.sep, "/"))
     skip = _private_names(private) | hide | {f"{db_dir}/shards" if db_dir else "shards"}
