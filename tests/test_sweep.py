@@ -696,6 +696,50 @@ def test_stamp_adds_the_lineage_columns_exactly_as_alter_table_would(tmp_path, c
         n for n, _ in cols]
 
 
+def test_add_columns_places_a_create_text_it_has_seen_without_an_alter(tmp_path):
+    """A sweep's runs all create the same table: where SQLite puts a column is found once
+    (by an ALTER) and the next shards get the same edit, checked the same way."""
+    from _evlib import sql
+
+    create = 'CREATE TABLE "default" (track_id TEXT, timestamp TEXT, "x y" REAL) -- #18'
+    defs = [("ev_a", "TEXT"), ("ev_b", "REAL"), ("ev_c", "INTEGER")]
+
+    def db(name):
+        con = sqlite3.connect(tmp_path / name, isolation_level=None)
+        con.execute(create)
+        con.execute("INSERT INTO \"default\" VALUES ('t', '1', 0.5)")
+        return con
+
+    ref = db("ref.db")
+    for n, d in defs:
+        ref.execute(f'ALTER TABLE "default" ADD COLUMN {n} {d}')
+    seen = []
+
+    class Con:
+        def __init__(self, c):
+            self.c = c
+
+        def execute(self, q, *a):
+            seen.append(q)
+            return self.c.execute(q, *a)
+
+    cons = [db("1.db"), db("2.db")]
+    for con in cons:
+        con.execute("BEGIN IMMEDIATE")
+        sql.add_columns(Con(con), "default", defs)
+        con.execute("COMMIT")
+        if con is cons[0]:
+            first, seen[:] = list(seen), []
+    assert any(q.startswith("ALTER TABLE") for q in first)
+    assert not any(q.startswith("ALTER TABLE") for q in seen)  # the second: no ALTER
+    want = ref.execute('PRAGMA table_info("default")').fetchall()
+    for con in cons:
+        assert con.execute('PRAGMA table_info("default")').fetchall() == want
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert con.execute('SELECT * FROM "default"').fetchall() == [("t", "1", 0.5, None,
+                                                                      None, None)]
+
+
 def test_add_columns_falls_back_to_alter_table_when_the_edit_does_not_check_out(
         tmp_path, monkeypatch):
     from _evlib import sql
