@@ -223,3 +223,31 @@ def test_the_pack_leaves_out_a_shard_it_could_not_hold_exactly(tmp_path):
         ("t1", 1, "integer"), ("t4", 4, "integer")]
     assert [r[0] for r in con.execute("SELECT key FROM _ev_packed ORDER BY 1")] == ["a", "d"]
     con.close()
+
+
+def test_a_reused_sandbox_is_relinked_only_when_the_repository_or_its_tree_changed(
+        git_repo, tmp_path, monkeypatch):
+    from _evlib import runner, sandbox
+
+    (git_repo / "data.txt").write_text("d\n")
+    (tmp_path / "say.py").write_text(TRAIN)
+    spec = runner.RunSpec(command=[sys.executable, str(tmp_path / "say.py")], version="L1",
+                          key="k1", params={"x": 1})
+    wd = git_repo / ".ev/sweeps/L1/w0"
+    tree = wd / "tree"
+    walks = []
+    real = sandbox.mirror
+    monkeypatch.setattr(sandbox, "mirror", lambda *a, **k: (walks.append(1), real(*a, **k)))
+    assert runner.execute(git_repo, spec, wd, lineage={}, reuse=True).ok
+    assert len(walks) == 1
+    runner.prepare(git_repo, spec, wd, reuse=True, collected=True)
+    assert len(walks) == 1  # nothing changed: not walked again
+    assert (tree / "data.txt").is_symlink()
+    os.unlink(tree / "data.txt")  # a run removed a link in its sandbox: it comes back
+    runner.prepare(git_repo, spec, wd, reuse=True, collected=True)
+    assert len(walks) == 2 and (tree / "data.txt").is_symlink()
+    (git_repo / "new.txt").write_text("n\n")  # a file added to the repository: shown
+    runner.prepare(git_repo, spec, wd, reuse=True, collected=True)
+    assert len(walks) == 3 and (tree / "new.txt").is_symlink()
+    runner.prepare(git_repo, spec, wd, reuse=True, collected=True)
+    assert len(walks) == 3

@@ -21,6 +21,21 @@ _SKIP_ANY_NAME = {"dvc.yaml", "dvc.lock"}
 DB_SIDE = ("-journal", "-wal", "-shm")
 
 
+_RESOLVED: dict[str, Path] = {}
+
+
+def resolved(repo) -> Path:
+    """Path(repo).resolve(), for an absolute path once per process (a sweep's runs ask it
+    three times each: a stat per path component every time)."""
+    key = os.fspath(repo)
+    if not os.path.isabs(key):
+        return Path(key).resolve()
+    out = _RESOLVED.get(key)
+    if out is None:
+        out = _RESOLVED[key] = Path(key).resolve()
+    return out
+
+
 def _private_names(private: list[str]) -> set[str]:
     out = set()
     for p in private:
@@ -30,11 +45,12 @@ def _private_names(private: list[str]) -> set[str]:
 
 
 def mirror(repo: Path, tree: Path, private: list[str], cwd: str = ".", real: str = "", *,
-           copies: list[str] = (), hide: set = frozenset()) -> None:
+           copies: list[str] = (), hide: set = frozenset(), record: dict | None = None) -> None:
     """tree/ = the repository as symlinks, with the private paths (and their parents) and the
     folder `real` (the candidates folder: its files linked one by one) real. copies: files
     left out here (prepare puts private copies there; their folders are real); hide: paths
-    not shown at all (guard.MOVED).
+    not shown at all (guard.MOVED). record: filled with {folder: (its identity before it was
+    read, the names put in its copy)} for every repository folder walked (see mirrored).
 
     On an existing tree (a reused sandbox) only the missing links are added.
     """
@@ -45,6 +61,9 @@ def mirror(repo: Path, tree: Path, private: list[str], cwd: str = ".", real: str
     def walk(src: Path, dst: Path, prefix: str) -> None:
         dst.mkdir(parents=True, exist_ok=True)
         have = set(os.listdir(dst))
+        placed: set = set()
+        if record is not None:
+            record[prefix[:-1]] = (guard.ident(src), placed)
         with os.scandir(src) as it:
             for entry in it:
                 rel = prefix + entry.name
@@ -52,6 +71,7 @@ def mirror(repo: Path, tree: Path, private: list[str], cwd: str = ".", real: str
                     continue
                 if entry.name in _SKIP_ANY_NAME or entry.name.endswith(_SKIP_ANY_SUFFIX):
                     continue
+                placed.add(entry.name)
                 if rel in parents and entry.is_dir(follow_symlinks=False):
                     if (dst / entry.name).is_symlink():  # now real (a copy inside it)
                         (dst / entry.name).unlink()
@@ -60,10 +80,31 @@ def mirror(repo: Path, tree: Path, private: list[str], cwd: str = ".", real: str
                     os.symlink(entry.path, dst / entry.name)
 
     walk(repo, tree, "")
+    _real_dirs(tree, private, real)
+
+
+def _real_dirs(tree: Path, private: list[str], real: str) -> None:
     for p in private:
         (tree / p).parent.mkdir(parents=True, exist_ok=True)
     if real:
         (tree / real).mkdir(parents=True, exist_ok=True)
+
+
+def mirrored(repo: Path, tree: Path, record: dict) -> bool:
+    """The tree still mirrors what mirror(record=...) recorded: no repository folder it
+    walked has changed since (one stat each: an entry added, removed or renamed changes its
+    folder's mtime), and every name it put in the tree is still there (one listdir per
+    folder: a run that removed a link gets it back). Then mirror would add nothing."""
+    for rel, (ident, placed) in record.items():
+        src, dst = (repo / rel, tree / rel) if rel else (repo, tree)
+        if ident is None or guard.ident(src) != ident:
+            return False
+        try:
+            if not placed <= set(os.listdir(dst)):
+                return False
+        except OSError:
+            return False
+    return True
 
 
 def clean(result_tree: Path, private: list[str], cwd: str = ".", real: str = "", *,
@@ -88,7 +129,7 @@ def prepare(repo: Path, spec: RunSpec, workdir: Path, *, reuse: bool = False,
     """Make workdir/tree the run's sandbox (see execute); with reuse, empty an earlier run's.
     collected: that run was landed (its extra files moved out by collect_extras), so only
     its private paths are left to remove: the tree is not walked again for extras."""
-    repo, workdir = Path(repo).resolve(), Path(workdir)
+    repo, workdir = resolved(repo), Path(workdir)
     tree = workdir / "tree"
     private = spec.private
     if workdir.exists() and not reuse:
@@ -119,7 +160,19 @@ def prepare(repo: Path, spec: RunSpec, workdir: Path, *, reuse: bool = False,
 
         shutil.rmtree(tree)
         rec["copies"] = {}
-    mirror(repo, tree, private, spec.cwd, spec.real_dir, copies=copies, hide=hide)
+    # A reused sandbox whose tree still mirrors the repository (the usual case in a sweep)
+    # is not walked again.
+    mkey = (tuple(private), spec.cwd, spec.real_dir, tuple(copies), frozenset(hide))
+    last_mirror = rec.get("mirror")
+    if (reuse and last_mirror and last_mirror[0] == mkey and tree.is_dir()
+            and mirrored(repo, tree, last_mirror[1])):
+        _real_dirs(tree, [os.path.normpath(p).replace(os.sep, "/") for p in private],
+                   spec.real_dir)
+    else:
+        walked: dict = {}
+        mirror(repo, tree, private, spec.cwd, spec.real_dir, copies=copies, hide=hide,
+               record=walked)
+        rec["mirror"] = (mkey, walked)
     for rel in copies:  # a private copy, fresh unless it and its source are as copied
         src, old = guard.ident(repo / rel), rec["copies"].get(rel)
         if old is None or old[0] != src or guard.ident(tree / rel) != old[1]:
