@@ -10,7 +10,7 @@ from pathlib import Path
 from . import guard
 from .errors import FAILED, EVError
 from .runspec import RunResult
-from .sandbox import extras
+from .sandbox import extras, resolved
 
 
 def candidate_names(result: RunResult) -> dict[str, str]:
@@ -89,5 +89,5 @@ def collect_extras(result: RunResult, repo: Path, spill: Path | None) -> dict:
     with _EXTRAS_LOCK:
         for rel in extras(result):
             put(tree / rel, rel)
-        guard.MOVED.setdefault(str(Path(repo).resolve()), set()).update(moved)
+        guard.MOVED.setdefault(str(resolved(repo)), set()).update(moved)
     return {"moved": moved, "kept": kept}

@@ -75,6 +75,7 @@ from .sandbox import (  # noqa: F401
     mirror,
     prepare,
     remove_workdir,
+    resolved,
 )
 from .shard import _TYPES, _open_shard, _shard_info, lineage_values, stamp  # noqa: F401
 
@@ -168,7 +169,7 @@ def launch(repo: Path, spec: RunSpec, workdir: Path, *, lineage: dict, stream=No
            reuse: bool = False, state_extra: dict | None = None,
            log: Path | None = None) -> Launched:
     """Start spec.command in its prepared sandbox (prepare) and record its state."""
-    repo, workdir = Path(repo).resolve(), Path(workdir)
+    repo, workdir = resolved(repo), Path(workdir)
     tree = workdir / "tree"
     cwd = tree / spec.cwd if spec.cwd not in ("", ".") else tree
     if not cwd.is_dir() or cwd.is_symlink():
