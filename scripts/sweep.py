@@ -11,8 +11,9 @@ columns (ev_run = the run key, ev_commit, ev_dirty, ev_data_md5, ev_params, ev_g
 <db dir>/shards/<version>/run-<key>.db and its model files candidates
 models/candidates/<version>--<track_id><ext>. At the end new shards are merged into the
 results DB and the runs ranked by --metric (per run). A failed run is recorded in the ledger
-(<shards>/sweep.jsonl: exit code, last output line; output in run-<key>.log) and redone on
-the next invocation; done runs are skipped: re-running a finished sweep runs nothing.
+(<shards>/sweep.jsonl: exit code, last output line; output, if any, in run-<key>.log) and
+redone on the next invocation; done runs are skipped: re-running a finished sweep runs
+nothing.
 
 --gpus 0,1 gives each concurrent run its own CUDA_VISIBLE_DEVICES (workers default to the
 number of GPUs; never two runs on one GPU). Runs of an earlier sweep of the version that

@@ -518,10 +518,19 @@ def test_cli_sweep_killed_alone_at_random_moments_never_doubles_a_run(git_repo, 
     outcomes = []
     db = git_repo / "results/experiments.db"
     for i in range(10):  # a fresh version each time, so every kill lands in real work
+        # The first kill waits until a run is going (its runs take 2 s): at least one kill
+        # leaves runs going, however slow the machine; the others land at random moments.
         args = ["--version", f"k{i}", "--grid", grid, "--workers", "3", "--",
-                sys.executable, tmp_path / "fast.py", "0.2"]
+                sys.executable, tmp_path / "fast.py", "2" if i == 0 else "0.2"]
         proc = _start_sweep(git_repo, args)
-        time.sleep(rng.uniform(0.2, 1.0))
+        if i == 0:
+            deadline = time.monotonic() + 60
+            while not [st for st in _sandbox_states(git_repo, "k0")
+                       if st.get("pid") and os.path.exists(f"/proc/{st['pid']}")]:
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.02)
+        else:
+            time.sleep(rng.uniform(0.2, 1.0))
         proc.kill()
         proc.wait()
         live = [st["pid"] for st in _sandbox_states(git_repo, f"k{i}")
@@ -564,11 +573,18 @@ def test_local_loop_a_failing_collection_stops_new_runs_and_collects_the_running
         git_repo, tmp_path):
     from _evlib.cmdsweep import _run_local
 
-    todo, spec_for = _loop_specs(tmp_path, 8)
+    todo, spec_for0 = _loop_specs(tmp_path, 8)
     base, logs = git_repo / ".ev" / "sweeps" / "L1", tmp_path / "logs"
     base.mkdir(parents=True)
     logs.mkdir()
     collected = []
+    starts = tmp_path / "started"
+
+    def spec_for(it, gpu=None):  # each command says it started (its key, one line)
+        spec = spec_for0(it, gpu)
+        spec.command = ["sh", "-c", f'echo "$EV_RUN_KEY" >> {starts}; exec "$@"', "sh",
+                        *spec.command]
+        return spec
 
     def after(it, res, wd, gpu):
         collected.append((it["key"], res.ok, res.rows))
@@ -578,7 +594,7 @@ def test_local_loop_a_failing_collection_stops_new_runs_and_collects_the_running
     with pytest.raises(EVError, match="the ledger is gone"):
         _run_local(git_repo, todo, spec_for, after, base=base, workers=2, boxes=4, gpus=None,
                    lineage={}, directory=logs)
-    started = sorted(p.stem[4:] for p in logs.glob("run-*.log"))
+    started = sorted(starts.read_text().split())
     # Runs already going when the first collection failed are finished and collected, never
     # abandoned; no run starts after it.
     assert sorted(k for k, _, _ in collected) == started
@@ -678,6 +694,50 @@ def test_stamp_adds_the_lineage_columns_exactly_as_alter_table_would(tmp_path, c
     assert dbs["fast"] == dbs["alter"]
     assert dbs["fast"][2] == "ok" and [c[1] for c in dbs["fast"][0]][-5:] == [
         n for n, _ in cols]
+
+
+def test_add_columns_places_a_create_text_it_has_seen_without_an_alter(tmp_path):
+    """A sweep's runs all create the same table: where SQLite puts a column is found once
+    (by an ALTER) and the next shards get the same edit, checked the same way."""
+    from _evlib import sql
+
+    create = 'CREATE TABLE "default" (track_id TEXT, timestamp TEXT, "x y" REAL) -- #18'
+    defs = [("ev_a", "TEXT"), ("ev_b", "REAL"), ("ev_c", "INTEGER")]
+
+    def db(name):
+        con = sqlite3.connect(tmp_path / name, isolation_level=None)
+        con.execute(create)
+        con.execute("INSERT INTO \"default\" VALUES ('t', '1', 0.5)")
+        return con
+
+    ref = db("ref.db")
+    for n, d in defs:
+        ref.execute(f'ALTER TABLE "default" ADD COLUMN {n} {d}')
+    seen = []
+
+    class Con:
+        def __init__(self, c):
+            self.c = c
+
+        def execute(self, q, *a):
+            seen.append(q)
+            return self.c.execute(q, *a)
+
+    cons = [db("1.db"), db("2.db")]
+    for con in cons:
+        con.execute("BEGIN IMMEDIATE")
+        sql.add_columns(Con(con), "default", defs)
+        con.execute("COMMIT")
+        if con is cons[0]:
+            first, seen[:] = list(seen), []
+    assert any(q.startswith("ALTER TABLE") for q in first)
+    assert not any(q.startswith("ALTER TABLE") for q in seen)  # the second: no ALTER
+    want = ref.execute('PRAGMA table_info("default")').fetchall()
+    for con in cons:
+        assert con.execute('PRAGMA table_info("default")').fetchall() == want
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert con.execute('SELECT * FROM "default"').fetchall() == [("t", "1", 0.5, None,
+                                                                      None, None)]
 
 
 def test_add_columns_falls_back_to_alter_table_when_the_edit_does_not_check_out(

@@ -20,22 +20,18 @@ rows in its sandbox) is collected, not redone.
 from __future__ import annotations
 
 import collections
-import contextlib
 import itertools
 import json
 import os
-import queue
 import re
 import sqlite3
-import sys
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from . import EVENTS_TABLE, runner
+from . import EVENTS_TABLE, runner, sweeppack
 from .errors import FAILED, REFUSED, USAGE, EVError
 from .runs import rank_runs
 from .sql import quote_ident, sqlite_columns, sqlite_connect, sqlite_tables
@@ -244,9 +240,13 @@ def _sweep(repo, s, command, runs, *, version, db, db_rel, workers, append_args,
     lin = None
     # What a killed sweep left: collect runs that finished well, remove the others.
     for wd in sorted(base.iterdir()) if base.is_dir() else []:
+        if not wd.is_dir() or wd.is_symlink():
+            continue
         st = runner.read_state(wd)
         key = st.get("key") or wd.name
         shard = directory / f"run-{key}.db"
+        if st.get("key") and _nonempty(wd / runner.LOG_FILE):  # the output it had so far
+            os.replace(wd / runner.LOG_FILE, directory / f"run-{key}.log")
         # A run killed mid-stamp ("stamping": its journal was in memory) may be torn: redone.
         if (runner.read_rc(wd, key) == 0 and st.get("spec") and shard_rows(shard) == 0
                 and st.get("phase") != "stamping"):
@@ -271,6 +271,11 @@ def _sweep(repo, s, command, runs, *, version, db, db_rel, workers, append_args,
     total = len(todo)
     counter = itertools.count(1)
     base.mkdir(parents=True, exist_ok=True)
+    # Local runs' shards are packed as they land (see sweeppack); a killed sweep's pack is
+    # discarded either way.
+    pack = sweeppack.Pack(base / sweeppack.PACK) if todo and executor is None else None
+    if pack is None:
+        sweeppack.discard(base / sweeppack.PACK)
 
     def spec_for(it, gpu=None):
         return runner.RunSpec(command=fill(command, it["params"], append_args),
@@ -291,10 +296,10 @@ def _sweep(repo, s, command, runs, *, version, db, db_rel, workers, append_args,
 
     def _after(it, res, wd, gpu):
         log = directory / f"run-{it['key']}.log"
-        if res.log and Path(res.log) != log and Path(res.log).exists():
+        if res.log and Path(res.log) != log and _nonempty(res.log):  # an empty one: not kept
             os.replace(res.log, log)
         if res.ok:
-            it["candidates"] = _land(repo, s, res, directory, ledger)
+            it["candidates"] = _land(repo, s, res, directory, ledger, pack)
             it["landed"] = True
             state = "done"
         else:
@@ -332,9 +337,14 @@ def _sweep(repo, s, command, runs, *, version, db, db_rel, workers, append_args,
             executor.close()
     for i in range(boxes):
         runner.remove_workdir(base / f"w{i}")
-    report = _finalize(db, directory, ledger, items, in_db, version=version, metric=metric,
-                       metric_mode=metric_mode, command=command, killed=killed,
-                       recovered=recovered, gpus=gpus)
+    try:
+        report = _finalize(db, directory, ledger, items, in_db, version=version, metric=metric,
+                           metric_mode=metric_mode, command=command, killed=killed,
+                           recovered=recovered, gpus=gpus, pack=pack)
+    finally:
+        if pack is not None:
+            pack.close()
+            sweeppack.discard(pack.path)
     if executor is not None:
         executor.annotate(report)
     return report
@@ -345,106 +355,106 @@ def _run_local(repo, todo, spec_for, after, *, base, workers, boxes, gpus, linea
     """Run the commands on this machine, `workers` at once.
 
     A slot per running command (with GPUs, slot i owns GPU i); twice as many sandboxes as
-    slots. This thread only starts commands and waits for them (waitid: woken by the kernel
-    when any child exits); a collector thread judges and stamps each finished run, lands it
-    and empties its sandbox for a later run. So the next command starts as soon as a slot is
-    free, in a sandbox prepared earlier, and the bundle's own work (most of it SQLite, which
-    runs without the GIL) happens while commands run, not between them.
-    If collecting a run raises, no new run starts, the running ones finish and are collected,
-    then the error is raised; if this process is interrupted, the running ones are ended.
+    slots. ONE thread starts commands, reaps them (os.waitid on any child, without blocking
+    while there is work to do) and collects each finished run: judges and stamps it, lands
+    it and empties its sandbox for a later run. Between two collections it reaps and starts
+    again, so a slot that frees up gets its next command (in a sandbox prepared earlier)
+    before the next collection, and no thread hand-off sits between a command's exit and
+    the next start. If collecting a run raises, no new run starts, the running ones finish
+    and are collected, then the error is raised; if this process is interrupted, the
+    running ones are ended.
     """
     pending = collections.deque(todo)
     free = collections.deque(range(workers))
-    ready: queue.Queue = queue.Queue()
-    finished: queue.Queue = queue.Queue()
+    ready: collections.deque = collections.deque()  # prepared sandboxes
+    finished: collections.deque = collections.deque()  # (it, run, box, code) to collect
     running: dict[int, tuple] = {}
-    errors: list[BaseException] = []
+    errors: list[Exception] = []
     for b in range(min(boxes, len(todo))):
         runner.prepare(repo, spec_for(todo[0]), base / f"w{b}", reuse=True)
-        ready.put(b)
-
-    def collect() -> None:
-        while (item := finished.get()) is not None:
-            it, run, b, code = item
+        ready.append(b)
+    try:
+        while pending or running or finished:
+            while pending and free and ready and not errors:
+                b, it, slot = ready.popleft(), pending.popleft(), free.popleft()
+                spec = spec_for(it, gpus[slot] if gpus else None)
+                run = runner.launch(repo, spec, base / f"w{b}", lineage=lineage, reuse=True,
+                                    log=None)
+                if run.proc is None:  # it could not start: collected like a failed run
+                    free.append(slot)
+                    finished.append((it, run, b, None))
+                else:
+                    running[run.proc.pid] = (it, run, slot, b)
+            if running:  # block only when there is nothing to collect
+                for pid, code in _reap(running, block=not finished):
+                    it, run, slot, b = running.pop(pid)
+                    free.append(slot)
+                    finished.append((it, run, b, code))
+                if pending and free and ready and not errors:
+                    continue  # start first, collect after
+            if not finished:
+                if not running and (errors or not pending):
+                    break
+                continue
+            it, run, b, code = finished.popleft()
             try:
                 res = run.result if code is None else runner.complete(run, code)
                 after(it, res, base / f"w{b}", res.spec.gpus)
                 if not errors:
                     runner.prepare(repo, res.spec, base / f"w{b}", reuse=True,
                                    collected=bool(it.get("landed")))
-            except BaseException as exc:  # noqa: BLE001 - raised once the running ones end
+            except Exception as exc:  # noqa: BLE001 - raised once the running ones end
                 errors.append(exc)
             finally:
-                ready.put(b)
-
-    collector = threading.Thread(target=collect, name="ev-collect", daemon=True)
-    collector.start()
-    # The two threads share the GIL: a short switch interval lets this one start the next
-    # command promptly instead of waiting up to 5 ms for the collector's turn to end.
-    switch = sys.getswitchinterval()
-    sys.setswitchinterval(min(switch, 0.0002))
-    try:
-        while pending or running:
-            while pending and free and not errors:
-                b = ready.get()  # the collector frees one soon (2 per slot)
-                if errors:
-                    ready.put(b)
-                    break
-                it, slot = pending.popleft(), free.popleft()
-                spec = spec_for(it, gpus[slot] if gpus else None)
-                run = runner.launch(repo, spec, base / f"w{b}", lineage=lineage, reuse=True,
-                                    log=directory / f"run-{it['key']}.log")
-                if run.proc is None:  # it could not start: collected like a failed run
-                    free.append(slot)
-                    finished.put((it, run, b, None))
-                else:
-                    running[run.proc.pid] = (it, run, slot, b)
-            if not running:
-                if errors or not pending:
-                    break
-                continue
-            pid = _wait_any(running)
-            it, run, slot, b = running.pop(pid)
-            code = run.proc.wait()  # reaps it (waitid only looked)
-            free.append(slot)
-            finished.put((it, run, b, code))
+                ready.append(b)
     except BaseException:  # interrupted: end every running command too
         for _it, run, _slot, _b in running.values():
             runner.kill_group(run.state)
             run.proc.wait()
             run.close()
         raise
-    finally:
-        sys.setswitchinterval(switch)
-        finished.put(None)
-        collector.join()
     if errors:
         raise errors[0]
 
 
-def _wait_any(running: dict) -> int:
-    """The pid of a running command that has exited (blocks; the child is not reaped)."""
+def _reap(running: dict, block: bool) -> list[tuple[int, int]]:
+    """[(pid, exit status as Popen gives it)] of the running commands that have exited,
+    reaped (os.waitid on any child: one call per exit, no per-pid polling). block: wait for
+    at least one. A child that is not a run is reaped too (it is nobody's: every other
+    child of this process is waited for by the call that started it, in this thread)."""
+    out = []
+    flags = os.WEXITED | (0 if block else os.WNOHANG)
     while True:
         try:
-            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
-        except ChildProcessError:  # none left to wait for: poll the ones we know
-            info = None
-        except InterruptedError:
-            continue
-        if info is not None and info.si_pid in running:
-            return info.si_pid
-        if info is not None:  # a child that is not a run: reap it, it is nobody's
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(info.si_pid, 0)
-            continue
-        for pid, entry in running.items():
-            if entry[1].proc.poll() is not None:
-                return pid
-        time.sleep(0.01)
+            info = os.waitid(os.P_ALL, 0, flags)
+        except ChildProcessError:  # no child left at all
+            lost = set(running) - {pid for pid, _ in out}
+            if not lost:
+                return out
+            # (never: this thread is their only waiter) their codes are not ours to guess
+            raise EVError(f"the sweep lost track of {len(lost)} running command(s) (pids "
+                          f"{', '.join(map(str, sorted(lost)))}): something else reaped them",
+                          code=FAILED, hint="re-run the sweep: those runs are redone") from None
+        if info is None:  # (WNOHANG) nothing more has exited
+            return out
+        code = info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+        if info.si_pid in running:
+            running[info.si_pid][1].proc.returncode = code
+            out.append((info.si_pid, code))
+        flags |= os.WNOHANG  # then take what else has exited, without waiting
 
 
-def _land(repo: Path, s, res: runner.RunResult, directory: Path, ledger: Ledger) -> dict:
-    """A good run: models to candidates, extras into the repo, shard into place, ledger."""
+def _nonempty(path) -> bool:
+    try:
+        return os.stat(path).st_size > 0
+    except FileNotFoundError:
+        return False
+
+
+def _land(repo: Path, s, res: runner.RunResult, directory: Path, ledger: Ledger,
+          pack: sweeppack.Pack | None = None) -> dict:
+    """A good run: models to candidates, extras into the repo, shard into place, ledger;
+    then its rows into the pack (if any)."""
     key = res.spec.key
     cands = runner.collect_models(res, Path(repo) / s.candidates_dir)
     runner.collect_extras(res, repo, directory / f"run-{key}.files")
@@ -454,19 +464,39 @@ def _land(repo: Path, s, res: runner.RunResult, directory: Path, ledger: Ledger)
                   track_id=res.track_ids[0] if len(res.track_ids) == 1 else res.track_ids,
                   error=None, finished=time.time(), gpus=res.spec.gpus,
                   candidates=list(cands.values()), shard=str(shard), params=res.spec.params)
+    if pack is not None:
+        pack.add(shard, key)
     return cands
 
 
 def _finalize(db, directory, ledger, items, in_db, *, version, metric, metric_mode, command,
-              killed, recovered, gpus) -> dict:
+              killed, recovered, gpus, pack=None) -> dict:
     from .merge import merge_dbs
 
     # Only shards whose rows the DB lacks (landed now, or done before but not merged): the
     # merge costs what the new rows cost.
-    new = [Path(it["shard"]) for it in items
-           if not it["in_db"] and (it.get("landed") or (it["done"] and it.get("shard_ok")))]
-    merged = (merge_dbs(Path(db), new, Path(db), strategy="merge", new_base_dirs=True)
-              if new else None)
+    new_items = [it for it in items
+                 if not it["in_db"] and (it.get("landed") or (it["done"] and it.get("shard_ok")))]
+    new = [Path(it["shard"]) for it in new_items]
+    # The packed ones through the pack: one input, not one per run.
+    packed = set(pack.keys) if pack is not None else set()
+    packed &= {it["key"] for it in new_items}
+    if pack is not None:
+        pack.close()
+    inputs = [Path(it["shard"]) for it in new_items if it["key"] not in packed]
+    if packed:
+        inputs.insert(0, pack.path)
+    merged = None
+    if inputs:
+        try:
+            merged = merge_dbs(Path(db), inputs, Path(db), strategy="merge", new_base_dirs=True)
+        except EVError:
+            if not packed:
+                raise
+            # Merged shard by shard instead (nothing was written: a merge is all or nothing),
+            # so that an error names the run's shard, not the pack.
+            packed = set()
+            merged = merge_dbs(Path(db), new, Path(db), strategy="merge", new_base_dirs=True)
     if new:
         merged_shards = set(new)  # once: a set per item made this O(runs^2)
         ledger.mark_merged([it["key"] for it in items if Path(it["shard"]) in merged_shards])
@@ -503,7 +533,7 @@ def _finalize(db, directory, ledger, items, in_db, *, version, metric, metric_mo
               "counts": {st: sum(r["status"] == st for r in runs)
                          for st in ("done", "skipped", "failed")},
               "failed": failed, "merged": merged, "killed_stale": killed,
-              "recovered": recovered, "gpus": gpus}
+              "recovered": recovered, "gpus": gpus, "packed": len(packed)}
     if metric:
         ids = []
         for r in runs:

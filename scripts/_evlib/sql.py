@@ -128,14 +128,20 @@ def add_columns(con: sqlite3.Connection, table: str, defs: list[tuple[str, str]]
     get = "SELECT sql FROM main.sqlite_master WHERE type = 'table' AND name = ?"
     old_cols = con.execute(f"PRAGMA main.table_info({qt})").fetchall()
     before = con.execute(get, (table,)).fetchone()[0]
-    alter(defs[:1])
-    after = con.execute(get, (table,)).fetchone()[0]
     first = ", " + " ".join((quote_ident(defs[0][0]), defs[0][1]))
-    at, i = [], after.find(first)
-    while i >= 0:  # where the ALTER put it: after == before with `first` inserted at i
-        if after[:i] == before[:i] and after[i + len(first):] == before[i:]:
-            at.append(i)
-        i = after.find(first, i + 1)
+    # Where SQLite puts a column depends only on the CREATE text: found once per text (a
+    # sweep's runs all create the same table), the ALTER is not run again for it; the edit
+    # is checked as always.
+    at = _ALTER_AT.get((before, first))
+    altered = at is None
+    if altered:
+        alter(defs[:1])
+        after = con.execute(get, (table,)).fetchone()[0]
+        at, i = [], after.find(first)
+        while i >= 0:  # where the ALTER put it: after == before with `first` inserted at i
+            if after[:i] == before[:i] and after[i + len(first):] == before[i:]:
+                at.append(i)
+            i = after.find(first, i + 1)
     ok = len(at) == 1
     if ok:
         con.execute("SAVEPOINT ev_add_columns")
@@ -158,11 +164,16 @@ def add_columns(con: sqlite3.Connection, table: str, defs: list[tuple[str, str]]
             ok = False
         if ok:
             con.execute("RELEASE ev_add_columns")
+            if altered and len(_ALTER_AT) < 64:
+                _ALTER_AT[(before, first)] = at
         else:
             con.execute("ROLLBACK TO ev_add_columns")
             con.execute("RELEASE ev_add_columns")
     if not ok:
-        alter(defs[1:])
+        alter(defs[1:] if altered else defs)
+
+
+_ALTER_AT: dict[tuple[str, str], list[int]] = {}  # (CREATE text, column def): [position]
 
 
 # --- DuckDB and its sqlite extension, offline -------------------------------------------

@@ -1,0 +1,253 @@
+"""#18: a sweep packs its landed shards into one scratch DB as they land (the final merge reads
+one file), keeps no empty run logs, and stays exact: the pack holds every row once, a conflict
+still names the run's shard, and a sweep killed mid-pack resumes with exact rows."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import sys
+from pathlib import Path
+
+from _evlib.errors import CONFLICT
+from _evlib.sweep import run_key
+from conftest import ROOT, run_script
+
+# Deterministic rows: track_id and timestamp from the run's x, so a test can write a row
+# that conflicts with one run's; prints a line when x is odd (its log is kept).
+TRAIN = r'''
+import json, os, sqlite3, sys
+p = json.loads(os.environ["EV_PARAMS"])
+if p["x"] % 2:
+    print(f"run {p['x']} says hello")
+os.makedirs("results", exist_ok=True)
+con = sqlite3.connect("results/experiments.db")
+con.execute('CREATE TABLE IF NOT EXISTS "default" '
+            '(track_id TEXT, timestamp TEXT, x INTEGER, name TEXT, f1_score REAL)')
+con.execute('INSERT INTO "default" VALUES (?, ?, ?, ?, ?)',
+            (f"t{p['x']}", "2026-01-01 00:00:00", p["x"], "007", p["x"] / 10))
+if p["x"] == 2:  # a second row, a column only this run has
+    con.execute('ALTER TABLE "default" ADD COLUMN extra BLOB')
+    con.execute('INSERT INTO "default" (track_id, timestamp, x, extra) VALUES (?, ?, ?, ?)',
+                ("t2", "2026-01-01 00:00:01", 2, b"\x00\x01"))
+con.commit()
+'''
+
+
+def _setup(git_repo: Path, tmp_path: Path, n: int = 6) -> list[str]:
+    (tmp_path / "train.py").write_text(TRAIN)
+    (tmp_path / "g.yaml").write_text("x: [" + ", ".join(str(i) for i in range(n)) + "]\n")
+    return ["--version", "p1", "--grid", str(tmp_path / "g.yaml"), "--workers", "2", "--",
+            sys.executable, str(tmp_path / "train.py")]
+
+
+def _rows(db: Path) -> list[tuple]:
+    """Every row as ((column, type, value), ...) of its non-NULL columns, by name (a column a shard
+    lacks reads NULL in the merged table), the lineage columns but ev_run left out."""
+    con = sqlite3.connect(db)
+    try:
+        cols = [r[1] for r in con.execute('PRAGMA table_info("default")')
+                if not r[1].startswith("ev_") or r[1] == "ev_run"]
+        sel = ", ".join(f'typeof("{c}"), "{c}"' for c in cols)
+        out = []
+        for r in con.execute(f'SELECT {sel} FROM "default"'):
+            out.append(tuple(sorted((c, r[2 * i], r[2 * i + 1]) for i, c in enumerate(cols)
+                                    if r[2 * i] != "null")))
+        return sorted(out, key=repr)
+    finally:
+        con.close()
+
+
+def _shard_rows(shards: Path) -> list[tuple]:
+    out = []
+    for s in sorted(shards.glob("run-*.db")):
+        out += _rows(s)
+    return sorted(out, key=repr)
+
+
+def test_the_pack_holds_every_row_of_every_shard_once_and_exactly(git_repo, tmp_path):
+    from _evlib.sweeppack import Pack
+
+    args = _setup(git_repo, tmp_path)
+    cp = run_script("sweep.py", "--json", *args, cwd=git_repo)
+    assert cp.returncode == 0, cp.stderr
+    out = json.loads(cp.stdout)
+    # every run went through the pack: the final merge read one file
+    assert out["packed"] == 6
+    assert [i["path"] for i in out["merged"]["inputs"]] == [
+        str(git_repo / ".ev/sweeps/p1/pack.db")]
+    assert not (git_repo / ".ev/sweeps/p1/pack.db").exists()  # scratch: gone after the merge
+    shards = git_repo / "results/shards/p1"
+    assert _rows(git_repo / "results/experiments.db") == _shard_rows(shards)
+    # the pack itself, built again from the same shards (and one shard offered twice)
+    pack = Pack(tmp_path / "pack.db")
+    for s in sorted(shards.glob("run-*.db")):
+        assert pack.add(s, s.stem[4:])
+    again = sorted(shards.glob("run-*.db"))[0]
+    assert not pack.add(again, again.stem[4:])  # its key is in the pack already: left out
+    pack.close()
+    assert _rows(tmp_path / "pack.db") == _shard_rows(shards)
+    assert len(_rows(tmp_path / "pack.db")) == 7
+
+
+def test_a_conflict_in_the_final_merge_names_the_runs_shard_not_the_pack(git_repo, tmp_path):
+    args = _setup(git_repo, tmp_path)
+    db = git_repo / "results/experiments.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(db)  # run x=3's key (track_id, timestamp), another f1_score
+    con.execute('CREATE TABLE "default" (track_id TEXT, timestamp TEXT, x INTEGER, '
+                'name TEXT, f1_score REAL)')
+    con.execute('INSERT INTO "default" VALUES (?, ?, ?, ?, ?)',
+                ("t3", "2026-01-01 00:00:00", 3, "007", 0.99))
+    con.commit()
+    con.close()
+    before = _rows(db)
+    cp = run_script("sweep.py", "--json", *args, cwd=git_repo)
+    assert cp.returncode == CONFLICT, cp.stderr
+    assert f"run-{run_key({'x': 3})}.db" in cp.stderr
+    assert "pack.db" not in cp.stderr
+    assert _rows(db) == before  # nothing merged
+    assert not (git_repo / ".ev/sweeps/p1/pack.db").exists()
+
+
+def test_a_sweep_killed_mid_pack_resumes_with_exact_rows(git_repo, tmp_path):
+    """SIGKILL inside a pack transaction (rows of the 2nd shard written, not committed): the
+    next sweep has runs left to do, so it packs again, in a pack of its own."""
+    args = _setup(git_repo, tmp_path)
+    pid = os.fork()
+    if pid == 0:  # the sweep, in a child that kills itself mid-pack
+        try:
+            os.chdir(git_repo)
+            sys.path.insert(0, str(ROOT / "scripts"))
+            from _evlib import cli, sweeppack
+
+            real, seen = sweeppack.Pack._copy, []
+
+            class Killing:  # the pack's connection, SIGKILLed at the 2nd shard's COMMIT
+                def __init__(self, con):
+                    self.con = con
+
+                def execute(self, sql, *a):
+                    if sql == "COMMIT" and len(seen) == 2:
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    return self.con.execute(sql, *a)
+
+            def copy(self, con, key):
+                seen.append(key)
+                return real(self, Killing(con), key)
+
+            sweeppack.Pack._copy = copy
+            ns: dict = {"__name__": "sweep_cli", "__file__": str(ROOT / "scripts/sweep.py")}
+            exec(compile((ROOT / "scripts/sweep.py").read_text(), "sweep.py", "exec"), ns)
+            with open(os.devnull, "w") as null:
+                os.dup2(null.fileno(), 1)
+                os.dup2(null.fileno(), 2)
+                cli.main("sweep.py", ns["build"], ns["handler"], ["--json", *args])
+        finally:
+            os._exit(70)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    pack = git_repo / ".ev/sweeps/p1/pack.db"
+    assert pack.exists()  # what the kill left
+    cp = run_script("sweep.py", "--json", "--kill-stale", *args, cwd=git_repo)
+    assert cp.returncode == 0, cp.stderr
+    out = json.loads(cp.stdout)
+    assert out["counts"]["done"] + out["counts"]["skipped"] == 6
+    assert out["counts"]["done"] >= 1 and out["packed"] >= 1  # it packed again
+    db = git_repo / "results/experiments.db"
+    assert _rows(db) == _shard_rows(git_repo / "results/shards/p1")
+    con = sqlite3.connect(db)
+    per_run = dict(con.execute('SELECT ev_run, count(DISTINCT track_id) FROM "default" '
+                               'GROUP BY ev_run').fetchall())
+    con.close()
+    assert per_run == {run_key({"x": i}): 1 for i in range(6)}
+    assert len(_rows(db)) == 7
+    assert not pack.exists()
+    cp = run_script("sweep.py", "--json", *args, cwd=git_repo)  # finished: runs nothing
+    assert json.loads(cp.stdout)["counts"] == {"done": 0, "skipped": 6, "failed": 0}
+
+
+def test_empty_run_logs_are_not_kept_and_the_others_are(git_repo, tmp_path):
+    args = _setup(git_repo, tmp_path)
+    cp = run_script("sweep.py", "--json", *args, cwd=git_repo)
+    assert cp.returncode == 0, cp.stderr
+    logs = sorted(p.name for p in (git_repo / "results/shards/p1").glob("run-*.log"))
+    assert logs == sorted(f"run-{run_key({'x': i})}.log" for i in (1, 3, 5))
+    for i in (1, 3, 5):
+        log = git_repo / f"results/shards/p1/run-{run_key({'x': i})}.log"
+        assert log.read_text() == f"run {i} says hello\n"
+
+
+def test_a_reused_sandbox_keeps_its_earlier_log_until_the_next_launch(git_repo, tmp_path):
+    from _evlib import runner
+
+    (tmp_path / "say.py").write_text(TRAIN)
+    spec = runner.RunSpec(command=[sys.executable, str(tmp_path / "say.py")], version="L1",
+                          key="k1", params={"x": 1})
+    wd = git_repo / ".ev/sweeps/L1/w0"
+    res = runner.execute(git_repo, spec, wd, lineage={}, reuse=True)
+    assert res.ok and Path(res.log) == wd / runner.LOG_FILE
+    runner.prepare(git_repo, spec, wd, reuse=True, collected=True)
+    assert (wd / runner.LOG_FILE).read_text() == "run 1 says hello\n"
+    spec2 = runner.RunSpec(command=[sys.executable, str(tmp_path / "say.py")], version="L1",
+                           key="k2", params={"x": 2})
+    res = runner.execute(git_repo, spec2, wd, lineage={}, reuse=True)
+    assert res.ok and (wd / runner.LOG_FILE).read_text() == ""  # the next run's, truncated
+
+
+def test_the_pack_leaves_out_a_shard_it_could_not_hold_exactly(tmp_path):
+    from _evlib.sweeppack import Pack
+
+    def shard(name, decl, rows):
+        path = tmp_path / f"{name}.db"
+        con = sqlite3.connect(path)
+        con.execute(f'CREATE TABLE "default" (track_id TEXT, timestamp TEXT, x {decl})')
+        con.executemany('INSERT INTO "default" VALUES (?, ?, ?)', rows)
+        con.commit()
+        con.close()
+        return path
+
+    a = shard("a", "INTEGER", [("t1", "s", 1)])
+    same_key = shard("b", "INTEGER", [("t1", "s", 2)])  # a's key, another value
+    other_type = shard("c", "TEXT", [("t3", "s", "007")])  # x as TEXT: INTEGER would make 7
+    d = shard("d", "INTEGER", [("t4", "s", 4)])
+    pack = Pack(tmp_path / "pack.db")
+    assert [pack.add(s, s.stem) for s in (a, same_key, other_type, d)] == [
+        True, False, False, True]
+    pack.close()
+    assert pack.keys == ["a", "d"]
+    con = sqlite3.connect(tmp_path / "pack.db")
+    assert sorted(con.execute('SELECT track_id, x, typeof(x) FROM "default"')) == [
+        ("t1", 1, "integer"), ("t4", 4, "integer")]
+    assert [r[0] for r in con.execute("SELECT key FROM _ev_packed ORDER BY 1")] == ["a", "d"]
+    con.close()
+
+
+def test_a_reused_sandbox_is_relinked_only_when_the_repository_or_its_tree_changed(
+        git_repo, tmp_path, monkeypatch):
+    from _evlib import runner, sandbox
+
+    (git_repo / "data.txt").write_text("d\n")
+    (tmp_path / "say.py").write_text(TRAIN)
+    spec = runner.RunSpec(command=[sys.executable, str(tmp_path / "say.py")], version="L1",
+                          key="k1", params={"x": 1})
+    wd = git_repo / ".ev/sweeps/L1/w0"
+    tree = wd / "tree"
+    walks = []
+    real = sandbox.mirror
+    monkeypatch.setattr(sandbox, "mirror", lambda *a, **k: (walks.append(1), real(*a, **k)))
+    assert runner.execute(git_repo, spec, wd, lineage={}, reuse=True).ok
+    assert len(walks) == 1
+    runner.prepare(git_repo, spec, wd, reuse=True, collected=True)
+    assert len(walks) == 1  # nothing changed: not walked again
+    assert (tree / "data.txt").is_symlink()
+    os.unlink(tree / "data.txt")  # a run removed a link in its sandbox: it comes back
+    runner.prepare(git_repo, spec, wd, reuse=True, collected=True)
+    assert len(walks) == 2 and (tree / "data.txt").is_symlink()
+    (git_repo / "new.txt").write_text("n\n")  # a file added to the repository: shown
+    runner.prepare(git_repo, spec, wd, reuse=True, collected=True)
+    assert len(walks) == 3 and (tree / "new.txt").is_symlink()
+    runner.prepare(git_repo, spec, wd, reuse=True, collected=True)
+    assert len(walks) == 3
