@@ -221,13 +221,9 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 def md5_file(path: str | os.PathLike) -> str:
     """DVC's content hash of a file."""
-    import hashlib
+    from .dvcmeta import hash_copy
 
-    h = hashlib.md5()  # noqa: S324 - DVC names cache objects by md5
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return hash_copy(path)
 
 
 @contextlib.contextmanager

@@ -418,6 +418,24 @@ except ImportError:  # pragma: no cover - a Python built without it
     from hashlib import md5 as md5_new
 
 
+def hash_copy(src: str | os.PathLike, dest: str | os.PathLike | None = None) -> str:
+    """src's md5 (the name DVC gives its object), read once; with dest, its bytes are
+    written there on the way (a temp file the caller renames in only if the md5 is right:
+    DVC trusts its cache objects, so every copy out of or into one is checked)."""
+    h = md5_new()
+    with open(src, "rb") as fi:
+        fo = open(dest, "wb") if dest is not None else None  # noqa: SIM115 - closed below
+        try:
+            while chunk := fi.read(1 << 20):
+                h.update(chunk)
+                if fo is not None:
+                    fo.write(chunk)
+        finally:
+            if fo is not None:
+                fo.close()
+    return h.hexdigest()
+
+
 # Outputs under these folders are what an experiment produced, not the data it used.
 PRODUCT_DIRS = ("results/", "models/")
 

@@ -134,11 +134,7 @@ def _batch(cat: _Git, names: list[str]) -> list[tuple[str, str, bytes] | None]:
 
 
 def _md5_ok(path: str, md5: str) -> bool:
-    h = dvcmeta.md5_new()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest() == md5
+    return dvcmeta.hash_copy(path) == md5
 
 
 def _db_object(top: str, out, where: dict) -> str:

@@ -35,7 +35,7 @@ import contextlib
 import json
 from pathlib import Path
 
-from .dvcmeta import Out, cache_dir, find_object, local_remote, object_path
+from .dvcmeta import Out, cache_dir, find_object, hash_copy, local_remote, object_path
 from .errors import FAILED, NOT_FOUND, USAGE, EVError
 from .gittree import inside_repo, meta_files, outs_of
 from .plain import plain
@@ -247,23 +247,17 @@ class RevFiles:
     def _pull_local(self, remote: Path, want: dict[str, bool]) -> None:
         """Copy objects from a local-directory remote into the cache, md5-checked, as DVC
         lays them out (read-only files)."""
-        import hashlib
-
         for md5, legacy in sorted(want.items()):
             src = object_path(remote, md5, legacy)
             if not src.is_file():
                 continue
             dest = object_path(self.cache, md5, legacy)
-            h = hashlib.md5()  # noqa: S324 - DVC names objects by md5
             # read-only, as DVC protects its cache objects
             with atomic_path(dest, mode=0o444) as tmp:  # fsynced: DVC never re-hashes it
-                with open(src, "rb") as fi, open(tmp, "wb") as fo:
-                    while chunk := fi.read(1 << 20):
-                        h.update(chunk)
-                        fo.write(chunk)
-                if h.hexdigest() != md5.replace(".dir", ""):
+                got = hash_copy(src, tmp)
+                if got != md5.replace(".dir", ""):
                     raise EVError(f"the remote's object {src} is damaged (its md5 is "
-                                  f"{h.hexdigest()}); nothing was written to the cache",
+                                  f"{got}); nothing was written to the cache",
                                   hint="dvc push from a machine with a good copy, then retry")
             self._verified.add(dest)
             self.fetched.append(md5)
@@ -345,18 +339,12 @@ class RevFiles:
                     while chunk := fi.read(1 << 20):
                         fo.write(chunk)
             return {"md5": md5, "source": source}
-        import hashlib
-
-        h = hashlib.md5()  # noqa: S324 - DVC names objects by md5
         ctx = _scratch(dest) if scratch else atomic_path(dest)
         with ctx as tmp:
-            with open(obj, "rb") as fi, open(tmp, "wb") as fo:
-                while chunk := fi.read(1 << 20):
-                    h.update(chunk)
-                    fo.write(chunk)
-            if h.hexdigest() != md5:
+            got = hash_copy(obj, tmp)
+            if got != md5:
                 raise EVError(f"DVC cache object {obj} is damaged (its md5 is "
-                              f"{h.hexdigest()}, not {md5}); nothing was written",
+                              f"{got}, not {md5}); nothing was written",
                               hint=f"remove it (rm {obj}) and rerun: it is then fetched "
                                    "from the remote")
         self._verified.add(obj)

@@ -291,14 +291,10 @@ def _private_first(wt: Path, cache: Path, patterns: list[str]) -> list[str]:
 def _copy_verified(obj: Path, md5: str, dest: Path) -> None:
     """obj's bytes to dest (atomically), hashed on the way: DVC trusts the objects in its
     cache, so a zeroed or wrong one would become the experiment's DB; refused instead."""
-    h = dvcmeta.md5_new()
     with atomic.atomic_path(dest) as tmp:
-        with open(obj, "rb") as fi, open(tmp, "wb") as fo:
-            while chunk := fi.read(1 << 20):
-                h.update(chunk)
-                fo.write(chunk)
-        if h.hexdigest() != md5:
-            raise EVError(f"DVC cache object {obj} is damaged (its md5 is {h.hexdigest()}, "
+        got = dvcmeta.hash_copy(obj, tmp)
+        if got != md5:
+            raise EVError(f"DVC cache object {obj} is damaged (its md5 is {got}, "
                           f"not {md5}); nothing was copied",
                           hint=f"remove it (rm {obj}) and rerun: it is then fetched from the "
                                "remote")
