@@ -360,7 +360,6 @@ def output_changes(root: Path, cache: Path, outs: list[Out],
     directory whose manifest is not in the cache, or more than hash_limit bytes to hash; the
     caller then asks `dvc status`. A missing output is not a change (its bytes are cached).
     """
-    import json
 
     from .atomic import md5_file
 
@@ -375,10 +374,10 @@ def output_changes(root: Path, cache: Path, outs: list[Out],
             man = find_object(cache, o.md5)
             if man is None:
                 return None
-            try:
-                entries = {str(e["relpath"]): str(e["md5"]) for e in json.loads(man.read_text())}
-            except (OSError, ValueError, KeyError, TypeError):
+            listed = dir_entries(man)
+            if listed is None:
                 return None
+            entries = dict(listed)
             if not os.path.isdir(p):
                 continue
             top = len(p) + 1  # os.walk yields paths under p: slice, not relpath (10k files)
@@ -416,6 +415,24 @@ try:  # md5 without hashlib's OpenSSL import (~3 ms of a first list); the same d
     from _md5 import md5 as md5_new
 except ImportError:  # pragma: no cover - a Python built without it
     from hashlib import md5 as md5_new
+
+
+def dir_entries(manifest: str | os.PathLike) -> list[tuple[str, str]] | None:
+    """(relpath, md5) of each file a directory output's `.dir` object lists, or None when
+    it can't be read or is not such a listing. Paths are as recorded: join them through
+    safe_out_path before touching a file."""
+    import json
+
+    try:
+        with open(manifest, "rb") as fh:
+            data = json.loads(fh.read())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, list) or not all(
+            isinstance(e, dict) and isinstance(e.get("relpath"), str)
+            and isinstance(e.get("md5"), str) for e in data):
+        return None
+    return [(e["relpath"], e["md5"]) for e in data]
 
 
 def hash_copy(src: str | os.PathLike, dest: str | os.PathLike | None = None) -> str:

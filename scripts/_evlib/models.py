@@ -304,16 +304,15 @@ def _not_on_remote(repo: Path, items: list[dict]) -> tuple[str, list[dict]]:
 
 def _recorded(repo: Path) -> dict[str, str]:
     """path -> md5 of each file the candidates' .dvc file records (its .dir object)."""
-    import json
-
-    from .dvcmeta import cache_dir, find_object, first_md5
+    from .dvcmeta import cache_dir, dir_entries, find_object, first_md5
 
     meta = repo / f"{CANDIDATES}.dvc"
     md5 = first_md5(meta.read_text()) if meta.is_file() else None
     obj = find_object(cache_dir(repo), md5) if md5 and md5.endswith(".dir") else None
     if obj is None:
         return {}
-    return {f"{CANDIDATES}/{e['relpath']}": e["md5"] for e in json.loads(obj.read_text())}
+    # an unreadable listing records nothing: every candidate then counts as not pushed
+    return {f"{CANDIDATES}/{rel}": md5 for rel, md5 in dir_entries(obj) or []}
 
 
 def _push_hint(remote: str) -> str:

@@ -32,10 +32,9 @@ missing from the cache. The remote is the repository's default remote as configu
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 
-from .dvcmeta import Out, cache_dir, find_object, hash_copy, local_remote, object_path
+from .dvcmeta import Out, cache_dir, dir_entries, find_object, hash_copy, local_remote, object_path
 from .errors import FAILED, NOT_FOUND, USAGE, EVError
 from .gittree import inside_repo, meta_files, outs_of
 from .plain import plain
@@ -174,14 +173,7 @@ class RevFiles:
         listing = self._cached(out.md5, out.legacy)
         if listing is None:
             return None
-        try:
-            entries = json.loads(listing.read_text())
-        except (ValueError, OSError):
-            return None
-        for e in entries if isinstance(entries, list) else []:
-            if isinstance(e, dict) and e.get("relpath") == rel:
-                return e.get("md5")
-        return None
+        return dict(dir_entries(listing) or []).get(rel)
 
     # --- objects: cache, else remote ---
     def _present(self, md5: str, legacy: bool = False) -> Path | None:

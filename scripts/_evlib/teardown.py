@@ -11,13 +11,11 @@ teardown killed at any point is finished by the next run.
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import tempfile
 from pathlib import Path
 
 from . import dvcmeta
-from .dvcmeta import Out, find_object, is_meta_file, object_path, parse_outs
+from .dvcmeta import Out, dir_entries, find_object, is_meta_file, object_path, parse_outs
 from .errors import NOT_FOUND, REFUSED, EVError
 from .proc import dvc_cloud_status, git, git_ok, git_to_file
 from .repo import dirty_paths, find_repo, main_worktree, peel_commits, resolve_commit
@@ -161,10 +159,13 @@ def _missing_on_local_remote(remote: Path, cache: Path, outs: list[Out]) -> list
             missing.append((o.path, o.md5))
             continue
         if o.is_dir:
-            entries = json.loads(object_path(remote, o.md5, o.legacy).read_text())
-            for e in entries:
-                if not object_path(remote, e["md5"], o.legacy).is_file():
-                    missing.append((os.path.join(o.path, e["relpath"]), e["md5"]))
+            entries = dir_entries(object_path(remote, o.md5, o.legacy))
+            if entries is None:  # a listing that can't be read lists nothing safely
+                missing.append((o.path, o.md5))
+                continue
+            for rel, md5 in entries:
+                if not object_path(remote, md5, o.legacy).is_file():
+                    missing.append((f"{o.path}/{rel}", md5))
     return missing
 
 

@@ -263,12 +263,11 @@ def _private_first(wt: Path, cache: Path, patterns: list[str]) -> list[str]:
             man = find_object(cache, o.md5)
             if man is None:
                 continue
-            try:
-                entries = json.loads(man.read_text())
-            except (OSError, ValueError):
+            entries = dvcmeta.dir_entries(man)
+            if entries is None:
                 continue
-            items = [(dvcmeta.safe_out_path(str(e.get("relpath", "")), o.path, o.source),
-                      str(e.get("md5", ""))) for e in entries if isinstance(e, dict)]
+            items = [(dvcmeta.safe_out_path(rel, o.path, o.source), md5)
+                     for rel, md5 in entries]
         else:
             items = [(o.path, o.md5)]
         for rel, md5 in items:
