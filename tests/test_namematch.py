@@ -58,3 +58,33 @@ def test_digit_and_word_characters_are_sres_over_all_of_unicode():
         assert c.isdecimal() == bool(digit.match(c)), hex(i)
         assert settings._word(c) == bool(word.match(c)), hex(i)
 
+
+def test_the_plain_config_reader_reads_what_configparser_reads_or_refuses():
+    import configparser
+
+    import _evlib.dvcmeta as dvcmeta
+
+    pieces = ["[core]", "['remote \"storage\"']", "[cache]", "[DEFAULT]", "[]", "[a] x",
+              "    remote = storage", "remote=storage", "  url = /tmp/r", "\turl = /tmp/r",
+              "        dir = ../c", "URL = s3://b/x", "url: /x", "a:b = c", "= x", "novalue",
+              "# c", "; c", "", "   ", "type = hardlink,symlink", "x = 'q'", "x = a # b",
+              "[core]  ", "  [cache]", "é = ü", "k = v\x0c", "\ufeff[core]", "k ="]
+    rng = random.Random(3)
+    accepted = 0
+    for _ in range(40000):
+        text = "\n".join(rng.choice(pieces) for _ in range(rng.randint(0, 6)))
+        text += rng.choice(["", "\n"])
+        got = dvcmeta._plain_config(text)
+        if got is None:
+            continue
+        accepted += 1
+        cp = configparser.ConfigParser(interpolation=None, strict=False)
+        cp.read_string(text)
+        assert got == {s: dict(cp.items(s)) for s in cp.sections()}, repr(text)
+    assert accepted > 1000
+    # what `dvc init`, `dvc remote add -d` and `dvc cache dir --local` write
+    dvc = "[core]\n    remote = storage\n['remote \"storage\"']\n    url = /tmp/r\n"
+    assert dvcmeta._plain_config(dvc) == {"core": {"remote": "storage"},
+                                          "'remote \"storage\"'": {"url": "/tmp/r"}}
+    assert dvcmeta._plain_config("[cache]\n    dir = ../c\n") == {"cache": {"dir": "../c"}}
+    assert dvcmeta._plain_config("") == {}
