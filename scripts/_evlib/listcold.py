@@ -20,7 +20,8 @@ bad .dvc file). What it does:
   when every version came from its tag's own DB object, as the full list does.
 
 Imports only the bundle's small modules (no history, revfile, proc, argparse, subprocess,
-json, pathlib).
+json, pathlib, re, configparser: names are matched by evtags and settings, .dvc/config read by
+dvcmeta._plain_config, without them).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import math
 
 from .errors import USAGE, EVError
 from .plain import plain
-from .settings import META_COLS, METRIC_RE, is_step
+from .settings import META_COLS, is_metric_name, is_step
 
 TYPE_CHECKING = False  # typing's own import costs a few ms of a fresh list
 if TYPE_CHECKING:
@@ -30,12 +30,13 @@ def run_metrics(r: Run, metric_cols: set[str]) -> dict:
 
 
 def is_metric(col: str, extra: str | None = None) -> bool:
-    return col == extra or bool(METRIC_RE.search(col.lower()))
+    return col == extra or is_metric_name(col.lower())
 
 
 def metric_columns(runs: list[Run], metric: str | None) -> set[str]:
-    cols = {k for r in runs for k, v in r.values.items()
-            if k not in META_COLS and is_metric(k, metric) and _num(v) is not None}
+    numeric = {k for r in runs for k, v in r.values.items()
+               if k not in META_COLS and _num(v) is not None}
+    cols = {k for k in numeric if is_metric(k, metric)}  # each name asked once
     if metric:
         cols.add(metric)
     return cols
@@ -54,7 +55,8 @@ def _num(v) -> float | None:
 def choose_metric(runs: list[Run], metric: str | None) -> str:
     if metric:
         return metric
-    cols = sorted({k for r in runs for k in r.values if k not in META_COLS and is_metric(k)})
+    cols = sorted(k for k in {k for r in runs for k in r.values}
+                  if k not in META_COLS and is_metric(k))
     if "f1_score" in cols or not cols:
         return "f1_score"
     return cols[0]
