@@ -298,3 +298,31 @@ def test_data_changed_in_place_needs_private_data(dvc_repo):
     bad = [p for p in cache_objects(cache)
            if md5(p) != (p.parent.name + p.name).removesuffix(".dir")]
     assert len(bad) == 1
+
+
+def test_a_damaged_directory_listing_on_the_remote_counts_as_not_pushed(dvc_repo):
+    """The remote's .dir object of a directory output is what a teammate's pull reads: one
+    that is not a DVC listing keeps nothing safe, so teardown refuses naming the output."""
+    repo = tracked_project(dvc_repo)
+    sh(["dvc", "push", "-q"], cwd=repo)
+    assert run_script("worktree.py", "create", "dl", cwd=repo).returncode == 0
+    wt = repo.parent / "exp-dl"
+    cands = wt / "models" / "candidates"
+    cands.mkdir(parents=True)
+    (cands / "a.bin").write_bytes(b"a" * 100)
+    (cands / "b.bin").write_bytes(b"b" * 100)
+    sh("dvc add -q models/candidates && git add -A && git commit -qm cands "
+       "&& git tag -a exp-dl-v1 -m v1 && dvc push -q -T", cwd=wt)
+    assert run_script("worktree.py", "teardown", "dl", "--dry-run", cwd=repo).returncode == 0
+    text = (wt / "models" / "candidates.dvc").read_text()
+    dir_md5 = next(ln.split()[-1] for ln in text.splitlines() if "md5:" in ln)
+    url = sh(["dvc", "remote", "list"], cwd=repo).stdout.split()[1]
+    listing = Path(url) / "files" / "md5" / dir_md5[:2] / dir_md5[2:]
+    assert listing.is_file()
+    listing.write_bytes(b"\0" * 64)  # zeroed, as a torn upload leaves it
+    cp = run_script("worktree.py", "teardown", "dl", "--json", cwd=repo)
+    assert cp.returncode == 4, cp.stderr
+    want = (f"not on remote 'storage': models/candidates (md5 {dir_md5[:12]}) at exp-dl-v1; "
+            f"run dvc push -T in {wt}")
+    assert json.loads(cp.stdout)["items"] == [want]
+    assert wt.exists()
