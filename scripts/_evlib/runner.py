@@ -78,6 +78,7 @@ from .sandbox import (  # noqa: F401
     resolved,
 )
 from .shard import _TYPES, _open_shard, _shard_info, lineage_values, stamp  # noqa: F401
+from .shard import snapshot as shard_snapshot
 
 # Part of this module's API (the Dask executor and sweeps call runner.lineage).
 lineage = lineage_mod.lineage
@@ -265,8 +266,9 @@ def _spawn(argv: list[str], cwd: Path, env: dict, out) -> _Spawned:
                                    setsigdef=(signal.SIGPIPE, signal.SIGXFSZ)))
 
 
-def complete(run: Launched, code: int) -> RunResult:
-    """After the command exited with (Popen) status code: judge it, stamp its rows."""
+def complete(run: Launched, code: int, *, snapshot: bool = False) -> RunResult:
+    """After the command exited with (Popen) status code: judge it, stamp its rows.
+    snapshot: see finish."""
     run.close()
     result, spec = run.result, run.result.spec
     result.seconds = time.monotonic() - run.t0
@@ -296,16 +298,20 @@ def complete(run: Launched, code: int) -> RunResult:
         result.error = (f"the command failed ({describe_exit(code)})"
                         + (f": {last}" if last else "") + "; nothing was collected")
         return result
-    return finish(result, run.lineage, state=run.state if run.reuse else None)
+    return finish(result, run.lineage, state=run.state if run.reuse else None,
+                  snapshot=snapshot)
 
 
-def finish(result: RunResult, lineage: dict, *, state: dict | None = None) -> RunResult:
+def finish(result: RunResult, lineage: dict, *, state: dict | None = None,
+           snapshot: bool = False) -> RunResult:
     """After a good exit: stamp the rows with lineage, find the model files.
 
     state: the run's state in a sweep's reused sandbox. The stamp then keeps its rollback
     journal in memory (no journal file created and deleted per run) and the state says
     "stamping" while it runs: a sweep killed mid-stamp may leave a torn shard, and its
-    next run redoes such a run instead of collecting it (see cmdsweep)."""
+    next run redoes such a run instead of collecting it (see cmdsweep).
+    snapshot: also read the stamped rows, through the same connection, into
+    result.snapshot (shard.snapshot; None if it could not), for a sweep's pack."""
     spec = result.spec
     tree = Path(result.workdir) / "tree"
     db = tree / spec.results_db
@@ -327,6 +333,10 @@ def finish(result: RunResult, lineage: dict, *, state: dict | None = None) -> Ru
         except EVError as exc:
             result.error, result.error_code = exc.line(), exc.code
             return result
+        if snapshot:  # (an attribute, not a field: never in the result's dict)
+            from .sweeppack import SNAPSHOT_ROWS
+
+            result.snapshot = shard_snapshot(con, SNAPSHOT_ROWS)
     finally:
         if con is not None:
             con.close()
