@@ -347,3 +347,30 @@ def test_a_reused_sandbox_is_relinked_only_when_the_repository_or_its_tree_chang
     assert len(walks) == 3 and (tree / "new.txt").is_symlink()
     runner.prepare(git_repo, spec, wd, reuse=True, collected=True)
     assert len(walks) == 3
+
+
+def test_a_runs_phase_states_are_write_states_bytes_and_the_environment_is_read_anew(
+        tmp_path, monkeypatch):
+    """The state written from a template (encoded once per run) is byte for byte
+    write_state's, for each phase, and a marker-like value falls back to write_state; a
+    launch's environment is os.environ as it is now (decoded once while it is unchanged)."""
+    from _evlib import runner, runstate
+
+    state = {"pid": 1, "key": "k", "phase": "running", "spec": {"params": {"a": "é", "b": [1]}},
+             "lineage": {"ev_commit": "c"}, "started": 1.5}
+    for phase in ("running", "stamping"):
+        runstate.write_state(tmp_path, {**state, "phase": phase})
+        want = (tmp_path / runstate.STATE).read_bytes()
+        (tmp_path / runstate.STATE).unlink()
+        runstate.write_phase(tmp_path, runstate.phase_template(state), phase)
+        assert (tmp_path / runstate.STATE).read_bytes() == want
+    assert runstate.phase_template({**state, "x": runstate._MARK}) is None
+    monkeypatch.setenv("EV_TEST_VAR", "one")
+    assert runner._base_env()["EV_TEST_VAR"] == "one"
+    monkeypatch.setenv("EV_TEST_VAR", "two")
+    env = runner._base_env()
+    assert env["EV_TEST_VAR"] == "two" and env == dict(os.environ)
+    env["EV_TEST_VAR"] = "changed"  # a copy: the next launch's is its own
+    assert runner._base_env()["EV_TEST_VAR"] == "two"
+    monkeypatch.delenv("EV_TEST_VAR")
+    assert "EV_TEST_VAR" not in runner._base_env()
