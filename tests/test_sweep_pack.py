@@ -125,18 +125,21 @@ def test_a_sweep_killed_mid_pack_resumes_with_exact_rows(git_repo, tmp_path):
 
             real, seen = sweeppack.Pack._copy, []
 
-            class Killing:  # the pack's connection, SIGKILLed at the 2nd shard's COMMIT
-                def __init__(self, con):
+            class Killing:  # the pack's connection, SIGKILLed at the 2nd shard's key
+                def __init__(self, con):  # (its rows written, its transaction open)
                     self.con = con
 
                 def execute(self, sql, *a):
-                    if sql == "COMMIT" and len(seen) == 2:
+                    if sql.startswith("INSERT INTO _ev_packed") and len(seen) == 2:
                         os.kill(os.getpid(), signal.SIGKILL)
                     return self.con.execute(sql, *a)
 
-            def copy(self, con, key):
+                def __getattr__(self, name):
+                    return getattr(self.con, name)
+
+            def copy(self, con, key, *rest):
                 seen.append(key)
-                return real(self, Killing(con), key)
+                return real(self, Killing(con), key, *rest)
 
             sweeppack.Pack._copy = copy
             ns: dict = {"__name__": "sweep_cli", "__file__": str(ROOT / "scripts/sweep.py")}
@@ -225,6 +228,99 @@ def test_the_pack_leaves_out_a_shard_it_could_not_hold_exactly(tmp_path):
     con.close()
 
 
+def test_snapshots_are_packed_in_batches_exactly_and_a_left_out_one_alone(tmp_path,
+                                                                          monkeypatch):
+    """The sweep's path: each shard's rows read through its own connection (snapshot) and
+    copied inside the pack's open transaction (a savepoint per shard, a commit per BATCH):
+    every value keeps its type and value, a shard the pack cannot hold exactly is rolled
+    back alone (the earlier shards of its transaction stay), and a text that is not UTF-8
+    (no snapshot) is copied from the file, byte for byte."""
+    from _evlib import shard as shard_mod
+    from _evlib import sweeppack
+
+    monkeypatch.setattr(sweeppack, "BATCH", 2)
+
+    def shard(name, decl, rows):
+        path = tmp_path / f"{name}.db"
+        con = sqlite3.connect(path)
+        con.execute(f'CREATE TABLE "default" (track_id TEXT, timestamp TEXT, x {decl}, '
+                    f'y REAL, z BLOB)')
+        con.executemany('INSERT INTO "default" VALUES (?, ?, ?, ?, ?)', rows)
+        con.commit()
+        con.close()
+        return path
+
+    a = shard("a", "INTEGER", [("t1", "s", 2**62 + 1, 0.1, b"\x00\xff"), ("t1", "s2", None,
+                                                                         -0.0, None)])
+    same_key = shard("b", "INTEGER", [("t1", "s", 2, 1.5, None)])  # a's key
+    other_type = shard("c", "TEXT", [("t3", "s", "007", None, None)])  # x as TEXT
+    d = shard("d", "INTEGER", [("t4", "s", 4, 1e300, b"")])
+    e = shard("e", "INTEGER", [("t5", "s", 5, 2.5, None)])
+    bad = shard("f", "INTEGER", [("t6", "s", 6, None, None)])
+    con = sqlite3.connect(bad)
+    con.execute('UPDATE "default" SET timestamp = CAST(X\'C328FF\' AS TEXT)')  # not UTF-8
+    con.commit()
+    con.close()
+    pack = sweeppack.Pack(tmp_path / "pack.db")
+    got = []
+    for s in (a, same_key, other_type, d, e, bad):
+        con = sqlite3.connect(s)
+        snap = shard_mod.snapshot(con, sweeppack.SNAPSHOT_ROWS)
+        con.close()
+        if s is bad:
+            assert snap is None
+            got.append(pack.add(s, s.stem))
+        else:
+            got.append(pack.add_rows(snap, s.stem))
+    assert got == [True, False, False, True, True, True]
+    pack.close()
+    assert pack.keys == ["a", "d", "e", "f"]
+    con = sqlite3.connect(tmp_path / "pack.db")
+    con.text_factory = bytes
+    rows = con.execute('SELECT track_id, timestamp, typeof(timestamp), CAST(timestamp AS BLOB), '
+                       'x, typeof(x), y, typeof(y), CAST(y AS TEXT), z, typeof(z) '
+                       'FROM "default"').fetchall()
+    assert [r[0] for r in con.execute("SELECT key FROM _ev_packed ORDER BY 1")] == [
+        b"a", b"d", b"e", b"f"]
+    con.close()
+    want = []
+    for s in (a, d, e, bad):
+        con = sqlite3.connect(s)
+        con.text_factory = bytes
+        want += con.execute('SELECT track_id, timestamp, typeof(timestamp), '
+                            'CAST(timestamp AS BLOB), x, typeof(x), y, typeof(y), '
+                            'CAST(y AS TEXT), z, typeof(z) FROM "default"').fetchall()
+        con.close()
+    assert sorted(rows, key=repr) == sorted(want, key=repr) and len(rows) == 5
+
+
+def test_a_pack_batch_lost_with_its_transaction_is_left_out_whole(tmp_path):
+    """If SQLite rolls the pack's open transaction back (or its commit fails), none of that
+    transaction's shards count as packed: they are merged on their own."""
+    from _evlib import shard as shard_mod
+    from _evlib import sweeppack
+
+    snaps = []
+    for i in range(3):
+        path = tmp_path / f"s{i}.db"
+        con = sqlite3.connect(path)
+        con.execute('CREATE TABLE "default" (track_id TEXT, timestamp TEXT, x INTEGER)')
+        con.execute('INSERT INTO "default" VALUES (?, ?, ?)', (f"t{i}", "s", i))
+        con.commit()
+        snaps.append(shard_mod.snapshot(con, 100))
+        con.close()
+    pack = sweeppack.Pack(tmp_path / "pack.db")
+    assert pack.add_rows(snaps[0], "k0") and pack.add_rows(snaps[1], "k1")
+    pack.con.execute("ROLLBACK")  # as SQLite does on some errors (a full disk, say)
+    assert not pack.add_rows({"decls": {}, "tables": {}}, "bad")  # sees the loss
+    assert pack.add_rows(snaps[2], "k2")
+    pack.close()
+    assert pack.keys == ["k2"]
+    con = sqlite3.connect(tmp_path / "pack.db")
+    assert con.execute('SELECT track_id FROM "default"').fetchall() == [("t2",)]
+    con.close()
+
+
 def test_a_reused_sandbox_is_relinked_only_when_the_repository_or_its_tree_changed(
         git_repo, tmp_path, monkeypatch):
     from _evlib import runner, sandbox
@@ -251,3 +347,30 @@ def test_a_reused_sandbox_is_relinked_only_when_the_repository_or_its_tree_chang
     assert len(walks) == 3 and (tree / "new.txt").is_symlink()
     runner.prepare(git_repo, spec, wd, reuse=True, collected=True)
     assert len(walks) == 3
+
+
+def test_a_runs_phase_states_are_write_states_bytes_and_the_environment_is_read_anew(
+        tmp_path, monkeypatch):
+    """The state written from a template (encoded once per run) is byte for byte
+    write_state's, for each phase, and a marker-like value falls back to write_state; a
+    launch's environment is os.environ as it is now (decoded once while it is unchanged)."""
+    from _evlib import runner, runstate
+
+    state = {"pid": 1, "key": "k", "phase": "running", "spec": {"params": {"a": "é", "b": [1]}},
+             "lineage": {"ev_commit": "c"}, "started": 1.5}
+    for phase in ("running", "stamping"):
+        runstate.write_state(tmp_path, {**state, "phase": phase})
+        want = (tmp_path / runstate.STATE).read_bytes()
+        (tmp_path / runstate.STATE).unlink()
+        runstate.write_phase(tmp_path, runstate.phase_template(state), phase)
+        assert (tmp_path / runstate.STATE).read_bytes() == want
+    assert runstate.phase_template({**state, "x": runstate._MARK}) is None
+    monkeypatch.setenv("EV_TEST_VAR", "one")
+    assert runner._base_env()["EV_TEST_VAR"] == "one"
+    monkeypatch.setenv("EV_TEST_VAR", "two")
+    env = runner._base_env()
+    assert env["EV_TEST_VAR"] == "two" and env == dict(os.environ)
+    env["EV_TEST_VAR"] = "changed"  # a copy: the next launch's is its own
+    assert runner._base_env()["EV_TEST_VAR"] == "two"
+    monkeypatch.delenv("EV_TEST_VAR")
+    assert "EV_TEST_VAR" not in runner._base_env()

@@ -398,7 +398,7 @@ def _run_local(repo, todo, spec_for, after, *, base, workers, boxes, gpus, linea
                 continue
             it, run, b, code = finished.popleft()
             try:
-                res = run.result if code is None else runner.complete(run, code)
+                res = run.result if code is None else runner.complete(run, code, snapshot=True)
                 after(it, res, base / f"w{b}", res.spec.gpus)
                 if not errors:
                     runner.prepare(repo, res.spec, base / f"w{b}", reuse=True,
@@ -465,7 +465,11 @@ def _land(repo: Path, s, res: runner.RunResult, directory: Path, ledger: Ledger,
                   error=None, finished=time.time(), gpus=res.spec.gpus,
                   candidates=list(cands.values()), shard=str(shard), params=res.spec.params)
     if pack is not None:
-        pack.add(shard, key)
+        snap = getattr(res, "snapshot", None)
+        if snap is not None:
+            pack.add_rows(snap, key)
+        else:
+            pack.add(shard, key)
     return cands
 
 
@@ -479,10 +483,10 @@ def _finalize(db, directory, ledger, items, in_db, *, version, metric, metric_mo
                  if not it["in_db"] and (it.get("landed") or (it["done"] and it.get("shard_ok")))]
     new = [Path(it["shard"]) for it in new_items]
     # The packed ones through the pack: one input, not one per run.
+    if pack is not None:
+        pack.close()  # commits its last batch: keys are then the shards it holds
     packed = set(pack.keys) if pack is not None else set()
     packed &= {it["key"] for it in new_items}
-    if pack is not None:
-        pack.close()
     inputs = [Path(it["shard"]) for it in new_items if it["key"] not in packed]
     if packed:
         inputs.insert(0, pack.path)

@@ -56,9 +56,11 @@ from .runstate import (  # noqa: F401
     kill_group,
     owner,
     owner_alive,
+    phase_template,
     read_rc,
     read_state,
     shell_code,
+    write_phase,
     write_state,
 )
 from .sandbox import (  # noqa: F401
@@ -78,6 +80,7 @@ from .sandbox import (  # noqa: F401
     resolved,
 )
 from .shard import _TYPES, _open_shard, _shard_info, lineage_values, stamp  # noqa: F401
+from .shard import snapshot as shard_snapshot
 
 # Part of this module's API (the Dask executor and sweeps call runner.lineage).
 lineage = lineage_mod.lineage
@@ -132,6 +135,7 @@ def execute(repo: Path, spec: RunSpec, workdir: Path, *, lineage: dict,
         return run.result
     if on_start:
         on_start(run.state)
+        run.state_template = None  # (it may have changed the state: encoded again)
     try:
         code = run.proc.wait()
     except BaseException:  # interrupted: end the run too, never leave it writing
@@ -157,6 +161,7 @@ class Launched:
     linked: dict = field(default_factory=dict)  # guard's identities of the linked files
     tee: threading.Thread | None = None
     reuse: bool = False  # a sweep's reused sandbox (its state is rewritten in place)
+    state_template: tuple | None = None  # runstate.phase_template(state), with reuse
 
     def close(self) -> None:
         if self.tee is not None:
@@ -175,7 +180,7 @@ def launch(repo: Path, spec: RunSpec, workdir: Path, *, lineage: dict, stream=No
     if not cwd.is_dir() or cwd.is_symlink():
         cwd = tree
     db = tree / spec.results_db
-    env = dict(os.environ)
+    env = _base_env()
     env.update({"EV_VERSION": spec.version, "EV_RUN_KEY": spec.key,
                 "EV_SHARD_DB": str(db), "EV_RUN_DIR": str(tree), "PWD": str(cwd)})
     env.pop("EV_PARAMS", None)
@@ -220,13 +225,32 @@ def launch(repo: Path, spec: RunSpec, workdir: Path, *, lineage: dict, stream=No
                      "version": spec.version, "phase": "running", "started": time.time(),
                      "spec": spec.to_dict(), "lineage": lineage, **(state_extra or {})}
         result.pid = run.proc.pid
-        write_state(workdir, run.state, in_place=reuse)
+        run.state_template = phase_template(run.state) if reuse else None
+        if run.state_template is not None:
+            write_phase(workdir, run.state_template, "running")
+        else:
+            write_state(workdir, run.state, in_place=reuse)
     except BaseException:  # never leave a command running unrecorded
         kill_group({"pid": run.proc.pid, "started": _proc_start(run.proc.pid)})
         run.proc.wait()
         run.close()
         raise
     return run
+
+
+_ENV: list = []  # [(os.environ's encoded items when decoded, the decoded copy)]
+
+
+def _base_env() -> dict:
+    """A copy of os.environ. Decoded once while it stays the same (dict(os.environ) decodes
+    every variable: 50 us a run in a sweep); any change to it is seen (its encoded items,
+    compared whole, one C-level dict comparison)."""
+    raw = getattr(os.environ, "_data", None)
+    if not isinstance(raw, dict):
+        return dict(os.environ)
+    if not _ENV or _ENV[0][0] != raw:
+        _ENV[:] = [(dict(raw), dict(os.environ))]
+    return dict(_ENV[0][1])
 
 
 class _Spawned:
@@ -265,8 +289,9 @@ def _spawn(argv: list[str], cwd: Path, env: dict, out) -> _Spawned:
                                    setsigdef=(signal.SIGPIPE, signal.SIGXFSZ)))
 
 
-def complete(run: Launched, code: int) -> RunResult:
-    """After the command exited with (Popen) status code: judge it, stamp its rows."""
+def complete(run: Launched, code: int, *, snapshot: bool = False) -> RunResult:
+    """After the command exited with (Popen) status code: judge it, stamp its rows.
+    snapshot: see finish."""
     run.close()
     result, spec = run.result, run.result.spec
     result.seconds = time.monotonic() - run.t0
@@ -296,16 +321,21 @@ def complete(run: Launched, code: int) -> RunResult:
         result.error = (f"the command failed ({describe_exit(code)})"
                         + (f": {last}" if last else "") + "; nothing was collected")
         return result
-    return finish(result, run.lineage, state=run.state if run.reuse else None)
+    return finish(result, run.lineage, state=run.state if run.reuse else None,
+                  snapshot=snapshot, state_template=run.state_template)
 
 
-def finish(result: RunResult, lineage: dict, *, state: dict | None = None) -> RunResult:
+def finish(result: RunResult, lineage: dict, *, state: dict | None = None,
+           snapshot: bool = False, state_template: tuple | None = None) -> RunResult:
     """After a good exit: stamp the rows with lineage, find the model files.
 
     state: the run's state in a sweep's reused sandbox. The stamp then keeps its rollback
     journal in memory (no journal file created and deleted per run) and the state says
     "stamping" while it runs: a sweep killed mid-stamp may leave a torn shard, and its
-    next run redoes such a run instead of collecting it (see cmdsweep)."""
+    next run redoes such a run instead of collecting it (see cmdsweep).
+    snapshot: also read the stamped rows, through the same connection, into
+    result.snapshot (shard.snapshot; None if it could not), for a sweep's pack.
+    state_template: runstate.phase_template(state), to write the "stamping" state with."""
     spec = result.spec
     tree = Path(result.workdir) / "tree"
     db = tree / spec.results_db
@@ -319,7 +349,9 @@ def finish(result: RunResult, lineage: dict, *, state: dict | None = None) -> Ru
                             f"$EV_SHARD_DB")
             return result
         try:
-            if state is not None:
+            if state is not None and state_template is not None:
+                write_phase(result.workdir, state_template, "stamping")
+            elif state is not None:
                 write_state(result.workdir, {**state, "phase": "stamping"}, in_place=True)
             # (no "stamped" after it: the shard is renamed into place moments later, and a
             # kill in between costs only a redone run)
@@ -327,6 +359,10 @@ def finish(result: RunResult, lineage: dict, *, state: dict | None = None) -> Ru
         except EVError as exc:
             result.error, result.error_code = exc.line(), exc.code
             return result
+        if snapshot:  # (an attribute, not a field: never in the result's dict)
+            from .sweeppack import SNAPSHOT_ROWS
+
+            result.snapshot = shard_snapshot(con, SNAPSHOT_ROWS)
     finally:
         if con is not None:
             con.close()

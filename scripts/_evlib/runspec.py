@@ -33,7 +33,22 @@ class RunSpec:
 
     @property
     def real_dir(self) -> str:
-        """The candidates folder, unless it is (inside) a private output already."""
+        """The candidates folder, unless it is (inside) a private output already. (A pure
+        function of four fields, asked for several times per run on a sweep's hot path:
+        computed once per value.)"""
+        try:
+            k = (self.candidates_dir, self.results_db, tuple(self.model_outputs),
+                 tuple(self.protect))
+            got = _REAL_DIRS.get(k)
+        except TypeError:  # (an unhashable value)
+            return self._real_dir()
+        if got is None:
+            got = self._real_dir()
+            if len(_REAL_DIRS) < 256:
+                _REAL_DIRS[k] = got
+        return got
+
+    def _real_dir(self) -> str:
         c = os.path.normpath(self.candidates_dir).replace(os.sep, "/") if self.candidates_dir \
             else ""
         if not c or any(c == q or c.startswith(q + "/") for q in
@@ -48,6 +63,7 @@ class RunSpec:
 
 
 _SPEC_FIELDS = tuple(RunSpec.__dataclass_fields__)
+_REAL_DIRS: dict = {}  # (candidates_dir, results_db, model_outputs, protect) -> real_dir
 
 
 @dataclass

@@ -82,6 +82,28 @@ def write_state(workdir: Path, state: dict, *, in_place: bool = False) -> None:
         write_bytes(Path(workdir) / STATE, data, durable=False)
 
 
+_MARK = "\0ev-phase\0"
+
+
+def phase_template(state: dict) -> tuple[bytes, bytes] | None:
+    """write_state's bytes for state with any "phase", as (before, after) the phase's JSON
+    text: a run's state is written twice ("running", then "stamping") and encoded once.
+    None if the marker occurs elsewhere in the state (then write_state encodes it)."""
+    text = json.dumps({**state, "phase": _MARK}, sort_keys=True, default=str) + "\n"
+    parts = text.split(json.dumps(_MARK))
+    if len(parts) != 2:
+        return None
+    return parts[0].encode("utf-8"), parts[1].encode("utf-8")
+
+
+def write_phase(workdir: Path, template: tuple[bytes, bytes], phase: str) -> None:
+    """write_state(workdir, {**state, "phase": phase}, in_place=True), state being the one
+    phase_template(state) made template of: the same bytes."""
+    from .atomic import rewrite_small
+
+    rewrite_small(Path(workdir) / STATE, template[0] + json.dumps(phase).encode() + template[1])
+
+
 def kill_group(state: dict, wait_s: float = 10.0) -> bool:
     """End a run's whole process group (it runs in its own session). True if it is gone."""
     pid = state.get("pid")

@@ -8,7 +8,7 @@ import shlex
 import sqlite3
 from pathlib import Path
 
-from . import EVENTS_TABLE
+from . import ASSET_TABLES, EVENTS_TABLE
 from .errors import USAGE, EVError
 from .runspec import RunSpec
 from .sql import add_columns, quote_ident, sqlite_columns, sqlite_connect, sqlite_tables
@@ -102,3 +102,28 @@ def stamp(db: Path, spec: RunSpec, lineage: dict, seconds: float | None = None, 
             con.close()
         else:
             con.isolation_level = level
+
+
+def snapshot(con: sqlite3.Connection, limit: int) -> dict | None:
+    """The shard's tables as the sweep's pack copies them (sweeppack.Pack.add_rows): their
+    declarations ({name: CREATE sql}) and, per events/asset table, ([(column, declared type,
+    pk position)], rows). None: more than limit rows, or a value Python cannot read (a text
+    that is not UTF-8): the pack reads the file itself."""
+    try:
+        decls = dict(con.execute("SELECT name, sql FROM main.sqlite_master "
+                                 "WHERE type = 'table'"))
+        tables, left = {}, limit
+        for t in (EVENTS_TABLE, *ASSET_TABLES):
+            if t not in decls:
+                continue
+            qt = quote_ident(t)
+            info = [(r[1], r[2] or "", r[5]) for r in con.execute(f"PRAGMA main.table_info({qt})")]
+            names = ", ".join(quote_ident(n) for n, _, _ in info)
+            rows = con.execute(f"SELECT {names} FROM main.{qt}").fetchmany(left + 1)
+            left -= len(rows)
+            if left < 0:
+                return None
+            tables[t] = (info, rows)
+        return {"decls": decls, "tables": tables}
+    except (sqlite3.Error, ValueError):
+        return None
