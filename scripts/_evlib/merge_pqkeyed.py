@@ -17,8 +17,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import USAGE, EVError
-
 # Below this much base data (uncompressed) the row-by-row path in memory is as fast, and
 # does not import DuckDB.
 MIN_BYTES = 16 << 20
@@ -68,7 +66,7 @@ def select_keyed(files, schemas, conforms, out_schema, key, strategy, work: Path
     import numpy as np
     import pyarrow.parquet as pq
 
-    from .merge_pqrows import _select_arrow
+    from .merge_pqrows import _select_arrow, null_key
     from .sql import quote_ident, quote_literal
 
     kn = [f"k{i}" for i in range(len(key))]
@@ -88,10 +86,7 @@ def select_keyed(files, schemas, conforms, out_schema, key, strategy, work: Path
         null = " OR ".join(f"{c} IS NULL" for c in kn)
         row = con.execute(f"SELECT f, r FROM ek WHERE {null} ORDER BY f, r LIMIT 1").fetchone()
         if row:
-            raise EVError(f"{files[row[0]]}: a key column ({', '.join(key)}) is NULL in row "
-                          f"{row[1]}", code=USAGE,
-                          hint="nothing written; a NULL key would be added again on every "
-                               "merge: fill it in or drop the row")
+            raise null_key(files[row[0]], key, row[1])
         on = " AND ".join(f"b.{quote_ident(k)} = ek.{c}" for k, c in zip(key, kn, strict=True))
         cols = ", ".join(f"b.{quote_ident(k)} AS {c}" for k, c in zip(key, kn, strict=True))
         con.execute(f"CREATE TABLE bk AS SELECT b.file_row_number AS r, {cols} FROM "

@@ -11,6 +11,13 @@ from .errors import FAILED, USAGE, EVError
 from .merge_pqarrow import BATCH_ROWS, _batches, _canon, _int64_array, _numpy
 
 
+def null_key(path, key: list[str], row: int) -> EVError:
+    """The refusal of a NULL key in an input file (every keyed path says it the same way)."""
+    return EVError(f"{path}: a key column ({', '.join(key)}) is NULL in row {row}", code=USAGE,
+                   hint="nothing written; a NULL key would be added again on every merge: "
+                        "fill it in or drop the row")
+
+
 def _select_arrow(files, conforms, out_schema, key, strategy, on_conflict=None, subset=None
                   ) -> tuple[list, dict | None]:
     """_select in memory. Each column's exact stand-in (_canon) is replaced by its dense
@@ -280,10 +287,7 @@ def _select_duckdb(files, conforms, out_schema, key, strategy, work: Path,
             null = " OR ".join(f"{c} IS NULL" for c in kc)
             row = con.execute(f"SELECT f, r FROM rows WHERE f > 0 AND ({null}) LIMIT 1").fetchone()
             if row:
-                raise EVError(f"{files[row[0]]}: a key column ({', '.join(key)}) is NULL in row "
-                              f"{row[1]}", code=USAGE,
-                              hint="nothing written; a NULL key would be added again on every "
-                                   "merge: fill it in or drop the row")
+                raise null_key(files[row[0]], key, row[1])
             dup = con.execute(f"SELECT f, min(r), max(r) FROM (SELECT DISTINCT f, r, "
                               f"{', '.join(cols)} FROM rows WHERE f > 0) "
                               f"GROUP BY f, {part} HAVING count(DISTINCT ({', '.join(cols)})) > 1"
