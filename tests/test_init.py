@@ -51,7 +51,8 @@ def test_init_a_repo_then_nothing_to_change(tmp_path):
                          "# added by init_project.py (experiment-versioning bundle)"]
     assert "/.ev/" in lines and lines.count("*.pyc") == 1
     assert ".tmp-*" in (proj / ".dvcignore").read_text().splitlines()
-    assert sh(["dvc", "remote", "list"], cwd=proj).stdout.split() == [
+    # dvc remote list wraps a line at the terminal's width (80 columns when piped)
+    assert sh(["dvc", "remote", "list"], cwd=proj, env={"COLUMNS": "4000"}).stdout.split() == [
         "storage", str(tmp_path / "store"), "(default)"]
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     from _evlib import settings
