@@ -34,6 +34,8 @@ from . import listfast
 TYPE_CHECKING = False  # the rest of the bundle's modules: imported while git starts (serve)
 if TYPE_CHECKING:
     from . import dvcmeta, evtags, gittree, summary
+    from .runs import load_runs
+    from .settings import Settings
 
 PLAIN = (["list"], ["--json", "list"], ["list", "--json"])
 PROG = "experiments.py"
@@ -106,12 +108,13 @@ class _Git:
         return os.waitstatus_to_exitcode(status)
 
 
-def _batch(cat: _Git, names: list[str]) -> list[tuple[str, str, bytes] | None]:
+def _batch(cat: _Git, names: list[str], meanwhile=None) -> list[tuple[str, str, bytes] | None]:
     """cat-file --batch's answer for each name, writing and reading at once (select), so
     that neither side's pipe fills up while the other waits. A request of at most one page
     goes in one write without select: every earlier request was answered in full, so the
     stdin pipe is empty, and an empty pipe takes a page (Linux's smallest pipe buffer)
-    without blocking whatever git does."""
+    without blocking whatever git does. meanwhile(): called once the request is written
+    (in full, if it is small), while git answers."""
     req = b"".join(n.encode("utf-8", "surrogateescape") + b"\n" for n in names)
     got: list = []
     buf, sent = cat.buf, 0
@@ -119,6 +122,8 @@ def _batch(cat: _Git, names: list[str]) -> list[tuple[str, str, bytes] | None]:
         sent = os.write(cat.stdin, req)
     if sent < len(req):
         import select
+    if meanwhile is not None:
+        meanwhile()
     while len(got) < len(names):
         readable = writable = True
         if sent < len(req):
@@ -214,10 +219,19 @@ def _start(top: str) -> tuple[_Git, _Git]:
 
 
 def _load() -> None:
-    """The modules _answer uses, and SQLite's C module (_light_sqlite)."""
-    global dvcmeta, evtags, gittree, summary
+    """The modules _answer reads git's answers with."""
+    global dvcmeta, evtags, gittree
+    from . import dvcmeta, evtags, gittree
+
+
+def _load_rows() -> None:
+    """The modules that make the rows, and SQLite's C module (_light_sqlite): imported
+    while cat-file reads the root trees."""
+    global load_runs, Settings, summary
     _light_sqlite()
-    from . import dvcmeta, evtags, gittree, summary
+    from . import summary
+    from .runs import load_runs
+    from .settings import Settings
 
 
 def _light_sqlite() -> None:
@@ -253,11 +267,6 @@ def _no_cache(connection):
 
 def _answer(top: str, want_json: bool, refs: _Git, cat: _Git) -> tuple[str, bool]:
     """(the full list's stdout, whether every version came from its tag's own DB)."""
-    from .runs import load_runs
-    from .settings import Settings
-
-    st = Settings()
-    db_rel, metric, mode = st.results_db, st.metric, st.mode
     try:
         raw = refs.read_all()
         if refs.close() != 0:
@@ -274,7 +283,8 @@ def _answer(top: str, want_json: bool, refs: _Git, cat: _Git) -> tuple[str, bool
         infos = [tags[n] for n in evtags.e_tags(tags, warn)]
         objs: dict[str, tuple | None] = {}
         commits = list(dict.fromkeys(t.commit for t in infos))
-        roots = dict(zip(commits, _batch(cat, [f"{c}^{{tree}}" for c in commits]),
+        roots = dict(zip(commits, _batch(cat, [f"{c}^{{tree}}" for c in commits],
+                                         _load_rows),
                          strict=True))
         if any(r is None or r[1] != "tree" for r in roots.values()):
             raise _Doubt("a tag names no commit")
@@ -300,6 +310,9 @@ def _answer(top: str, want_json: bool, refs: _Git, cat: _Git) -> tuple[str, bool
             objs[oid] = got
     finally:
         cat.close()  # its stdin closed: it ends
+
+    st = Settings()
+    db_rel, metric, mode = st.results_db, st.metric, st.mode
 
     def text_of(oid):
         got = objs[oid]
