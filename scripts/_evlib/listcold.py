@@ -7,9 +7,12 @@ full `list` reads it; in any doubt it returns False before writing anything and 
 list runs (and reports what this path stepped around: a damaged object, a missing one, a
 bad .dvc file). What it does:
 
-- 2 git processes, started at once with os.posix_spawnp: `for-each-ref refs/tags` (the
-  format history.all_tags reads) and one `cat-file --batch` that reads every tag's trees
-  and every .dvc blob, in waves (all root trees, then their subtrees, ..., then the blobs);
+- 2 git processes, started at once with os.posix_spawnp, before the rest of this path is
+  imported (git starts up on the other core meanwhile; the Recorder's state is taken
+  first): `for-each-ref refs/tags` (the format history.all_tags reads) and one `cat-file
+  --batch` that reads every tag's trees and every .dvc blob, in waves (all root trees,
+  then their subtrees, ..., then the blobs); the row-making modules are imported while it
+  reads the root trees;
 - each tag's outputs by gittree's rules (revfile's), its DB object found in the DVC cache
   or a plain local-directory remote (dvcmeta.local_remote, as revfile reads it), its md5
   checked, then opened read-only in place (`immutable`: a content-addressed object);
@@ -21,7 +24,10 @@ bad .dvc file). What it does:
 
 Imports only the bundle's small modules (no history, revfile, proc, argparse, subprocess,
 json, pathlib, re, configparser: names are matched by evtags and settings, .dvc/config read by
-dvcmeta._plain_config, without them).
+dvcmeta._plain_config, without them; nor the sqlite3 package, datetime, functools,
+collections or contextlib: _light_sqlite, sql.sqlite_connect(immutable=True), atomic.py).
+Its answer printed, experiments.py exits without the interpreter's teardown when that
+would do nothing visible (pipe.exit_now).
 """
 
 from __future__ import annotations
