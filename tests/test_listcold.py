@@ -262,3 +262,102 @@ def test_first_list_imports_neither_re_nor_configparser(origin, tmp_path):
     assert "_evlib.listcold" in imported and "_evlib.experiments_cli" not in imported
     assert not imported & {"re", "enum", "configparser"}, imported & {"re", "configparser"}
     assert cp.stdout == reference(repo, "list").stdout
+
+
+def test_first_list_imports_neither_sqlite3_datetime_functools_nor_contextlib(origin, tmp_path):
+    """The sqlite3 package (datetime), functools (collections, operator) and contextlib
+    were ~10 ms of a ~55 ms first list: _sqlite3 is loaded without them (listcold's
+    stand-in lru_cache), atomic.write_bytes needs no context manager."""
+    repo = clone(origin, tmp_path)
+    sh(["git", "tag", "-d", "e0.0.1"], cwd=repo)  # every version its own DB: an answer stored
+    cp = run_script("experiments.py", "--json", "list", cwd=repo,
+                    env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert cp.returncode == 0
+    imported = {ln.rsplit("|", 1)[-1].strip() for ln in cp.stderr.splitlines()
+                if ln.startswith("import time:")}
+    assert {"_evlib.listcold", "_sqlite3", "_evlib.atomic"} <= imported
+    assert not imported & {"sqlite3", "datetime", "functools", "collections", "contextlib"}
+    assert (repo / ".dvc" / "tmp" / "ev-list.txt").is_file()
+    ref = reference(repo, "--json", "list")
+    assert (cp.returncode, cp.stdout) == (ref.returncode, ref.stdout)
+
+
+def test_sqlite_loaded_without_functools_then_everything_as_usual(tmp_path):
+    """After listcold's _light_sqlite: functools is the real module once imported, and the
+    sqlite3 package works as always (statements re-run while a cursor is open, its date
+    adapter, errors), with or without the statement cache."""
+    code = f"""
+import sys
+sys.path.insert(0, {str(SCRIPTS)!r})
+from _evlib import listcold
+listcold._light_sqlite()
+assert "_sqlite3" in sys.modules and "functools" not in sys.modules
+import functools, datetime, sqlite3
+assert functools.reduce(lambda a, b: a + b, [1, 2, 3]) == 6
+con = sqlite3.connect({str(tmp_path / "t.db")!r})
+con.execute("CREATE TABLE t (a)")
+con.executemany("INSERT INTO t VALUES (?)", [(1,), (2,), (3,)])
+q = "SELECT a FROM t ORDER BY a"
+outer = con.execute(q)
+first = next(outer)
+assert [r for r in con.execute(q)] == [(1,), (2,), (3,)]
+assert [first, *outer] == [(1,), (2,), (3,)]
+assert con.execute("SELECT ?", (datetime.date(2020, 1, 2),)).fetchone() == ("2020-01-02",)
+try:
+    con.execute("SELECT nope FROM t")
+except sqlite3.OperationalError as e:
+    assert "nope" in str(e)
+else:
+    raise AssertionError("no error")
+print("ok")
+"""
+    cp = sh([sys.executable, "-c", code], check=False)
+    assert (cp.returncode, cp.stdout, cp.stderr) == (0, "ok\n", "")
+
+
+def test_cat_file_requests_above_a_page_and_below(origin, tmp_path):
+    """_batch: one write for a request of at most a page, select for a larger one (200
+    names: ~9 KB); the same answers either way, in order, a missing name as None."""
+    repo = clone(origin, tmp_path)
+    sys.path.insert(0, str(SCRIPTS))
+    from _evlib import listcold
+
+    commits = sh(["git", "rev-list", "--all"], cwd=repo).stdout.split()
+    names = [f"{c}^{{tree}}" for c in commits]
+    cat = listcold._Git(str(repo), ["cat-file", "--batch"], True)
+    try:
+        small = listcold._batch(cat, [*names, "0" * 40])
+        big_names = (names * (200 // len(names) + 1))[:200]
+        assert len("".join(n + "\n" for n in big_names).encode()) > listcold.SMALL_REQUEST
+        big = listcold._batch(cat, big_names)
+    finally:
+        assert cat.close() == 0
+    assert small[-1] is None and all(s[1] == "tree" for s in small[:-1])
+    by_name = dict(zip(names, small, strict=False))
+    assert big == [by_name[n] for n in big_names]
+    import subprocess
+
+    for n, got in by_name.items():
+        assert got[2] == subprocess.run(["git", "cat-file", "tree", n], cwd=repo,
+                                        capture_output=True, check=True).stdout
+
+
+@pytest.mark.parametrize("with_atexit", [False, True])
+def test_exit_now_skips_teardown_only_when_it_would_do_nothing(tmp_path, with_atexit):
+    """pipe.exit_now (after a served list): stdout's buffered bytes still reach a pipe and
+    the exit code is 0; with an atexit callback registered it returns, so the ordinary
+    exit runs the callback as before."""
+    code = f"""
+import atexit, sys
+sys.path.insert(0, {str(SCRIPTS)!r})
+from _evlib import pipe
+if {with_atexit}:
+    atexit.register(lambda: print("atexit ran"))
+sys.stdout.write("answer\\n" * 1000)
+sys.stderr.write("warned\\n")
+pipe.exit_now()
+print("returned")
+"""
+    cp = sh([sys.executable, "-c", code], check=False)
+    tail = "returned\natexit ran\n" if with_atexit else ""
+    assert (cp.returncode, cp.stdout, cp.stderr) == (0, "answer\n" * 1000 + tail, "warned\n")

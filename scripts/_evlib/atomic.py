@@ -8,7 +8,6 @@ would silently rewrite the cache object.
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 TYPE_CHECKING = False  # pathlib (~5 ms) is imported where a Path is handed out
@@ -76,22 +75,45 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def _contextmanager(fn):
+    """contextlib.contextmanager(fn), made at its first call: contextlib's import pulls
+    collections, functools and operator (~3 ms of a first `list`, whose only write is
+    write_bytes, which needs none of them)."""
+    made = None
+
+    def call(*args, **kwargs):
+        nonlocal made
+        if made is None:
+            import contextlib
+
+            made = contextlib.contextmanager(fn)
+        return made(*args, **kwargs)
+
+    call.__name__, call.__qualname__, call.__doc__ = fn.__name__, fn.__qualname__, fn.__doc__
+    call.__wrapped__ = fn
+    return call
+
+
 def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a directory be fsynced
+    try:  # not every filesystem lets a directory be fsynced
         fd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+    except OSError:
+        pass
 
 
 def current_umask() -> int:
     """The process umask, read without changing it (os.umask sets it: racy with threads)."""
-    with contextlib.suppress(OSError, ValueError):
+    try:
         with open("/proc/self/status") as fh:
             for line in fh:
                 if line.startswith("Umask:"):
                     return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
@@ -112,29 +134,46 @@ def fsync_file(path: str | os.PathLike) -> None:
         os.fsync(fh.fileno())
 
 
-@contextlib.contextmanager
-def _atomic_file(dest: str, suffix: str = "", *, durable: bool = True,
-                 mode: int | None = None) -> Iterator[str]:
-    """atomic_path on strings: the temp file's path as a str."""
+def _new_temp(dest: str, suffix: str) -> tuple[str, str]:
+    """(dest's directory, made if missing; a new empty temp file's path in it)."""
     parent = os.path.dirname(dest) or "."
     os.makedirs(parent, exist_ok=True)
     fd, tmp = _mkstemp(parent, f".{os.path.basename(dest)}.", f".tmp{suffix}")
     os.close(fd)
+    return parent, tmp
+
+
+def _install(tmp: str, dest: str, parent: str, durable: bool, mode: int | None) -> None:
+    """The complete temp file moved over dest (its mode set, fsynced if durable)."""
+    os.chmod(tmp, file_mode_for(dest) if mode is None else mode)
+    if durable:
+        fsync_file(tmp)
+    os.replace(tmp, dest)
+    if durable:
+        _fsync_dir(parent)
+
+
+def _discard(tmp: str) -> None:
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+
+
+@_contextmanager
+def _atomic_file(dest: str, suffix: str = "", *, durable: bool = True,
+                 mode: int | None = None) -> Iterator[str]:
+    """atomic_path on strings: the temp file's path as a str."""
+    parent, tmp = _new_temp(dest, suffix)
     try:
         yield tmp
-        os.chmod(tmp, file_mode_for(dest) if mode is None else mode)
-        if durable:
-            fsync_file(tmp)
-        os.replace(tmp, dest)
-        if durable:
-            _fsync_dir(parent)
+        _install(tmp, dest, parent, durable, mode)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        _discard(tmp)
         raise
 
 
-@contextlib.contextmanager
+@_contextmanager
 def atomic_path(dest: str | os.PathLike, suffix: str = "", *, durable: bool = True,
                 mode: int | None = None) -> Iterator[Path]:
     """Yield a temp path next to dest; on success fsync it and move it over dest.
@@ -153,9 +192,15 @@ def atomic_path(dest: str | os.PathLike, suffix: str = "", *, durable: bool = Tr
 
 
 def write_bytes(dest: str | os.PathLike, data: bytes, *, durable: bool = True) -> None:
-    with _atomic_file(os.fspath(dest), durable=durable) as tmp:
+    dest = os.fspath(dest)  # _atomic_file's steps, without a context manager (contextlib)
+    parent, tmp = _new_temp(dest, "")
+    try:
         with open(tmp, "wb") as fh:
             fh.write(data)
+        _install(tmp, dest, parent, durable, None)
+    except BaseException:
+        _discard(tmp)
+        raise
 
 
 def write_text(dest: str | os.PathLike, text: str, *, durable: bool = True) -> None:
@@ -226,7 +271,7 @@ def md5_file(path: str | os.PathLike) -> str:
     return hash_copy(path)
 
 
-@contextlib.contextmanager
+@_contextmanager
 def held_lock(path: str | os.PathLike, *, wait_s: float, message: str, hint: str
               ) -> Iterator[None]:
     """Hold an flock on path (a directory, or an empty lock file made if missing).

@@ -7,9 +7,12 @@ full `list` reads it; in any doubt it returns False before writing anything and 
 list runs (and reports what this path stepped around: a damaged object, a missing one, a
 bad .dvc file). What it does:
 
-- 2 git processes, started at once with os.posix_spawnp: `for-each-ref refs/tags` (the
-  format history.all_tags reads) and one `cat-file --batch` that reads every tag's trees
-  and every .dvc blob, in waves (all root trees, then their subtrees, ..., then the blobs);
+- 2 git processes, started at once with os.posix_spawnp, before the rest of this path is
+  imported (git starts up on the other core meanwhile; the Recorder's state is taken
+  first): `for-each-ref refs/tags` (the format history.all_tags reads) and one `cat-file
+  --batch` that reads every tag's trees and every .dvc blob, in waves (all root trees,
+  then their subtrees, ..., then the blobs); the row-making modules are imported while it
+  reads the root trees;
 - each tag's outputs by gittree's rules (revfile's), its DB object found in the DVC cache
   or a plain local-directory remote (dvcmeta.local_remote, as revfile reads it), its md5
   checked, then opened read-only in place (`immutable`: a content-addressed object);
@@ -21,7 +24,10 @@ bad .dvc file). What it does:
 
 Imports only the bundle's small modules (no history, revfile, proc, argparse, subprocess,
 json, pathlib, re, configparser: names are matched by evtags and settings, .dvc/config read by
-dvcmeta._plain_config, without them).
+dvcmeta._plain_config, without them; nor the sqlite3 package, datetime, functools,
+collections or contextlib: _light_sqlite, sql.sqlite_connect(immutable=True), atomic.py).
+Its answer printed, experiments.py exits without the interpreter's teardown when that
+would do nothing visible (pipe.exit_now).
 """
 
 from __future__ import annotations
@@ -29,11 +35,17 @@ from __future__ import annotations
 import os
 import sys
 
-from . import dvcmeta, evtags, gittree, listfast, summary
-from .settings import Settings
+from . import listfast
+
+TYPE_CHECKING = False  # the rest of the bundle's modules: imported while git starts (serve)
+if TYPE_CHECKING:
+    from . import dvcmeta, evtags, gittree, summary
+    from .runs import load_runs
+    from .settings import Settings
 
 PLAIN = (["list"], ["--json", "list"], ["list", "--json"])
 PROG = "experiments.py"
+SMALL_REQUEST = 4096
 
 
 class _Doubt(Exception):
@@ -84,7 +96,10 @@ class _Git:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def close(self) -> int:
+    def close(self, kill: bool = False) -> int:
+        """Its exit code, once it ended; kill: stop it first (an answer not wanted)."""
+        if kill and self.pid:
+            os.kill(self.pid, 9)  # SIGKILL, without importing signal; not yet waited for
         for fd in (self.stdin, self.stdout):
             if fd is not None:
                 try:
@@ -92,23 +107,35 @@ class _Git:
                 except OSError:
                     pass
         self.stdin = self.stdout = None
-        _pid, status = os.waitpid(self.pid, 0)
+        pid, self.pid = self.pid, 0
+        if not pid:
+            return -9
+        _pid, status = os.waitpid(pid, 0)
         return os.waitstatus_to_exitcode(status)
 
 
-def _batch(cat: _Git, names: list[str]) -> list[tuple[str, str, bytes] | None]:
+def _batch(cat: _Git, names: list[str], meanwhile=None) -> list[tuple[str, str, bytes] | None]:
     """cat-file --batch's answer for each name, writing and reading at once (select), so
-    that neither side's pipe fills up while the other waits."""
-    import select
-
+    that neither side's pipe fills up while the other waits. A request of at most one page
+    goes in one write without select: every earlier request was answered in full, so the
+    stdin pipe is empty, and an empty pipe takes a page (Linux's smallest pipe buffer)
+    without blocking whatever git does. meanwhile(): called once the request is written
+    (in full, if it is small), while git answers."""
     req = b"".join(n.encode("utf-8", "surrogateescape") + b"\n" for n in names)
     got: list = []
     buf, sent = cat.buf, 0
+    if len(req) <= SMALL_REQUEST:
+        sent = os.write(cat.stdin, req)
+    if sent < len(req):
+        import select
+    if meanwhile is not None:
+        meanwhile()
     while len(got) < len(names):
-        wfd = [cat.stdin] if sent < len(req) else []
-        readable, writable, _ = select.select([cat.stdout], wfd, [])
-        if writable:
-            sent += os.write(cat.stdin, req[sent:sent + (1 << 16)])
+        readable = writable = True
+        if sent < len(req):
+            readable, writable, _ = select.select([cat.stdout], [cat.stdin], [])
+            if writable:
+                sent += os.write(cat.stdin, req[sent:sent + (1 << 16)])
         if readable:
             chunk = os.read(cat.stdout, 1 << 20)
             if not chunk:
@@ -183,14 +210,69 @@ def _git_blob_at(root: tuple, objs: dict, rel: str) -> bool:
     return False
 
 
-def _answer(top: str, want_json: bool) -> tuple[str, bool]:
-    """(the full list's stdout, whether every version came from its tag's own DB)."""
-    from .runs import load_runs
+def _start(top: str) -> tuple[_Git, _Git]:
+    """for-each-ref and cat-file, started before the rest is imported: git starts up on
+    the other core meanwhile (cat-file waits for its first request)."""
+    from .evtags import FOR_EACH_REF
 
-    st = Settings()
-    db_rel, metric, mode = st.results_db, st.metric, st.mode
-    refs = _Git(top, ["for-each-ref", "refs/tags", f"--format={evtags.FOR_EACH_REF}"], False)
-    cat = _Git(top, ["cat-file", "--batch"], True)
+    refs = _Git(top, ["for-each-ref", "refs/tags", f"--format={FOR_EACH_REF}"], False)
+    try:
+        cat = _Git(top, ["cat-file", "--batch"], True)
+    except BaseException:
+        refs.close(kill=True)
+        raise
+    return refs, cat
+
+
+def _load() -> None:
+    """The modules _answer reads git's answers with."""
+    global dvcmeta, evtags, gittree
+    from . import dvcmeta, evtags, gittree
+
+
+def _load_rows() -> None:
+    """The modules that make the rows, and SQLite's C module (_light_sqlite): imported
+    while cat-file reads the root trees."""
+    global load_runs, Settings, summary
+    _light_sqlite()
+    from . import summary
+    from .runs import load_runs
+    from .settings import Settings
+
+
+def _light_sqlite() -> None:
+    """Import _sqlite3 (the `sqlite3` package's C module: its connect and Error) without
+    functools, whose import pulls collections, types, operator... (~4 ms of a ~45 ms list;
+    sqlite3's own datetime, another ~3 ms, is never imported here: sql.py opens an immutable
+    object through _sqlite3). _sqlite3 takes one thing from functools when it is loaded,
+    lru_cache, for its per-connection statement cache; given a stand-in that caches nothing
+    (a connection then compiles each statement it executes: the same rows), it loads
+    without it. Only when neither is loaded yet; the stand-in leaves sys.modules at once,
+    so a later `import functools` is the real one."""
+    if "_sqlite3" in sys.modules or "functools" in sys.modules:
+        return
+    stand_in = type(sys)("functools")
+
+    def lru_cache(maxsize=128, typed=False):
+        return _no_cache
+
+    stand_in.lru_cache = lru_cache
+    sys.modules["functools"] = stand_in
+    try:
+        import _sqlite3  # noqa: F401
+    except Exception:  # noqa: BLE001 - the ordinary import then (sql.py), with functools
+        sys.modules.pop("_sqlite3", None)
+    finally:
+        if sys.modules.get("functools") is stand_in:
+            del sys.modules["functools"]
+
+
+def _no_cache(connection):
+    return connection  # a connection called with SQL compiles it: the "cached" statement
+
+
+def _answer(top: str, want_json: bool, refs: _Git, cat: _Git) -> tuple[str, bool]:
+    """(the full list's stdout, whether every version came from its tag's own DB)."""
     try:
         raw = refs.read_all()
         if refs.close() != 0:
@@ -207,7 +289,8 @@ def _answer(top: str, want_json: bool) -> tuple[str, bool]:
         infos = [tags[n] for n in evtags.e_tags(tags, warn)]
         objs: dict[str, tuple | None] = {}
         commits = list(dict.fromkeys(t.commit for t in infos))
-        roots = dict(zip(commits, _batch(cat, [f"{c}^{{tree}}" for c in commits]),
+        roots = dict(zip(commits, _batch(cat, [f"{c}^{{tree}}" for c in commits],
+                                         _load_rows),
                          strict=True))
         if any(r is None or r[1] != "tree" for r in roots.values()):
             raise _Doubt("a tag names no commit")
@@ -232,7 +315,10 @@ def _answer(top: str, want_json: bool) -> tuple[str, bool]:
         for oid, got in zip(blobs, _batch(cat, blobs), strict=True):
             objs[oid] = got
     finally:
-        cat.close()
+        cat.close()  # its stdin closed: it ends
+
+    st = Settings()
+    db_rel, metric, mode = st.results_db, st.metric, st.mode
 
     def text_of(oid):
         got = objs[oid]
@@ -277,20 +363,27 @@ def serve(argv: list[str]) -> bool:
     (nothing printed, nothing written): the full list runs."""
     if argv not in PLAIN or os.environ.get("EV_LIST_COLD") == "0":
         return False
+    gits: tuple = ()
     try:
         if not (sys.flags.utf8_mode or _locale_utf8()):
             return False  # the full list decodes git's output in the locale's encoding
         loc = listfast.locate(argv)
         if loc is None or os.path.lexists(os.path.join(loc.top, "ev.yaml")):
             return False
+        rec = listfast.Recorder(argv, loc.top)  # the state, before git reads anything
+        gits = _start(loc.top)
+        _load()
         if not os.path.isdir(os.path.join(loc.top, ".dvc", "cache")) and \
                 dvcmeta.local_remote_str(loc.top) is None:
-            return False  # no object could be read here: the full list, before any git
-        rec = listfast.Recorder(argv, loc.top)  # the state, before anything is read
-        out, own_only = _answer(loc.top, "--json" in argv)
+            return False  # no object could be read here: the full list
+        out, own_only = _answer(loc.top, "--json" in argv, *gits)
         out.encode(sys.stdout.encoding or "utf-8", sys.stdout.errors or "strict")
     except Exception:  # noqa: BLE001 - any doubt: the full list decides (and reports)
         return False
+    finally:
+        for g in gits:  # ended already when the answer is complete; else stopped
+            if g.pid:
+                g.close(kill=True)
     from . import pipe
 
     old = pipe.install()  # a reader that closed stdout: still exit 0 (pipe.py)

@@ -69,3 +69,27 @@ def finish(old) -> None:
         except (OSError, ValueError):
             pass
     sys.stdout = old
+
+
+def exit_now() -> None:
+    """Exit 0 at once, without the interpreter's teardown (module and object clean-up: ~4 ms
+    of a ~45 ms first list), when there is nothing left that teardown would do that anyone
+    could see: stdout and stderr flushed, no atexit callback (coverage, logging...), no
+    other thread, not `python -i`. Otherwise it returns: the caller's sys.exit(0) does it
+    all, as before. For a command whose work is done (its files closed, its children
+    waited for)."""
+    import atexit
+
+    count = getattr(atexit, "_ncallbacks", None)
+    if count is None or count() or sys.flags.inspect:
+        return
+    thr = sys.modules.get("threading")
+    if thr is not None and thr.active_count() > 1:
+        return
+    try:
+        for f in (sys.stdout, sys.stderr):
+            if f is not None:
+                f.flush()
+    except Exception:  # noqa: BLE001 - the ordinary exit reports it, as before
+        return
+    os._exit(0)

@@ -7,8 +7,6 @@ it without the rest of history.
 
 from __future__ import annotations
 
-import math
-
 from .errors import USAGE, EVError
 from .plain import plain
 from .settings import META_COLS, is_metric_name, is_step
@@ -49,7 +47,7 @@ def _num(v) -> float | None:
         f = float(v)
     except (TypeError, ValueError):
         return None
-    return None if math.isnan(f) else f
+    return None if f != f else f  # NaN (math.isnan, without importing math)
 
 
 def choose_metric(runs: list[Run], metric: str | None) -> str:
