@@ -3,6 +3,7 @@
 
     python3 dev.py demo [--keep DIR]     # the three workflows end to end, in a throwaway project
     python3 dev.py test [PYTEST_ARGS]    # ruff, shellcheck, then the whole pytest suite
+                                         # (2 pytest-xdist workers; EV_TEST_WORKERS=1: one)
     python3 dev.py bench NAME [ARGS]     # a benchmark from bench/ (bench/NAME.py)
 
 Needs only python3 (3.10+) and git. The environment lives in .venv/ (or $EV_VENV) and is
@@ -56,6 +57,17 @@ def run(cmd: list[str]) -> int:
     return subprocess.run(cmd, cwd=ROOT, env=env()).returncode
 
 
+def _workers(extra: list[str]) -> list[str]:
+    """pytest-xdist's options, unless the caller gave their own (-n, --dist, -p no:xdist): the
+    suite's tests mostly wait on git, dvc and Python start-ups, so 2 processes (EV_TEST_WORKERS)
+    use 2 cores where one leaves one idle. --dist loadfile keeps a file's tests in one worker:
+    their module-scoped fixtures (a Dask cluster, a built history) are made once."""
+    if any(a.startswith(("-n", "--numprocesses", "--dist")) or a == "no:xdist" for a in extra):
+        return []
+    n = os.environ.get("EV_TEST_WORKERS", "2")
+    return [] if n in ("0", "1") else ["-n", n, "--dist", "loadfile"]
+
+
 def cmd_test(extra: list[str]) -> int:
     shell_files = sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("scripts/*.sh"))
     shell_files += sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("evals/*/*.sh"))
@@ -72,7 +84,7 @@ def cmd_test(extra: list[str]) -> int:
         if rc:
             print(f"dev.py: {Path(step[0]).name} failed (exit {rc})", file=sys.stderr)
             return rc
-    rc = run([str(PY), "-m", "pytest", *extra])
+    rc = run([str(PY), "-m", "pytest", *_workers(extra), *extra])
     if rc == 5:
         print("dev.py: pytest collected no tests: treated as a failure", file=sys.stderr)
         return 1
