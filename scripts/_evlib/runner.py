@@ -177,7 +177,7 @@ def launch(repo: Path, spec: RunSpec, workdir: Path, *, lineage: dict, stream=No
     repo, workdir = resolved(repo), Path(workdir)
     tree = workdir / "tree"
     cwd = tree / spec.cwd if spec.cwd not in ("", ".") else tree
-    if not cwd.is_dir() or cwd.is_symlink():
+    if cwd is not tree and (not cwd.is_dir() or cwd.is_symlink()):  # (tree: as it is)
         cwd = tree
     db = tree / spec.results_db
     env = _base_env()
@@ -192,7 +192,8 @@ def launch(repo: Path, spec: RunSpec, workdir: Path, *, lineage: dict, stream=No
     env.setdefault("DVC_NO_ANALYTICS", "1")
     rc_file = workdir / RC_FILE
     env["EV_RC_FILE"] = str(rc_file)
-    watched = {p: _stat(repo / p) for p in spec.private}
+    repo_s = os.fspath(repo)
+    watched = {p: _stat(os.path.join(repo_s, p)) for p in spec.private}
     result = RunResult(spec=spec, workdir=str(workdir))
     # sh records the exit code and the run key in a file, so a run whose parent was killed
     # can still be judged; its own session lets a whole run (with its children) be ended at
@@ -298,7 +299,8 @@ def complete(run: Launched, code: int, *, snapshot: bool = False) -> RunResult:
     result.exit_code = shell_code(code)
     code = result.exit_code
     result.log = str(run.log_path)
-    changed = [p for p in spec.private if _stat(run.repo / p) != run.watched[p]]
+    repo_s = os.fspath(run.repo)
+    changed = [p for p in spec.private if _stat(os.path.join(repo_s, p)) != run.watched[p]]
     if changed:
         result.error = (f"the command wrote {changed[0]} in the repository itself, not in its "
                         f"run directory (an absolute path?); write it relative to the current "
