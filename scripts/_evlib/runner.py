@@ -346,11 +346,13 @@ def finish(result: RunResult, lineage: dict, *, state: dict | None = None,
     con = _open_shard(db)  # one connection reads the rows and stamps them
     if con is not None and state is not None:
         # A sweep's sandbox: the shard is this run's alone (its command has exited). Its
-        # locks are held from the first read to the close (SQLite's exclusive locking mode):
+        # locks are held from the next read to the close (SQLite's exclusive locking mode):
         # no lock, unlock and change check around each of the ~20 statements (103 system
-        # calls -> 40). Values, rows and the file written are the same.
+        # calls -> 40). Values, rows and the file written are the same. Not for a WAL file
+        # (there it would leave the -shm file behind).
         with contextlib.suppress(sqlite3.Error):
-            con.execute("PRAGMA locking_mode=EXCLUSIVE")
+            if con.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                con.execute("PRAGMA locking_mode=EXCLUSIVE")
     try:
         rows, tids = _shard_info(db, con)
         if not rows:
