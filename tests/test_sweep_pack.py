@@ -374,3 +374,51 @@ def test_a_runs_phase_states_are_write_states_bytes_and_the_environment_is_read_
     assert runner._base_env()["EV_TEST_VAR"] == "two"
     monkeypatch.delenv("EV_TEST_VAR")
     assert "EV_TEST_VAR" not in runner._base_env()
+
+
+def test_a_sweep_stamp_of_a_wal_or_rollback_shard_is_exact_and_leaves_no_side_file(tmp_path):
+    """A sweep's stamp (its sandbox's shard read and stamped under exclusive locking where
+    the shard is not WAL) gives the rows, track_ids, values and snapshot that the stamp
+    outside a sweep gives, and leaves the run's results folder holding its DB alone, for a
+    rollback-journal shard and for a WAL shard whose last commit is still in its -wal file."""
+    import subprocess
+
+    from _evlib import runner
+    from _evlib.runspec import RunResult, RunSpec
+
+    def shard(wd: Path, wal: bool) -> Path:
+        (wd / "tree" / "results").mkdir(parents=True)
+        db = wd / "tree" / "results" / "experiments.db"
+        # A process that ends without closing: a WAL file keeps its commit unmerged.
+        subprocess.run([sys.executable, "-c", f"""
+import os, sqlite3
+con = sqlite3.connect({str(db)!r})
+if {wal!r}:
+    con.execute("PRAGMA journal_mode=WAL")
+con.execute('CREATE TABLE "default" (track_id TEXT, timestamp TEXT, x TEXT, f1_score REAL)')
+con.executemany('INSERT INTO "default" VALUES (?, ?, ?, ?)',
+                [("t1", str(i), "é", i / 3) for i in range(5)])
+con.commit()
+os._exit(0)"""], check=True)
+        return db
+
+    spec = RunSpec(command=["train", "--x", "1"], version="v1", key="k1", params={"x": 1})
+    lin = {"ev_commit": "c" * 40, "ev_dirty": False}
+    for wal in (False, True):
+        got = {}
+        for swept in (False, True):
+            wd = tmp_path / f"w{int(wal)}{int(swept)}"
+            db = shard(wd, wal)
+            state = {"pid": 1, "key": "k1", "phase": "running", "spec": spec.to_dict()}
+            res = runner.finish(RunResult(spec=spec, workdir=str(wd), exit_code=0), lin,
+                                state=state if swept else None, snapshot=True)
+            assert res.ok, res.error
+            assert sorted(os.listdir(db.parent)) == ["experiments.db"]
+            con = sqlite3.connect(db)
+            rows = con.execute('SELECT * FROM "default" ORDER BY timestamp').fetchall()
+            mode = con.execute("PRAGMA journal_mode").fetchone()[0]
+            con.close()
+            snap = res.snapshot["tables"]["default"]
+            got[swept] = (res.rows, res.track_ids, rows, mode, snap[0], sorted(snap[1]))
+        assert got[True] == got[False]
+        assert got[True][0] == 5 and got[True][3] == ("wal" if wal else "delete")

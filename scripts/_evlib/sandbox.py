@@ -5,6 +5,7 @@ reuses it. Split out of runner.py (re-exported there)."""
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from . import guard
@@ -84,10 +85,11 @@ def mirror(repo: Path, tree: Path, private: list[str], cwd: str = ".", real: str
 
 
 def _real_dirs(tree: Path, private: list[str], real: str) -> None:
-    for p in private:
-        (tree / p).parent.mkdir(parents=True, exist_ok=True)
-    if real:
-        (tree / real).mkdir(parents=True, exist_ok=True)
+    base = os.fspath(tree)
+    for d in [os.path.dirname(os.path.join(base, p)) for p in private] + (
+            [os.path.join(base, real)] if real else []):
+        if not os.path.isdir(d):  # (one stat when it is there, as it is in a reused tree)
+            Path(d).mkdir(parents=True, exist_ok=True)
 
 
 def mirrored(repo: Path, tree: Path, record: dict) -> bool:
@@ -95,8 +97,10 @@ def mirrored(repo: Path, tree: Path, record: dict) -> bool:
     walked has changed since (one stat each: an entry added, removed or renamed changes its
     folder's mtime), and every name it put in the tree is still there (one listdir per
     folder: a run that removed a link gets it back). Then mirror would add nothing."""
+    repo_s, tree_s = os.fspath(repo), os.fspath(tree)
     for rel, (ident, placed) in record.items():
-        src, dst = (repo / rel, tree / rel) if rel else (repo, tree)
+        src, dst = (os.path.join(repo_s, rel), os.path.join(tree_s, rel)) if rel else (
+            repo_s, tree_s)
         if ident is None or guard.ident(src) != ident:
             return False
         try:
@@ -113,15 +117,25 @@ def clean(result_tree: Path, private: list[str], cwd: str = ".", real: str = "",
     there."""
     import shutil
 
-    fake = RunResult(spec=RunSpec(command=[], version="", key="", results_db=private[0],
-                                  protect=private[1:], cwd=cwd, candidates_dir=real),
-                     workdir=str(result_tree.parent))
-    for rel in [*(extras(fake) if extra else []), *sorted(_private_names(private))]:
-        p = result_tree / rel
-        if p.is_dir() and not p.is_symlink():
+    rels = sorted(_private_names(private))
+    if extra:
+        fake = RunResult(spec=RunSpec(command=[], version="", key="", results_db=private[0],
+                                      protect=private[1:], cwd=cwd, candidates_dir=real),
+                         workdir=str(result_tree.parent))
+        rels = [*extras(fake), *rels]
+    base = os.fspath(result_tree)
+    for rel in rels:
+        p = os.path.join(base, rel)
+        # One lstat per path (was is_dir + is_symlink + lexists): a real folder is removed
+        # whole, anything else (a file, a link, to a folder too) unlinked, nothing: skipped.
+        try:
+            st = os.lstat(p)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        if stat.S_ISDIR(st.st_mode):
             shutil.rmtree(p)
-        elif os.path.lexists(p):
-            p.unlink()
+        else:
+            os.unlink(p)
 
 
 def prepare(repo: Path, spec: RunSpec, workdir: Path, *, reuse: bool = False,
@@ -200,29 +214,43 @@ def extras(result: RunResult) -> list[str]:
     """Paths the command created in its sandbox besides its declared outputs (repo-relative):
     files written into a folder that is private to the run (e.g. a plot beside the model)."""
     spec = result.spec
-    tree = Path(result.workdir) / "tree"
-    private = spec.private
-    copies = guard.copies_of(result.workdir)
-    names = _private_names(private) | set(copies)
-    parents = _parents(private, spec.cwd, spec.real_dir, copies)
-    names |= set(result.models)  # the run's models are collected as candidates, not extras
+    tree = os.path.join(result.workdir, "tree")
+    names, parents = _walk_sets(tuple(spec.private), spec.cwd, spec.real_dir,
+                                tuple(guard.copies_of(result.workdir)))
+    models = result.models  # the run's models are collected as candidates, not extras
     found: list[str] = []
 
-    def walk(d: Path, prefix: str) -> None:
+    def walk(d: str, prefix: str) -> None:
         with os.scandir(d) as it:
             for e in it:
                 rel = prefix + e.name
-                if e.is_symlink() or rel in names or e.name == "__pycache__":
+                if e.is_symlink() or rel in names or rel in models or e.name == "__pycache__":
                     continue
                 if e.is_dir(follow_symlinks=False) and (rel in parents or not prefix and
                                                         rel == "."):
-                    walk(Path(e.path), rel + "/")
+                    walk(e.path, rel + "/")
                 else:
                     found.append(rel)
 
-    if tree.is_dir():
+    if os.path.isdir(tree):
         walk(tree, "")
     return sorted(found)
+
+
+_WALK_SETS: dict = {}  # (private, cwd, real, copies) -> (names, parents): a sweep's runs share it
+
+
+def _walk_sets(private: tuple, cwd: str, real: str, copies: tuple) -> tuple:
+    """(the names extras leaves out, the real folders it walks): pure functions of the
+    run's outputs, computed once per value."""
+    k = (private, cwd, real, copies)
+    got = _WALK_SETS.get(k)
+    if got is None:
+        got = (frozenset(_private_names(list(private)) | set(copies)),
+               frozenset(_parents(list(private), cwd, real, list(copies))))
+        if len(_WALK_SETS) < 256:
+            _WALK_SETS[k] = got
+    return got
 
 
 def remove_workdir(workdir: Path) -> None:
