@@ -371,11 +371,13 @@ def serve(argv: list[str]) -> bool:
         if loc is None or os.path.lexists(os.path.join(loc.top, "ev.yaml")):
             return False
         rec = listfast.Recorder(argv, loc.top)  # the state, before git reads anything
+        if not os.path.isdir(os.path.join(loc.top, ".dvc", "cache")):
+            from .dvcmeta import local_remote_str
+
+            if local_remote_str(loc.top) is None:  # (an S3 remote, one with options...)
+                return False  # no object could be read here: the full list, before any git
         gits = _start(loc.top)
         _load()
-        if not os.path.isdir(os.path.join(loc.top, ".dvc", "cache")) and \
-                dvcmeta.local_remote_str(loc.top) is None:
-            return False  # no object could be read here: the full list
         out, own_only = _answer(loc.top, "--json" in argv, *gits)
         out.encode(sys.stdout.encoding or "utf-8", sys.stdout.errors or "strict")
     except Exception:  # noqa: BLE001 - any doubt: the full list decides (and reports)
