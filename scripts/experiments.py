@@ -35,18 +35,16 @@ if __name__ == "__main__":
         from _evlib import listfast
 
         # a repeated list on an unchanged history: answered before anything else is imported
-        if listfast.serve(sys.argv[1:]):
+        served = listfast.serve(sys.argv[1:])
+        if not served:
+            from _evlib import listcold
+
+            # a first plain list: two git processes, the DB objects read in place
+            served = listcold.serve(sys.argv[1:])
+        if served:
             from _evlib import pipe
 
             pipe.exit_now()  # its answer printed: no interpreter teardown (pipe.py)
-            sys.exit(0)
-        from _evlib import listcold
-
-        # a first plain list: two git processes, the DB objects read in place (listcold.py)
-        if listcold.serve(sys.argv[1:]):
-            from _evlib import pipe
-
-            pipe.exit_now()
             sys.exit(0)
     except KeyboardInterrupt:  # outside cli.main's handler: the same one line
         from _evlib import cli

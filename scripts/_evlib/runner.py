@@ -27,11 +27,9 @@ Public API (stable; the Dask helper calls it on a worker):
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import threading
 import time
@@ -343,16 +341,9 @@ def finish(result: RunResult, lineage: dict, *, state: dict | None = None,
     spec = result.spec
     tree = Path(result.workdir) / "tree"
     db = tree / spec.results_db
-    con = _open_shard(db)  # one connection reads the rows and stamps them
-    if con is not None and state is not None:
-        # A sweep's sandbox: the shard is this run's alone (its command has exited). Its
-        # locks are held from the next read to the close (SQLite's exclusive locking mode):
-        # no lock, unlock and change check around each of the ~20 statements (103 system
-        # calls -> 40). Values, rows and the file written are the same. Not for a WAL file
-        # (there it would leave the -shm file behind).
-        with contextlib.suppress(sqlite3.Error):
-            if con.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                con.execute("PRAGMA locking_mode=EXCLUSIVE")
+    # one connection reads the rows and stamps them; in a sweep's sandbox the shard is this
+    # run's alone (its command has exited): held exclusively (shard._open_shard)
+    con = _open_shard(db, exclusive=state is not None)
     try:
         rows, tids = _shard_info(db, con)
         if not rows:

@@ -4,6 +4,7 @@ reuses it. Split out of runner.py (re-exported there)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 from pathlib import Path
@@ -237,20 +238,12 @@ def extras(result: RunResult) -> list[str]:
     return sorted(found)
 
 
-_WALK_SETS: dict = {}  # (private, cwd, real, copies) -> (names, parents): a sweep's runs share it
-
-
+@functools.lru_cache(maxsize=256)  # a sweep's runs share one value
 def _walk_sets(private: tuple, cwd: str, real: str, copies: tuple) -> tuple:
     """(the names extras leaves out, the real folders it walks): pure functions of the
     run's outputs, computed once per value."""
-    k = (private, cwd, real, copies)
-    got = _WALK_SETS.get(k)
-    if got is None:
-        got = (frozenset(_private_names(list(private)) | set(copies)),
-               frozenset(_parents(list(private), cwd, real, list(copies))))
-        if len(_WALK_SETS) < 256:
-            _WALK_SETS[k] = got
-    return got
+    return (frozenset(_private_names(list(private)) | set(copies)),
+            frozenset(_parents(list(private), cwd, real, list(copies))))
 
 
 def remove_workdir(workdir: Path) -> None:
